@@ -1,0 +1,36 @@
+"""GET /api/v1/config/branch/{branch_id}: the branch's configuration as the client reads it."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from aggregator.api.deps import Context, CurrentLeaf, require_branch
+
+router = APIRouter()
+
+
+@router.get("/api/v1/config/branch/{branch_id}")
+async def get_branch_config(branch_id: str, leaf: CurrentLeaf, context: Context) -> dict:
+    require_branch(leaf, branch_id)
+    branch = await run_in_threadpool(context.registry.branch, branch_id)
+    return {
+        "data": {
+            "branch": {
+                "id": branch.id,
+                "name": branch.name,
+                "tree_id": branch.tree_id,
+                "aggregation_target": branch.aggregation_target,
+            },
+            "service": {
+                "algorithm": "fedavg",
+                "config": {
+                    "analytics_ops": branch.analytics_ops,
+                    "analytics_default_op": branch.analytics_default_op,
+                },
+            },
+            "model_config": branch.model_config_json,
+            "created_at": branch.created_at.isoformat(),
+            "updated_at": branch.created_at.isoformat(),
+        }
+    }

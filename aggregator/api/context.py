@@ -1,0 +1,29 @@
+"""Everything a request handler needs, built once per app by `create_app`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.orm import sessionmaker
+
+from aggregator.blobstore import BlobStore
+from aggregator.config import AggregatorSettings
+from aggregator.notifier import ConnectionManager, TicketBook
+from aggregator.registry import Registry
+from aggregator.rounds import AggregationService
+from aggregator.security import UrlSigner
+
+
+@dataclass
+class ServerContext:
+    settings: AggregatorSettings
+    sessions: sessionmaker
+    registry: Registry
+    service: AggregationService
+    blobs: BlobStore
+    connections: ConnectionManager
+    tickets: TicketBook
+    signer: UrlSigner
+    admin_token: str
+    scratch_dir: Path

@@ -1,0 +1,94 @@
+"""Uploads of leaf archives, download links for aggregates, and the signed local download itself."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from aggregator.api.deps import Context, CurrentLeaf
+from aggregator.api.limits import UploadTooLarge
+from aggregator.errors import BadRequest, Conflict, NotFound
+from aggregator.rounds import check_file_id
+
+router = APIRouter()
+_CHUNK = 1024 * 1024
+
+
+def _spool(source: BinaryIO, directory: Path) -> tuple[Path, int, str]:
+    """Copy an uploaded part to a scratch file; return its path, size and `sha256=<base64>` digest."""
+    digest = hashlib.sha256()
+    size = 0
+    with tempfile.NamedTemporaryFile(dir=directory, suffix=".npz", delete=False) as target:
+        while chunk := source.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            target.write(chunk)
+    return Path(target.name), size, "sha256=" + base64.b64encode(digest.digest()).decode()
+
+
+@router.post("/api/v1/file/upload", status_code=201)
+async def upload_file(request: Request, leaf: CurrentLeaf, context: Context) -> dict:
+    declared_size = request.headers.get("x-bk-file-size")
+    declared_digest = request.headers.get("x-bk-file-digest")
+    if declared_size is None:
+        raise BadRequest("missing x-bk-file-size header")
+    if declared_digest is None:
+        raise BadRequest("missing x-bk-file-digest header")
+    branch = await run_in_threadpool(context.registry.branch, leaf.branch_id)
+    if branch.run_status != "start":
+        raise Conflict(f"run is not started (run status: {branch.run_status})")
+    try:
+        form = await request.form(max_files=1, max_fields=4)
+    except UploadTooLarge:
+        raise
+    except Exception as exc:  # python-multipart's errors share no base class worth naming
+        raise BadRequest("malformed multipart body") from exc
+    scratch: Path | None = None
+    try:
+        part = form.get("file")
+        if not isinstance(part, UploadFile):
+            raise BadRequest("missing file part")
+        scratch, size, digest = await run_in_threadpool(_spool, part.file, context.scratch_dir)
+        if str(size) != declared_size.strip():
+            raise BadRequest("file size does not match x-bk-file-size")
+        if digest != declared_digest.strip():
+            raise BadRequest("file digest does not match x-bk-file-digest")
+        parsed = await run_in_threadpool(context.service.read, scratch)
+        result = await run_in_threadpool(context.service.ingest, leaf, scratch, parsed, digest=digest)
+    finally:
+        await form.close()
+        if scratch is not None:
+            scratch.unlink(missing_ok=True)
+    if result.completed_aggregation_id is not None:
+        await context.connections.notify_aggregation(leaf.branch_id, result.completed_aggregation_id)
+    return {"data": {"file_id": result.file_id}}
+
+
+@router.get("/api/v1/file/download/{file_id:path}")
+async def download_link(file_id: str, request: Request, leaf: CurrentLeaf, context: Context) -> dict:
+    await run_in_threadpool(context.service.authorise_download, leaf, file_id)
+    ttl = context.settings.download_url_ttl_s
+    url = await run_in_threadpool(context.blobs.presigned_url, file_id, expires_in=ttl)
+    if url is None:
+        url = f"{str(request.base_url).rstrip('/')}/blobs/{file_id}?{context.signer.query(file_id, ttl_s=ttl)}"
+    return {"data": {"download_url": url}}
+
+
+@router.get("/blobs/{file_id}")
+async def signed_download(file_id: str, context: Context, expires: int = 0, signature: str = "") -> FileResponse:
+    check_file_id(file_id)
+    context.signer.verify(file_id, expires=expires, signature=signature)
+    path = context.blobs.local_path(file_id)
+    if path is None or not path.exists():
+        raise NotFound("file not found")
+    return FileResponse(path, media_type="application/octet-stream", filename=f"{file_id}.npz")
+
+

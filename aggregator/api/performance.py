@@ -1,0 +1,49 @@
+"""POST /api/v1/performance/analysis: a leaf's metrics for an aggregation, stored per branch."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from aggregator.api.deps import Context, CurrentLeaf, require_branch
+from aggregator.db import PerformanceRecord
+from aggregator.errors import BadRequest
+
+router = APIRouter()
+MODES = ("train", "test", "non-federated")
+
+
+@router.post("/api/v1/performance/analysis", status_code=201)
+async def post_performance(request: Request, leaf: CurrentLeaf, context: Context) -> dict:
+    try:
+        body = json.loads(await request.body())
+    except ValueError as exc:
+        raise BadRequest("body is not JSON") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("body is not a JSON object")
+    mode = body.get("mode")
+    if mode not in MODES:
+        raise BadRequest(f"mode must be one of {', '.join(MODES)}")
+    require_branch(leaf, str(body.get("branch_id", "")))
+    data = body.get("data", "")
+    if not isinstance(data, str):
+        data = json.dumps(data)
+    if len(data) > 1_000_000:
+        raise BadRequest("data is larger than 1000000 characters")
+    record = PerformanceRecord(
+        branch_id=leaf.branch_id,
+        leaf_id=leaf.id,
+        aggregation_id=str(body.get("aggregation_id", ""))[:64],
+        mode=mode,
+        data=data,
+    )
+
+    def store() -> int:
+        with context.sessions() as session:
+            session.add(record)
+            session.commit()
+            return record.id
+
+    return {"data": {"id": await run_in_threadpool(store)}}

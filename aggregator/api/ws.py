@@ -1,0 +1,45 @@
+"""WebSocket notifications: a ticket request over HTTP, then a socket the server pushes JSON frames on."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.concurrency import run_in_threadpool
+
+from aggregator.api.deps import Context, CurrentLeaf
+from aggregator.api.context import ServerContext
+from aggregator.notifier import Connection
+from aggregator.registry import LeafIdentity
+
+router = APIRouter()
+
+
+@router.post("/api/v1/ws/ticket")
+async def issue_ticket(leaf: CurrentLeaf, context: Context) -> dict:
+    ticket_id, ticket = context.tickets.issue(leaf_id=leaf.id, branch_id=leaf.branch_id)
+    expires_at = datetime.fromtimestamp(ticket.expires_at, UTC).isoformat()
+    return {"data": {"ticket_id": ticket_id, "request_id": ticket.request_id, "expires_at": expires_at}}
+
+
+@router.websocket("/api/v1/ws")
+async def notifications(websocket: WebSocket, ticket: str = "", request_id: str = "") -> None:
+    context: ServerContext = websocket.app.state.context
+    redeemed = context.tickets.redeem(ticket, request_id)
+    if redeemed is None:
+        await websocket.close(code=4401, reason="invalid or expired ticket")
+        return
+    await websocket.accept()
+    connection = Connection(leaf_id=redeemed.leaf_id, websocket=websocket)
+    context.connections.add(redeemed.branch_id, connection)
+    try:
+        leaf = LeafIdentity(redeemed.leaf_id, "", redeemed.branch_id, "", "")
+        pending = await run_in_threadpool(context.service.pending_for, leaf)
+        if pending is not None:
+            await context.connections.send_aggregation(connection, pending)
+        async for _ in websocket.iter_text():
+            pass
+    except WebSocketDisconnect:
+        pass
+    finally:
+        context.connections.remove(redeemed.branch_id, connection)

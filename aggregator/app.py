@@ -1,0 +1,106 @@
+"""Builds the aggregation server's FastAPI app from one settings object (nothing happens at import)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from aggregator.api import admin, branch_config, files, performance, run, ws
+from aggregator.api.context import ServerContext
+from aggregator.api.limits import UploadSizeLimit
+from aggregator.blobstore import blob_store_from_url
+from aggregator.config import AggregatorSettings
+from aggregator.db import make_engine, make_session_factory
+from aggregator.errors import ApiError
+from aggregator.notifier import ConnectionManager, TicketBook
+from aggregator.registry import Registry
+from aggregator.rounds import AggregationService
+from aggregator.security import UrlSigner, load_or_create_secret
+
+logger = logging.getLogger(__name__)
+
+
+def build_context(settings: AggregatorSettings) -> ServerContext:
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    sessions = make_session_factory(make_engine(settings.resolved_database_url()))
+    blobs = blob_store_from_url(settings.blob_url, data_dir=data_dir)
+    scratch = data_dir / "tmp"
+    scratch.mkdir(exist_ok=True)
+    signing_key = (
+        settings.signing_key.get_secret_value()
+        if settings.signing_key
+        else load_or_create_secret(data_dir / "signing_key")
+    )
+    admin_token = (
+        settings.admin_token.get_secret_value()
+        if settings.admin_token
+        else load_or_create_secret(data_dir / "admin_token")
+    )
+    return ServerContext(
+        settings=settings,
+        sessions=sessions,
+        registry=Registry(sessions),
+        service=AggregationService(
+            sessions=sessions,
+            blobs=blobs,
+            scratch_dir=scratch,
+            max_archive_bytes=settings.max_archive_bytes,
+            max_archive_entries=settings.max_archive_entries,
+        ),
+        blobs=blobs,
+        connections=ConnectionManager(),
+        tickets=TicketBook(settings.ticket_ttl_s),
+        signer=UrlSigner(signing_key),
+        admin_token=admin_token,
+        scratch_dir=scratch,
+    )
+
+
+def create_app(settings: AggregatorSettings | None = None) -> FastAPI:
+    settings = settings or AggregatorSettings()
+    context = build_context(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        for branch_id, aggregation_id in await run_in_threadpool(context.service.recover):
+            logger.info("recovered aggregation %s of branch %s after a restart", aggregation_id, branch_id)
+        yield
+
+    app = FastAPI(title="fedgrove aggregator", version="0.1.0", lifespan=lifespan)
+    app.state.context = context
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status_code)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail).lower()}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return JSONResponse({"error": f"invalid request: {where}: {first.get('msg', '')}"}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error", exc_info=exc)
+        return JSONResponse({"error": "internal server error"}, status_code=500)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    for module in (run, branch_config, files, performance, ws, admin):
+        app.include_router(module.router)
+    app.add_middleware(UploadSizeLimit, max_bytes=settings.max_upload_bytes, paths=("/api/v1/file/upload",))
+    return app

@@ -1,0 +1,38 @@
+"""Settings of one aggregation-server process, read from the environment (prefix FEDGROVE_) and `.env`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class AggregatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FEDGROVE_", env_file=".env", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path(".fedgrove")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default sqlite:///<data_dir>/aggregator.db"
+    )
+    blob_url: str | None = Field(
+        default=None, description="s3://bucket/prefix or a folder; default <data_dir>/blobs"
+    )
+    max_upload_bytes: int = 256 * MIB
+    max_archive_bytes: int = 1024 * MIB
+    max_archive_entries: int = 4096
+    download_url_ttl_s: int = 300
+    ticket_ttl_s: int = 30
+    signing_key: SecretStr | None = None
+    admin_token: SecretStr | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'aggregator.db').resolve()}"

@@ -1,0 +1,139 @@
+"""The server's durable state in SQL (SQLite by default, any SQLAlchemy URL): what survives a restart.
+
+Archives themselves live in the blob store; rows here say which archive belongs to which leaf,
+aggregation and branch, so that an open aggregation can be rebuilt after a crash.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import (
+    JSON,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Tree(Base):
+    __tablename__ = "trees"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    owner_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Branch(Base):
+    __tablename__ = "branches"
+    __table_args__ = (UniqueConstraint("tree_id", "name"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tree_id: Mapped[str] = mapped_column(ForeignKey("trees.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    aggregation_target: Mapped[int] = mapped_column(Integer)
+    run_status: Mapped[str] = mapped_column(String(16), default="start")
+    run_number: Mapped[int] = mapped_column(Integer, default=1)
+    analytics_ops: Mapped[dict] = mapped_column(JSON, default=dict)
+    analytics_default_op: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    model_config_json: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Leaf(Base):
+    __tablename__ = "leaves"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    branch_id: Mapped[str] = mapped_column(ForeignKey("branches.id"), index=True)
+    tree_id: Mapped[str] = mapped_column(String(64))
+    owner_id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    token_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Aggregation(Base):
+    """One aggregation of a branch; its id is also the file id of the aggregate once complete."""
+
+    __tablename__ = "aggregations"
+    __table_args__ = (UniqueConstraint("branch_id", "round"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    branch_id: Mapped[str] = mapped_column(ForeignKey("branches.id"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    kind: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    contributors: Mapped[int] = mapped_column(Integer, default=0)
+    weight_total: Mapped[float] = mapped_column(Float, default=0.0)
+    opened_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class Contribution(Base):
+    """One leaf's archive in one aggregation; a re-upload replaces the row, so it never counts twice."""
+
+    __tablename__ = "contributions"
+    __table_args__ = (UniqueConstraint("aggregation_id", "leaf_id"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    aggregation_id: Mapped[str] = mapped_column(ForeignKey("aggregations.id"), index=True)
+    leaf_id: Mapped[str] = mapped_column(ForeignKey("leaves.id"), index=True)
+    weighting: Mapped[float] = mapped_column(Float)
+    size: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Delivery(Base):
+    """A leaf asked for an aggregate's download link: it is not re-sent on reconnection."""
+
+    __tablename__ = "deliveries"
+    leaf_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    aggregation_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    delivered_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PerformanceRecord(Base):
+    __tablename__ = "performance"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    branch_id: Mapped[str] = mapped_column(String(64), index=True)
+    leaf_id: Mapped[str] = mapped_column(String(64))
+    aggregation_id: Mapped[str] = mapped_column(String(64))
+    mode: Mapped[str] = mapped_column(String(32))
+    data: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    Base.metadata.create_all(engine)
+    return engine
+
+
+def make_session_factory(engine: Engine) -> sessionmaker:
+    return sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,65 @@
+"""Federated averaging as pure arithmetic over arrays, folded one contribution at a time.
+
+`WeightedSum` keeps a float64 running sum of weighting × layer and the total weighting, so memory is
+one model's size whatever the number of leaves, and finishing an aggregation is a single division.
+`weighted_mean` is the same arithmetic over a list, for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class LayerMismatch(ValueError):
+    """A contribution's layers do not match the aggregation's (count, shape or dtype)."""
+
+
+def describe_mismatch(expected: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> str | None:
+    if len(expected) != len(got):
+        return f"archive has {len(got)} layers; the open aggregation expects {len(expected)}"
+    for index, (want, have) in enumerate(zip(expected, got, strict=True)):
+        if want.shape != have.shape or want.dtype != have.dtype:
+            return (
+                f"layer_{index} has shape {have.shape} and dtype {have.dtype}; "
+                f"the open aggregation expects shape {want.shape} and dtype {want.dtype}"
+            )
+    return None
+
+
+class WeightedSum:
+    def __init__(self, template: Sequence[np.ndarray]) -> None:
+        self.shapes = [layer.shape for layer in template]
+        self.dtypes = [layer.dtype for layer in template]
+        self.sums = [np.zeros(layer.shape, dtype=np.float64) for layer in template]
+        self.total_weight = 0.0
+        self.count = 0
+
+    def check(self, layers: Sequence[np.ndarray]) -> None:
+        expected = [np.empty(shape, dtype) for shape, dtype in zip(self.shapes, self.dtypes, strict=True)]
+        problem = describe_mismatch(expected, layers)
+        if problem:
+            raise LayerMismatch(problem)
+
+    def add(self, weighting: float, layers: Sequence[np.ndarray]) -> None:
+        self.check(layers)
+        for running, layer in zip(self.sums, layers, strict=True):
+            running += np.multiply(layer, weighting, dtype=np.float64)
+        self.total_weight += weighting
+        self.count += 1
+
+    def mean(self) -> list[np.ndarray]:
+        if self.total_weight <= 0:
+            raise ValueError("no contributions to average")
+        return [
+            (running / self.total_weight).astype(dtype, copy=False)
+            for running, dtype in zip(self.sums, self.dtypes, strict=True)
+        ]
+
+
+def weighted_mean(contributions: Sequence[tuple[float, Sequence[np.ndarray]]]) -> list[np.ndarray]:
+    accumulator = WeightedSum(contributions[0][1])
+    for weighting, layers in contributions:
+        accumulator.add(weighting, layers)
+    return accumulator.mean()

@@ -1,0 +1,150 @@
+"""Trees, branches and leaves: the job of the BranchKey dashboard, plus authenticating a leaf."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from aggregator.analytics import OPERATIONS
+from aggregator.db import Aggregation, Branch, Leaf, Tree
+from aggregator.errors import BadRequest, Conflict, NotFound, Unauthorized
+from aggregator.security import hash_token, new_token, token_matches
+
+RUN_STATUSES = ("start", "pause", "stop")
+
+
+@dataclass(frozen=True)
+class LeafIdentity:
+    id: str
+    name: str
+    branch_id: str
+    tree_id: str
+    owner_id: str
+
+
+@dataclass(frozen=True)
+class LeafCredentials:
+    """The six fields of `branchkey.Credentials`; the token exists only here, never in the database."""
+
+    id: str
+    name: str
+    session_token: str
+    tree_id: str
+    branch_id: str
+    owner_id: str
+
+
+class Registry:
+    def __init__(self, sessions: sessionmaker) -> None:
+        self._sessions = sessions
+
+    def create_branch(
+        self,
+        *,
+        tree: str,
+        branch: str,
+        leaves: int,
+        target: int | None = None,
+        leaf_names: list[str] | None = None,
+        analytics_ops: dict[str, str] | None = None,
+        analytics_default_op: str | None = None,
+        model_config: dict | None = None,
+    ) -> tuple[str, str, list[LeafCredentials]]:
+        target = leaves if target is None else target
+        if leaves < 1:
+            raise BadRequest(f"leaves must be at least 1, got {leaves}")
+        if not 1 <= target <= leaves:
+            raise BadRequest(f"target must be between 1 and the number of leaves ({leaves}), got {target}")
+        names = leaf_names or [f"{branch}-leaf-{i + 1}" for i in range(leaves)]
+        if len(names) != leaves or len(set(names)) != leaves:
+            raise BadRequest("leaf names must be unique, one per leaf")
+        for operation in [analytics_default_op, *(analytics_ops or {}).values()]:
+            if operation is not None and operation not in OPERATIONS:
+                raise BadRequest(f"unknown analytics operation '{operation}'; expected one of {', '.join(OPERATIONS)}")
+        with self._sessions() as session:
+            tree_row = session.scalar(select(Tree).where(Tree.name == tree))
+            if tree_row is None:
+                tree_row = Tree(id=str(uuid.uuid4()), name=tree, owner_id=str(uuid.uuid4()))
+                session.add(tree_row)
+                session.flush()
+            duplicate = session.scalar(select(Branch.id).where(Branch.tree_id == tree_row.id, Branch.name == branch))
+            if duplicate is not None:
+                raise Conflict(f"branch '{branch}' already exists in tree '{tree}'")
+            branch_row = Branch(
+                id=str(uuid.uuid4()),
+                tree_id=tree_row.id,
+                name=branch,
+                aggregation_target=target,
+                run_status="start",
+                run_number=1,
+                analytics_ops=analytics_ops or {},
+                analytics_default_op=analytics_default_op,
+                model_config_json=model_config or {},
+            )
+            session.add(branch_row)
+            session.flush()
+            session.add(Aggregation(id=uuid.uuid4().hex, branch_id=branch_row.id, round=1))
+            credentials = []
+            for name in names:
+                token = new_token()
+                leaf = Leaf(
+                    id=str(uuid.uuid4()),
+                    branch_id=branch_row.id,
+                    tree_id=tree_row.id,
+                    owner_id=tree_row.owner_id,
+                    name=name,
+                    token_hash=hash_token(token),
+                )
+                session.add(leaf)
+                credentials.append(
+                    LeafCredentials(leaf.id, name, token, tree_row.id, branch_row.id, tree_row.owner_id)
+                )
+            session.commit()
+        return tree_row.id, branch_row.id, credentials
+
+    def authenticate(self, authorization: str | None) -> LeafIdentity:
+        if not authorization:
+            raise Unauthorized("missing credentials")
+        scheme, _, value = authorization.partition(" ")
+        leaf_id, separator, token = value.strip().partition(":")
+        if scheme.lower() != "bearer" or not separator or not leaf_id or not token:
+            raise Unauthorized("malformed credentials")
+        with self._sessions() as session:
+            leaf = session.get(Leaf, leaf_id[:64])
+        # Hash a dummy when the leaf is unknown, so both failures take the same time.
+        stored = leaf.token_hash if leaf is not None else hash_token("")
+        if not token_matches(token, stored) or leaf is None:
+            raise Unauthorized("invalid credentials")
+        return LeafIdentity(leaf.id, leaf.name, leaf.branch_id, leaf.tree_id, leaf.owner_id)
+
+    def branch(self, branch_id: str) -> Branch:
+        with self._sessions() as session:
+            row = session.get(Branch, branch_id)
+        if row is None:
+            raise NotFound(f"branch {branch_id} not found")
+        return row
+
+    def set_run_status(self, branch_id: str, status: str) -> Branch:
+        if status not in RUN_STATUSES:
+            raise BadRequest(f"run status must be one of {', '.join(RUN_STATUSES)}, got '{status}'")
+        with self._sessions() as session:
+            row = session.get(Branch, branch_id)
+            if row is None:
+                raise NotFound(f"branch {branch_id} not found")
+            if status == "start" and row.run_status == "stop":
+                row.run_number += 1
+            row.run_status = status
+            session.commit()
+        return row
+
+    def leaves(self, branch_id: str) -> list[Leaf]:
+        with self._sessions() as session:
+            return list(session.scalars(select(Leaf).where(Leaf.branch_id == branch_id).order_by(Leaf.name)))
+
+    def completed_aggregations(self, session: Session, branch_id: str) -> int:
+        return session.scalar(
+            select(func.count()).where(Aggregation.branch_id == branch_id, Aggregation.status == "complete")
+        )

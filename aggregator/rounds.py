@@ -1,0 +1,300 @@
+"""Aggregation rounds: take a leaf's archive, fold it into the branch's open aggregation, finish it.
+
+One open aggregation per branch holds at most one contribution per leaf; a re-upload replaces the
+earlier one (and the running sum is rebuilt from the stored archives, so the result stays exact).
+An upload is durable (blob written, row committed) before `ingest` returns. The in-memory running
+sum is only a cache: after a restart it is rebuilt from the database and the blob store.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import exists, select
+from sqlalchemy.orm import sessionmaker
+
+from aggregator.analytics import FieldCombiner, FieldMismatch, UnconfiguredField
+from aggregator.archive import FEDERATED_ANALYTICS, PAYLOAD_KIND_KEY, ParsedArchive, read_archive
+from aggregator.blobstore import BlobStore
+from aggregator.db import Aggregation, Branch, Contribution, Delivery, Leaf, utcnow
+from aggregator.errors import BadRequest, Conflict, Forbidden, NotFound
+from aggregator.fedavg import LayerMismatch, WeightedSum
+from aggregator.registry import LeafIdentity
+
+logger = logging.getLogger(__name__)
+
+_FILE_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+
+
+@dataclass
+class OpenAggregation:
+    id: str
+    round: int
+    kind: str | None = None
+    contributors: dict[str, tuple[str, float]] = field(default_factory=dict)
+    accumulator: WeightedSum | FieldCombiner | None = None
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    file_id: str
+    completed_aggregation_id: str | None
+
+
+class AggregationService:
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker,
+        blobs: BlobStore,
+        scratch_dir: Path,
+        max_archive_bytes: int,
+        max_archive_entries: int,
+    ) -> None:
+        self._sessions = sessions
+        self._blobs = blobs
+        self._scratch = scratch_dir
+        self._scratch.mkdir(parents=True, exist_ok=True)
+        self._limits = {"max_decompressed_bytes": max_archive_bytes, "max_entries": max_archive_entries}
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._open: dict[str, OpenAggregation] = {}
+
+    def read(self, path: Path) -> ParsedArchive:
+        return read_archive(path, **self._limits)
+
+    def _lock(self, branch_id: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(branch_id, threading.Lock())
+
+    def ingest(self, leaf: LeafIdentity, archive_path: Path, parsed: ParsedArchive, *, digest: str) -> IngestResult:
+        with self._lock(leaf.branch_id):
+            with self._sessions() as session:
+                branch = session.get(Branch, leaf.branch_id)
+            if branch is None:
+                raise NotFound(f"branch {leaf.branch_id} not found")
+            if branch.run_status != "start":
+                raise Conflict(f"run is not started (run status: {branch.run_status})")
+            state = self._state(branch)
+            self._check_compatible(state, parsed, branch)
+
+            file_id = uuid.uuid4().hex
+            self._blobs.put_file(file_id, archive_path)
+            try:
+                replaced = self._commit_contribution(state, leaf, file_id, parsed, archive_path, digest)
+            except Exception:
+                self._blobs.delete(file_id)
+                raise
+            state.contributors[leaf.id] = (file_id, parsed.weighting)
+            if replaced is None:
+                self._fold(state, parsed, branch)
+            else:
+                self._rebuild(state, branch)
+                self._blobs.delete(replaced)
+            logger.info(
+                "leaf %s uploaded %s to round %d of branch %s (%d/%d)",
+                leaf.name, file_id, state.round, branch.id, len(state.contributors), branch.aggregation_target,
+            )
+            completed = None
+            if len(state.contributors) >= branch.aggregation_target:
+                completed = self._finalise(branch, state)
+            return IngestResult(file_id=file_id, completed_aggregation_id=completed)
+
+    def recover(self) -> list[tuple[str, str]]:
+        """Finish every open aggregation that reached its target before a crash; returns (branch, aggregation)."""
+        finished = []
+        with self._sessions() as session:
+            branches = list(session.scalars(select(Branch)))
+        for branch in branches:
+            with self._lock(branch.id):
+                state = self._state(branch)
+                if state.contributors and len(state.contributors) >= branch.aggregation_target:
+                    finished.append((branch.id, self._finalise(branch, state)))
+        return finished
+
+    def open_round(self, branch_id: str) -> tuple[int, list[str]]:
+        """The open aggregation's round number and the ids of the leaves that have uploaded to it."""
+        with self._sessions() as session:
+            aggregation = self._open_row(session, branch_id)
+            leaves = session.scalars(
+                select(Contribution.leaf_id).where(Contribution.aggregation_id == aggregation.id)
+            )
+            return aggregation.round, sorted(leaves)
+
+    def pending_for(self, leaf: LeafIdentity) -> str | None:
+        """The newest finished aggregation this leaf contributed to and has not downloaded yet."""
+        with self._sessions() as session:
+            delivered = exists().where(Delivery.leaf_id == leaf.id, Delivery.aggregation_id == Aggregation.id)
+            return session.scalar(
+                select(Aggregation.id)
+                .join(Contribution, Contribution.aggregation_id == Aggregation.id)
+                .where(
+                    Contribution.leaf_id == leaf.id,
+                    Aggregation.branch_id == leaf.branch_id,
+                    Aggregation.status == "complete",
+                    ~delivered,
+                )
+                .order_by(Aggregation.round.desc())
+                .limit(1)
+            )
+
+    def authorise_download(self, leaf: LeafIdentity, file_id: str) -> None:
+        """Allow a leaf its own branch's aggregates only, and record that it has fetched this one."""
+        check_file_id(file_id)
+        with self._sessions() as session:
+            aggregation = session.get(Aggregation, file_id)
+            if aggregation is not None and aggregation.status == "complete":
+                if aggregation.branch_id != leaf.branch_id:
+                    raise Forbidden("file belongs to another branch")
+                if session.get(Delivery, (leaf.id, file_id)) is None:
+                    session.add(Delivery(leaf_id=leaf.id, aggregation_id=file_id))
+                    session.commit()
+                return
+            if session.get(Contribution, file_id) is not None:
+                raise Forbidden("only aggregates can be downloaded")
+        raise NotFound("file not found")
+
+    def is_aggregate(self, file_id: str) -> bool:
+        with self._sessions() as session:
+            aggregation = session.get(Aggregation, file_id)
+            return aggregation is not None and aggregation.status == "complete"
+
+    def _open_row(self, session, branch_id: str) -> Aggregation:  # type: ignore[no-untyped-def]
+        row = session.scalar(
+            select(Aggregation).where(Aggregation.branch_id == branch_id, Aggregation.status == "open")
+        )
+        if row is None:
+            raise NotFound(f"branch {branch_id} has no open aggregation")
+        return row
+
+    def _state(self, branch: Branch) -> OpenAggregation:
+        state = self._open.get(branch.id)
+        if state is not None:
+            return state
+        with self._sessions() as session:
+            row = self._open_row(session, branch.id)
+            state = OpenAggregation(id=row.id, round=row.round)
+            for contribution in session.scalars(
+                select(Contribution).where(Contribution.aggregation_id == row.id).order_by(Contribution.created_at)
+            ):
+                state.contributors[contribution.leaf_id] = (contribution.id, contribution.weighting)
+        self._rebuild(state, branch)
+        self._open[branch.id] = state
+        return state
+
+    def _rebuild(self, state: OpenAggregation, branch: Branch) -> None:
+        state.accumulator = None
+        for file_id, _weighting in state.contributors.values():
+            with self._blobs.open_local(file_id) as path:
+                self._fold(state, self.read(path), branch)
+
+    def _new_accumulator(self, parsed: ParsedArchive, branch: Branch) -> WeightedSum | FieldCombiner:
+        if parsed.kind == FEDERATED_ANALYTICS:
+            try:
+                return FieldCombiner(
+                    parsed.fields, configured=branch.analytics_ops or {}, default=branch.analytics_default_op
+                )
+            except (UnconfiguredField, FieldMismatch) as exc:
+                raise BadRequest(str(exc)) from exc
+        return WeightedSum(parsed.layers)
+
+    def _check_compatible(self, state: OpenAggregation, parsed: ParsedArchive, branch: Branch) -> None:
+        if state.accumulator is None:
+            self._new_accumulator(parsed, branch)
+            return
+        if state.kind != parsed.kind:
+            raise Conflict(f"archive is {parsed.kind}; the open aggregation is {state.kind}")
+        try:
+            if isinstance(state.accumulator, WeightedSum):
+                state.accumulator.check(parsed.layers)
+            else:
+                state.accumulator.check(parsed.fields)
+        except (LayerMismatch, FieldMismatch) as exc:
+            raise Conflict(str(exc)) from exc
+
+    def _fold(self, state: OpenAggregation, parsed: ParsedArchive, branch: Branch) -> None:
+        if state.accumulator is None:
+            state.accumulator = self._new_accumulator(parsed, branch)
+            state.kind = parsed.kind
+        if isinstance(state.accumulator, WeightedSum):
+            state.accumulator.add(parsed.weighting, parsed.layers)
+        else:
+            state.accumulator.add(parsed.fields)
+
+    def _commit_contribution(
+        self, state: OpenAggregation, leaf: LeafIdentity, file_id: str, parsed: ParsedArchive, path: Path, digest: str
+    ) -> str | None:
+        with self._sessions() as session:
+            previous = session.scalar(
+                select(Contribution).where(
+                    Contribution.aggregation_id == state.id, Contribution.leaf_id == leaf.id
+                )
+            )
+            replaced = previous.id if previous is not None else None
+            if previous is not None:
+                session.delete(previous)
+                session.flush()
+            session.add(
+                Contribution(
+                    id=file_id,
+                    aggregation_id=state.id,
+                    leaf_id=leaf.id,
+                    weighting=parsed.weighting,
+                    size=path.stat().st_size,
+                    digest=digest,
+                )
+            )
+            session.commit()
+        return replaced
+
+    def _finalise(self, branch: Branch, state: OpenAggregation) -> str:
+        assert state.accumulator is not None
+        if isinstance(state.accumulator, WeightedSum):
+            arrays = {f"layer_{i}": layer for i, layer in enumerate(state.accumulator.mean())}
+            weight_total = state.accumulator.total_weight
+        else:
+            arrays = dict(state.accumulator.result())
+            arrays[PAYLOAD_KIND_KEY] = np.array(FEDERATED_ANALYTICS)
+            weight_total = 0.0
+        with tempfile.NamedTemporaryFile(dir=self._scratch, suffix=".npz", delete=False) as handle:
+            scratch = Path(handle.name)
+            np.savez(handle, **arrays)
+        try:
+            self._blobs.put_file(state.id, scratch)
+        finally:
+            scratch.unlink(missing_ok=True)
+        next_state = OpenAggregation(id=uuid.uuid4().hex, round=state.round + 1)
+        with self._sessions() as session:
+            row = session.get(Aggregation, state.id)
+            row.status = "complete"
+            row.kind = state.kind
+            row.contributors = len(state.contributors)
+            row.weight_total = weight_total
+            row.completed_at = utcnow()
+            session.add(Aggregation(id=next_state.id, branch_id=branch.id, round=next_state.round))
+            session.commit()
+        self._open[branch.id] = next_state
+        logger.info(
+            "branch %s: round %d aggregated from %d leaves into %s",
+            branch.id, state.round, len(state.contributors), state.id,
+        )
+        return state.id
+
+
+def check_file_id(file_id: str) -> None:
+    if not _FILE_ID.match(file_id):
+        raise BadRequest("invalid file id")
+
+
+def leaf_names(sessions: sessionmaker, leaf_ids: list[str]) -> list[str]:
+    if not leaf_ids:
+        return []
+    with sessions() as session:
+        return sorted(session.scalars(select(Leaf.name).where(Leaf.id.in_(leaf_ids))))

@@ -1,0 +1,83 @@
+"""Runs the aggregation server with uvicorn: in the foreground for `fedgrove aggregator serve`, or in a
+background thread on a loopback port for tests and for the coordinator's embedded default."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+import uvicorn
+
+from aggregator.app import create_app
+from aggregator.config import AggregatorSettings
+
+logger = logging.getLogger(__name__)
+WS_PROTOCOL = "websockets-sansio"
+
+
+def _config(settings: AggregatorSettings, *, log_level: str) -> uvicorn.Config:
+    return uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        ws=WS_PROTOCOL,
+        log_level=log_level,
+        ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
+        ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+        timeout_graceful_shutdown=5,
+    )
+
+
+def base_url(settings: AggregatorSettings, port: int) -> str:
+    scheme = "https" if settings.ssl_certfile else "http"
+    return f"{scheme}://{settings.host}:{port}"
+
+
+def serve_forever(settings: AggregatorSettings) -> None:
+    """Serve until SIGTERM or SIGINT (uvicorn handles both and shuts down cleanly)."""
+    logger.info("aggregator listening on %s (data in %s)", base_url(settings, settings.port), settings.data_dir)
+    uvicorn.Server(_config(settings, log_level="info")).run()
+
+
+class ServerThread:
+    """The real server on a socket bound before start (port 0 = a free port), served from a thread."""
+
+    def __init__(self, settings: AggregatorSettings, *, log_level: str = "warning") -> None:
+        self.settings = settings
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((settings.host, settings.port))
+        self.port = self._socket.getsockname()[1]
+        self.url = base_url(settings, self.port)
+        self._server = uvicorn.Server(_config(settings, log_level=log_level))
+        self._server.config.port = self.port
+        self._thread = threading.Thread(target=self._run, name=f"aggregator-{self.port}", daemon=True)
+
+    @property
+    def context(self):  # type: ignore[no-untyped-def]
+        return self._server.config.app.state.context
+
+    def _run(self) -> None:
+        self._server.run(sockets=[self._socket])
+
+    def start(self, timeout_s: float = 30) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"aggregator did not start on {self.url} within {timeout_s} s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=15)
+        self._socket.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
