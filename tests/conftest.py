@@ -1,0 +1,11 @@
+"""Shared test set-up: quiet, offline Prefect and the fixtures of the real servers the tests start."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+
+pytest_plugins = ["tests.aggregator_fixtures"]

@@ -1,0 +1,127 @@
+"""The official branchkey client against the real server: rounds of FedAvg and of federated analytics."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aggregator.fedavg import weighted_mean
+
+
+def _layers(rng: np.random.Generator) -> list[np.ndarray]:
+    return [rng.normal(size=(4, 7)).astype(np.float32), rng.normal(size=(7,)).astype(np.float32)]
+
+
+def _upload_all(clients, tmp_path: Path, contributions) -> None:
+    errors: list[BaseException] = []
+
+    def upload(index: int) -> None:
+        try:
+            weighting, layers = contributions[index]
+            path = clients[index].save_weights(str(tmp_path / f"leaf-{index}"), weighting, layers)
+            clients[index].file_upload(path)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(len(clients))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
+def test_five_leaves_in_threads_get_the_weighted_mean_for_three_rounds(branch, leaf_client, tmp_path):
+    credentials = branch(leaves=5)
+    clients = [leaf_client(c) for c in credentials]
+    rng = np.random.default_rng(7)
+    seen: set[str] = set()
+    for round_number in range(1, 4):
+        contributions = [(float(rng.integers(20, 200)), _layers(rng)) for _ in clients]
+        round_dir = tmp_path / f"round-{round_number}"
+        round_dir.mkdir()
+        _upload_all(clients, round_dir, contributions)
+        expected = weighted_mean(contributions)
+        ids = set()
+        for client in clients:
+            aggregation_id = client.queue.get(timeout=10)
+            ids.add(aggregation_id)
+            with np.load(client.file_download(aggregation_id), allow_pickle=False) as archive:
+                assert sorted(archive.files) == ["layer_0", "layer_1"]
+                for index, layer in enumerate(expected):
+                    np.testing.assert_allclose(archive[f"layer_{index}"], layer, rtol=1e-6, atol=1e-7)
+                    assert archive[f"layer_{index}"].dtype == np.float32
+        assert len(ids) == 1 and not ids & seen
+        seen |= ids
+
+
+def test_weighted_mean_is_accumulated_in_float64():
+    big = [np.full((3,), 1e8, dtype=np.float32)]
+    small = [np.full((3,), 1.0, dtype=np.float32)]
+    result = weighted_mean([(1.0, big), (1e8, small)])
+    expected = (1e8 * 1.0 + 1.0 * 1e8) / (1e8 + 1.0)
+    np.testing.assert_allclose(result[0], np.float32(expected), rtol=1e-7)
+
+
+def test_reupload_replaces_the_leafs_contribution_and_is_not_counted_twice(aggregator, branch, leaf_client, tmp_path):
+    credentials = branch(leaves=2)
+    first, second = (leaf_client(c) for c in credentials)
+    rng = np.random.default_rng(1)
+    stale, fresh, other = _layers(rng), _layers(rng), _layers(rng)
+    first.file_upload(first.save_weights(str(tmp_path / "stale"), 10.0, stale))
+    first.file_upload(first.save_weights(str(tmp_path / "fresh"), 30.0, fresh))
+    status = aggregator.context.service.open_round(credentials[0].branch_id)
+    assert status == (1, [credentials[0].id])
+    second.file_upload(second.save_weights(str(tmp_path / "other"), 10.0, other))
+    aggregation_id = second.queue.get(timeout=10)
+    expected = weighted_mean([(30.0, fresh), (10.0, other)])
+    with np.load(second.file_download(aggregation_id), allow_pickle=False) as archive:
+        for index, layer in enumerate(expected):
+            np.testing.assert_allclose(archive[f"layer_{index}"], layer, rtol=1e-6)
+
+
+def test_save_analytics_round_pools_count_mean_and_variance_like_numpy(branch, leaf_client, tmp_path):
+    credentials = branch(leaves=3)
+    clients = [leaf_client(c) for c in credentials]
+    rng = np.random.default_rng(3)
+    columns = [
+        {"age": rng.normal(50, 10, size=n), "dose": rng.uniform(0, 5, size=n)} for n in (40, 75, 12)
+    ]
+    for index, client in enumerate(clients):
+        client.file_upload(client.save_analytics(columns[index], file_path=str(tmp_path / f"analytics-{index}")))
+    aggregation_id = clients[0].queue.get(timeout=10)
+    with np.load(clients[0].file_download(aggregation_id), allow_pickle=False) as archive:
+        for name in ("age", "dose"):
+            pooled = np.concatenate([c[name] for c in columns])
+            n = archive[f"{name}_n"][0]
+            mean = archive[f"{name}_sum"][0] / n
+            variance = archive[f"{name}_sumsq"][0] / n - mean**2
+            assert n == pooled.size
+            assert archive[f"{name}_nan"][0] == 0
+            np.testing.assert_allclose(mean, pooled.mean(), rtol=1e-12)
+            np.testing.assert_allclose(variance, pooled.var(), rtol=1e-9)
+            assert archive[f"{name}_min"][0] == pooled.min()
+            assert archive[f"{name}_max"][0] == pooled.max()
+
+
+@pytest.mark.parametrize("operation", ["sum", "min", "max", "must_match"])
+def test_save_fields_are_combined_by_the_branch_operation(operation, branch, leaf_client, tmp_path):
+    credentials = branch(leaves=2, analytics_default_op=operation)
+    clients = [leaf_client(c) for c in credentials]
+    values = [np.array([1.0, 5.0, 3.0]), np.array([2.0, 4.0, 3.0])]
+    if operation == "must_match":
+        values = [np.array([2.0, 4.0, 3.0])] * 2
+    for index, client in enumerate(clients):
+        client.file_upload(client.save_fields({"spacing": values[index]}, file_path=str(tmp_path / f"f{index}")))
+    aggregation_id = clients[0].queue.get(timeout=10)
+    expected = {
+        "sum": values[0] + values[1],
+        "min": np.minimum(values[0], values[1]),
+        "max": np.maximum(values[0], values[1]),
+        "must_match": values[0],
+    }[operation]
+    with np.load(clients[0].file_download(aggregation_id), allow_pickle=False) as archive:
+        np.testing.assert_array_equal(archive["spacing"], expected)
