@@ -1,0 +1,257 @@
+"""Where the aggregation server keeps uploaded `.npz` archives and computed aggregates.
+
+One small interface, `BlobStore`, and two implementations chosen by `FEDGROVE_BLOB_URL`:
+
+* `LocalBlobStore`: files in one folder (default `<data_dir>/blobs`); the server streams them itself
+  and signs its own download links, so `presigned_url` is None and `local_path` the file.
+* `S3BlobStore`: objects under `s3://bucket/prefix`; downloads go straight to S3 through presigned URLs.
+
+Keys are opaque names (the server uses uuid hex): 1-128 characters from `[A-Za-z0-9._-]`, not `.`/`..`.
+A key is validated before anything touches the disk or the network, so a path-traversal attempt fails
+with `InvalidBlobKey` and nothing else. A writer never exposes a half-written blob: the local store
+writes a temporary file in the same folder, fsyncs it and renames it into place; an S3 PUT is atomic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any, NoReturn, Protocol
+from urllib.parse import unquote, urlsplit
+
+from aggregator.blobstore_errors import BlobNotFound, BlobStoreError, BlobStoreUnavailable, InvalidBlobKey
+from fedgrove.s3 import MAX_PRESIGN_SECONDS, S3Connection, S3Location, S3Problem
+
+logger = logging.getLogger(__name__)
+
+SETTING = "FEDGROVE_BLOB_URL"
+_KEY = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# Temporary files carry a "~", which no valid key can, so a temp file is never mistaken for a blob.
+_TEMP_PREFIX = ".put~"
+
+
+class BlobStore(Protocol):
+    """What the server needs from a blob store. Every method raises `InvalidBlobKey` for a bad key."""
+
+    def put_file(self, key: str, source: Path) -> None:
+        """Store a copy of `source` under `key`, replacing any blob there; atomic for readers."""
+
+    def fetch(self, key: str, destination: Path) -> Path:
+        """Copy the blob to `destination` (a seekable local file for np.load); `BlobNotFound` if missing."""
+
+    def open_local(self, key: str) -> AbstractContextManager[Path]:
+        """A local path to the blob for the `with` block: the file itself, or a download deleted after."""
+
+    def delete(self, key: str) -> None:
+        """Remove the blob; a missing key is not an error."""
+
+    def exists(self, key: str) -> bool: ...
+
+    def size(self, key: str) -> int:
+        """Size in bytes; `BlobNotFound` if missing."""
+
+    def presigned_url(self, key: str, *, expires_in: int) -> str | None:
+        """A GET URL valid for `expires_in` seconds, or None when the server must serve the blob itself."""
+
+    def local_path(self, key: str) -> Path | None:
+        """The blob's file, to stream in a response (`BlobNotFound` if missing), or None if not local."""
+
+
+def validate_key(key: str) -> str:
+    if not isinstance(key, str) or not _KEY.fullmatch(key) or key in {".", ".."}:
+        raise InvalidBlobKey(key)
+    return key
+
+
+def blob_store_from_url(url: str | None, *, data_dir: Path, endpoint_url: str | None = None) -> BlobStore:
+    """Pick the store for `FEDGROVE_BLOB_URL`.
+
+    `None`/"" → `<data_dir>/blobs`; `file:///abs/path` or a plain path → that folder;
+    `s3://bucket/prefix` → S3 (`endpoint_url` overrides `AWS_ENDPOINT_URL`).
+    """
+    if not url:
+        return LocalBlobStore(data_dir / "blobs")
+    scheme = urlsplit(url).scheme
+    if scheme == "s3":
+        return S3BlobStore(url, endpoint_url=endpoint_url)
+    if scheme == "file":
+        parts = urlsplit(url)
+        if parts.netloc not in {"", "localhost"}:
+            raise BlobStoreError(f"expected {SETTING} like file:///abs/path, got {url!r} (fix: use three slashes)")
+        return LocalBlobStore(Path(unquote(parts.path)))
+    if scheme and len(scheme) > 1:  # a one-letter "scheme" is a Windows drive
+        raise BlobStoreError(
+            f"expected {SETTING} to be a folder, file:///abs/path or s3://bucket/prefix, got {url!r}"
+        )
+    return LocalBlobStore(Path(url))
+
+
+class LocalBlobStore:
+    """Blobs as files in one folder, written atomically (temp file, fsync, rename, fsync of the folder)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+
+    def __repr__(self) -> str:
+        return f"LocalBlobStore({str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        return self.root / validate_key(key)
+
+    def _existing(self, key: str) -> Path:
+        path = self._path(key)
+        if not path.is_file():
+            raise BlobNotFound(key, where=str(self.root))
+        return path
+
+    def put_file(self, key: str, source: Path) -> None:
+        path = self._path(key)
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(dir=self.root, prefix=_TEMP_PREFIX, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                shutil.copyfileobj(src, out, length=1024 * 1024)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp_name, path)
+        except BaseException:
+            Path(temp_name).unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.root)
+        logger.debug("stored blob %s (%d bytes) in %s", key, path.stat().st_size, self.root)
+
+    def fetch(self, key: str, destination: Path) -> Path:
+        shutil.copyfile(self._existing(key), destination)
+        return Path(destination)
+
+    @contextmanager
+    def open_local(self, key: str) -> Iterator[Path]:
+        yield self._existing(key)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        return self._existing(key).stat().st_size
+
+    def presigned_url(self, key: str, *, expires_in: int) -> str | None:
+        validate_key(key)
+        return None
+
+    def local_path(self, key: str) -> Path | None:
+        return self._existing(key)
+
+
+class S3BlobStore:
+    """Blobs as objects under `s3://bucket/prefix/<key>`.
+
+    Credentials come from the standard AWS chain; the endpoint from `endpoint_url`, else
+    `AWS_ENDPOINT_URL`, else AWS. Path-style addressing, so S3-compatible servers work too.
+    """
+
+    def __init__(self, url: str, *, endpoint_url: str | None = None, setting: str = SETTING) -> None:
+        try:
+            self.location = S3Location.parse(url, setting=setting)
+        except ValueError as exc:
+            raise BlobStoreError(str(exc)) from exc
+        self._s3 = S3Connection(endpoint_url=endpoint_url, setting=setting)
+        self._client = self._s3.client
+
+    def __repr__(self) -> str:
+        return f"S3BlobStore({self.location.uri()!r}, endpoint_url={self._s3.endpoint_url!r})"
+
+    def _key(self, key: str) -> str:
+        return self.location.key(validate_key(key))
+
+    def _raise(self, exc: Exception, key: str) -> NoReturn:
+        failure = self._s3.explain(exc, bucket=self.location.bucket, key=self._key(key))
+        if failure is None:
+            raise exc
+        if failure.problem is S3Problem.NOT_FOUND:
+            raise BlobNotFound(key, where=self.location.uri()) from exc
+        if failure.problem is S3Problem.OTHER:
+            raise BlobStoreError(failure.message) from exc
+        raise BlobStoreUnavailable(failure.message) from exc
+
+    def put_file(self, key: str, source: Path) -> None:
+        object_key = self._key(key)
+        try:
+            self._client.upload_file(str(source), self.location.bucket, object_key)
+        except OSError:
+            raise  # the local source is unreadable: the caller's problem, not the store's
+        except Exception as exc:
+            self._raise(exc, key)
+        logger.debug("stored blob %s in %s", key, self.location.uri())
+
+    def fetch(self, key: str, destination: Path) -> Path:
+        object_key = self._key(key)
+        try:
+            self._client.download_file(self.location.bucket, object_key, str(destination))
+        except Exception as exc:
+            self._raise(exc, key)
+        return Path(destination)
+
+    @contextmanager
+    def open_local(self, key: str) -> Iterator[Path]:
+        validate_key(key)
+        with tempfile.TemporaryDirectory(prefix="fedgrove-blob-") as folder:
+            yield self.fetch(key, Path(folder) / key)
+
+    def delete(self, key: str) -> None:
+        try:
+            self._client.delete_object(Bucket=self.location.bucket, Key=self._key(key))
+        except Exception as exc:
+            self._raise(exc, key)
+
+    def _head(self, key: str) -> dict[str, Any]:
+        try:
+            return self._client.head_object(Bucket=self.location.bucket, Key=self._key(key))
+        except Exception as exc:
+            self._raise(exc, key)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._head(key)
+        except BlobNotFound:
+            return False
+        return True
+
+    def size(self, key: str) -> int:
+        return int(self._head(key)["ContentLength"])
+
+    def presigned_url(self, key: str, *, expires_in: int) -> str | None:
+        """A GET URL anyone can use until it expires. Does not check that the blob exists."""
+        if not 1 <= expires_in <= MAX_PRESIGN_SECONDS:
+            raise ValueError(f"expected expires_in between 1 and {MAX_PRESIGN_SECONDS} seconds, got {expires_in}")
+        params = {"Bucket": self.location.bucket, "Key": self._key(key)}
+        try:
+            return self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
+        except Exception as exc:
+            self._raise(exc, key)
+
+    def local_path(self, key: str) -> Path | None:
+        validate_key(key)
+        return None
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable: fsync the folder that holds the new name (a no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
