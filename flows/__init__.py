@@ -1,0 +1,1 @@
+"""Prefect flows: thin wiring that puts the tasks in order."""

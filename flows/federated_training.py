@@ -1,0 +1,154 @@
+"""`federated-training`: the coordinator. Splits the data, picks the features, sets up the federation,
+runs every organisation's `leaf-training` flow at once, then the baselines, and writes the outputs."""
+
+from __future__ import annotations
+
+import contextvars
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from pydantic import BaseModel, Field
+
+from fedgrove.data import organisation_names
+from fedgrove.model import TrainConfig
+from fedgrove.settings import PipelineSettings
+from fedgrove.simulation import leaf_seed
+from flows.baselines import baselines
+from flows.leaf_training import LeafTrainingConfig, LeafTrainingResult, leaf_training
+from tasks.data import prepare_partitions
+from tasks.features import select_features_pooled
+from tasks.outputs import publish_prefect_artifacts, write_outputs
+from tasks.provisioning import federation
+
+
+class FederatedTrainingConfig(BaseModel):
+    organisations: int = Field(default=5, ge=1, le=100)
+    rounds: int = Field(default=50, ge=1)
+    split: Literal["iid", "dirichlet"] = "iid"
+    alpha: float = Field(default=0.5, gt=0)
+    seed: int = 0
+    features: int = Field(default=4, ge=1, le=30)
+    train: TrainConfig = TrainConfig()
+    run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class LeafFlowsFailed(RuntimeError):
+    pass
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def run_leaves(configs: list[LeafTrainingConfig]) -> list[LeafTrainingResult]:
+    """Run the leaf flows in threads, as subflows of this run; fail naming every organisation that failed."""
+    with ThreadPoolExecutor(max_workers=len(configs), thread_name_prefix="leaf") as pool:
+        futures = {
+            config.organisation: pool.submit(contextvars.copy_context().run, leaf_training, config)
+            for config in configs
+        }
+        outcomes = {org: future.exception() for org, future in futures.items()}
+    failed = {org: exc for org, exc in outcomes.items() if exc is not None}
+    if failed:
+        detail = "; ".join(f"{org}: {exc}" for org, exc in failed.items())
+        raise LeafFlowsFailed(f"leaf flows failed for {', '.join(failed)} ({detail})")
+    return [futures[config.organisation].result() for config in configs]
+
+
+def _final(history: list[dict[str, float]]) -> dict[str, float]:
+    return {"accuracy_test": history[-1]["accuracy_test"], "loss_test": history[-1]["loss_test"]}
+
+
+@flow(name="federated-training")
+def federated_training(config: FederatedTrainingConfig = FederatedTrainingConfig()) -> dict:
+    started = time.perf_counter()
+    logger = get_run_logger()
+    settings = PipelineSettings()
+    run_id = config.run_id or new_run_id()
+    work = settings.work_dir / "runs" / run_id
+    organisations = organisation_names(config.organisations)
+    paths = prepare_partitions(
+        work / "data", organisations=config.organisations, split=config.split, alpha=config.alpha, seed=config.seed
+    )
+    selection = select_features_pooled([paths[org] for org in organisations], k=config.features)
+    logger.info("selected features %s", ", ".join(selection.features))
+    progress_id = create_progress_artifact(progress=0.0, key="federated-training-progress",
+                                           description=f"Rounds completed, run {run_id}")
+    with federation(settings, organisations=organisations, run_id=run_id, credentials_dir=work / "credentials") as fed:
+        leaf_configs = [
+            LeafTrainingConfig(
+                organisation=org,
+                data_path=paths[org],
+                test_path=paths["test"],
+                selection=selection,
+                rounds=config.rounds,
+                train=config.train,
+                seed=config.seed,
+                env_file=fed.env_files[org],
+                work_dir=work / "leaves" / org,
+                aggregation_timeout_s=settings.aggregation_timeout_s,
+                progress_artifact_id=str(progress_id) if index == 0 else None,
+            )
+            for index, org in enumerate(organisations)
+        ]
+        results = run_leaves(leaf_configs)
+    local_only, centralised = baselines(
+        partition_paths={org: paths[org] for org in organisations},
+        test_path=paths["test"],
+        selection=selection,
+        epochs=config.rounds,
+        train=config.train,
+        seeds={org: leaf_seed(config.seed, org) for org in organisations},
+        seed=config.seed,
+    )
+    identical = all(len({r.parameter_digests[i] for r in results}) == 1 for i in range(config.rounds))
+    epochs = pd.concat(
+        [
+            pd.DataFrame([{"mode": "federated", "organisation": r.organisation, **h} for r in results for h in r.history]),
+            pd.DataFrame([{"mode": "local_only", "organisation": org, **h} for org, hs in local_only.items() for h in hs]),
+            pd.DataFrame([{"mode": "centralised", "organisation": "all", **h} for h in centralised]),
+        ],
+        ignore_index=True,
+    )
+    federated = {r.organisation: _final(r.history) for r in results}
+    summary = {
+        "run_id": run_id,
+        "rounds": config.rounds,
+        "organisations": config.organisations,
+        "split": config.split,
+        "preprocessing": "pooled",
+        "features": selection.features,
+        "p_values": selection.p_values,
+        "records": {r.organisation: r.records for r in results},
+        "centralised": _final(centralised),
+        "federated": federated,
+        "federated_mean": {
+            key: float(np.mean([f[key] for f in federated.values()])) for key in ("accuracy_test", "loss_test")
+        },
+        "local_only": {org: _final(hs) for org, hs in local_only.items()},
+        "identical_models": identical,
+    }
+    with np.load(results[0].parameters_path, allow_pickle=False) as archive:
+        parameters = [archive[f"layer_{i}"] for i in range(len(archive.files))]
+    summary["wall_s"] = round(time.perf_counter() - started, 2)
+    uris, result_url = write_outputs(
+        run_id=run_id,
+        staging=work / "outputs",
+        artifacts_url=settings.artifacts,
+        epochs=epochs,
+        selection=selection,
+        parameters=parameters,
+        summary=summary,
+    )
+    publish_prefect_artifacts(summary=summary, epochs=epochs, uris=uris, result_url=result_url)
+    update_progress_artifact(progress_id, 100.0)
+    logger.info("run %s finished in %.1f s; outputs: %s", run_id, summary["wall_s"], uris.get("result.png"))
+    return {**summary, "outputs": uris}

@@ -1,0 +1,132 @@
+"""Tasks that talk to the aggregation server through the official `branchkey` client.
+
+A `LeafSession` wraps the client with what the client's one-slot notification queue does not keep:
+the aggregation ids this leaf has already loaded (so a stale or repeated id is ignored) and ids that
+arrived before the leaf started waiting (so draining the queue before an upload loses nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from branchkey import APIConfig, Client, RetryConfig
+from prefect import get_run_logger, task
+
+from fedgrove.settings import LeafSettings
+from tasks.options import LOCAL, TRANSIENT
+
+
+class AggregationTimeout(RuntimeError):
+    """No aggregation arrived in time; Prefect retries the wait."""
+
+
+class AggregateMismatch(ValueError):
+    """The downloaded aggregate does not fit the local model."""
+
+
+@dataclass
+class LeafSession:
+    client: Client
+    leaf_name: str
+    branch_id: str
+    work_dir: Path
+    loaded: set[str] = field(default_factory=set)
+    pending: list[str] = field(default_factory=list)
+
+    def drain(self) -> None:
+        while True:
+            try:
+                aggregation_id = self.client.queue.get_nowait()
+            except queue.Empty:
+                return
+            if aggregation_id not in self.loaded and aggregation_id not in self.pending:
+                self.pending.append(aggregation_id)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@task(name="connect-leaf", **TRANSIENT)
+def connect_leaf(settings: LeafSettings, work_dir: Path) -> LeafSession:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    client = Client(
+        settings.credentials(),
+        # The client hands its `ssl` flag to the WebSocket too, which refuses it on a ws:// URL.
+        api_config=APIConfig(host=settings.branchkey_host, ssl=settings.verify_ssl and settings.uses_tls),
+        retry_config=RetryConfig(max_retries=2, backoff_factor=0.5, total_timeout=60),
+        output_dir=str(work_dir / "downloads"),
+    )
+    if client.run_status != "start":
+        get_run_logger().info("run of branch %s is %s; uploads wait for it to start", settings.branch_id,
+                              client.run_status)
+    return LeafSession(client=client, leaf_name=settings.leaf_name, branch_id=settings.branch_id, work_dir=work_dir)
+
+
+@task(name="upload-parameters", **TRANSIENT)
+def upload_parameters(session: LeafSession, parameters: list[np.ndarray], *, weighting: float, round_number: int) -> str:
+    """`save_weights` + `file_upload`. A retried upload replaces this leaf's earlier one on the server."""
+    path = session.client.save_weights(str(session.work_dir / f"round-{round_number}"), weighting, parameters)
+    session.drain()
+    try:
+        return session.client.file_upload(path)
+    finally:
+        Path(path).unlink(missing_ok=True)
+
+
+@task(name="wait-for-aggregation", retries=2, retry_delay_seconds=[1, 1], cache_policy=LOCAL["cache_policy"])
+def wait_for_aggregation(session: LeafSession, *, round_number: int, timeout_s: float) -> str:
+    """Block until an aggregation this leaf has not loaded yet is announced."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        session.drain()
+        if session.pending:
+            return session.pending.pop()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AggregationTimeout(
+                f"no aggregation for round {round_number} of branch {session.branch_id} within {timeout_s:g} s "
+                "(fix: check that every leaf of the branch is running, or raise FEDGROVE_AGGREGATION_TIMEOUT_S)"
+            )
+        try:
+            aggregation_id = session.client.queue.get(timeout=min(remaining, 1.0))
+        except queue.Empty:
+            continue
+        if aggregation_id not in session.loaded:
+            return aggregation_id
+
+
+@task(name="load-aggregate", **TRANSIENT)
+def load_aggregate(session: LeafSession, aggregation_id: str, *, template: list[np.ndarray]) -> list[np.ndarray]:
+    """Download the aggregate and check it fits the local model (count, shapes, dtypes, finite values)."""
+    path = Path(session.client.file_download(aggregation_id))
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = sorted((k for k in archive.files if k.startswith("layer_")), key=lambda k: int(k[6:]))
+            if len(names) != len(template):
+                raise AggregateMismatch(
+                    f"aggregate {aggregation_id} has {len(names)} layers; the local model has {len(template)}"
+                )
+            layers = [archive[name] for name in names]
+    finally:
+        path.unlink(missing_ok=True)
+    for index, (layer, local) in enumerate(zip(layers, template, strict=True)):
+        if layer.shape != local.shape or layer.dtype != local.dtype:
+            raise AggregateMismatch(
+                f"aggregate {aggregation_id}: layer_{index} has shape {layer.shape} dtype {layer.dtype}; "
+                f"the local model has {local.shape} {local.dtype}"
+            )
+        if not np.isfinite(layer).all():
+            raise AggregateMismatch(f"aggregate {aggregation_id}: layer_{index} contains NaN or Inf")
+    session.loaded.add(aggregation_id)
+    return layers
+
+
+@task(name="report-performance", **LOCAL)
+def report_performance(session: LeafSession, aggregation_id: str, metrics: dict[str, float]) -> bool:
+    """Send the round's test metrics to the server's performance analysis (best effort, as the client does)."""
+    return session.client.send_performance_metrics(aggregation_id, json.dumps(metrics), mode="test")
