@@ -22,6 +22,7 @@ from fedgrove.model import TrainConfig
 from fedgrove.settings import PipelineSettings
 from fedgrove.simulation import leaf_seed
 from flows.baselines import baselines
+from flows.sites import run_leaf_deployments
 from flows.leaf_training import LeafTrainingConfig, LeafTrainingResult, leaf_training
 from tasks.data import prepare_partitions
 from tasks.features import select_features_pooled
@@ -38,6 +39,11 @@ class FederatedTrainingConfig(BaseModel):
     features: int = Field(default=4, ge=1, le=30)
     train: TrainConfig = TrainConfig()
     run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    sites: bool = Field(
+        default=False,
+        description="run each organisation's leaf-training/<organisation> deployment on its own worker "
+        "(credentials in the workers' environment) instead of in-process leaves on an embedded aggregator",
+    )
 
 
 class LeafFlowsFailed(RuntimeError):
@@ -63,6 +69,13 @@ def run_leaves(configs: list[LeafTrainingConfig]) -> list[LeafTrainingResult]:
     return [futures[config.organisation].result() for config in configs]
 
 
+def shared_artifacts_url(url: str | None) -> str:
+    """The artifact store as every process can reach it: a local folder made absolute."""
+    if url and "://" in url:
+        return url
+    return str(Path(url or "runs").resolve())
+
+
 def _final(history: list[dict[str, float]]) -> dict[str, float]:
     return {"accuracy_test": history[-1]["accuracy_test"], "loss_test": history[-1]["loss_test"]}
 
@@ -82,24 +95,34 @@ def federated_training(config: FederatedTrainingConfig = FederatedTrainingConfig
     logger.info("selected features %s", ", ".join(selection.features))
     progress_id = create_progress_artifact(progress=0.0, key="federated-training-progress",
                                            description=f"Rounds completed, run {run_id}")
-    with federation(settings, organisations=organisations, run_id=run_id, credentials_dir=work / "credentials") as fed:
-        leaf_configs = [
-            LeafTrainingConfig(
-                organisation=org,
-                data_path=paths[org],
-                test_path=paths["test"],
-                selection=selection,
-                rounds=config.rounds,
-                train=config.train,
-                seed=config.seed,
-                env_file=fed.env_files[org],
-                work_dir=work / "leaves" / org,
-                aggregation_timeout_s=settings.aggregation_timeout_s,
-                progress_artifact_id=str(progress_id) if index == 0 else None,
-            )
-            for index, org in enumerate(organisations)
-        ]
-        results = run_leaves(leaf_configs)
+    artifacts_url = shared_artifacts_url(settings.artifacts)
+
+    def leaf_config(index: int, org: str, env_file: Path | None) -> LeafTrainingConfig:
+        return LeafTrainingConfig(
+            organisation=org,
+            data_path=paths[org].resolve(),
+            test_path=paths["test"].resolve(),
+            selection=selection,
+            rounds=config.rounds,
+            train=config.train,
+            seed=config.seed,
+            env_file=env_file,
+            work_dir=(work / "leaves" / org).resolve(),
+            aggregation_timeout_s=settings.aggregation_timeout_s,
+            progress_artifact_id=str(progress_id) if index == 0 else None,
+            run_id=run_id,
+            artifacts=artifacts_url,
+        )
+
+    if config.sites:
+        results = run_leaf_deployments(
+            [leaf_config(i, org, None) for i, org in enumerate(organisations)], scratch=work / "site-results"
+        )
+    else:
+        with federation(
+            settings, organisations=organisations, run_id=run_id, credentials_dir=work / "credentials"
+        ) as fed:
+            results = run_leaves([leaf_config(i, org, fed.env_files[org]) for i, org in enumerate(organisations)])
     local_only, centralised = baselines(
         partition_paths={org: paths[org] for org in organisations},
         test_path=paths["test"],
@@ -142,7 +165,7 @@ def federated_training(config: FederatedTrainingConfig = FederatedTrainingConfig
     uris, result_url = write_outputs(
         run_id=run_id,
         staging=work / "outputs",
-        artifacts_url=settings.artifacts,
+        artifacts_url=artifacts_url,
         epochs=epochs,
         selection=selection,
         parameters=parameters,

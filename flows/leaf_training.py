@@ -20,6 +20,7 @@ from fedgrove.model import TrainConfig, build_model, get_parameters
 from fedgrove.settings import LeafSettings
 from fedgrove.simulation import leaf_seed
 from tasks.data import load_leaf_data
+from tasks.outputs import publish_leaf_result
 from tasks.federation import connect_leaf, load_aggregate, report_performance, upload_parameters, wait_for_aggregation
 from tasks.training import evaluate_and_track, fit_local
 
@@ -36,6 +37,8 @@ class LeafTrainingConfig(BaseModel):
     work_dir: Path = Path(".fedgrove/leaf")
     aggregation_timeout_s: float = Field(default=120.0, gt=0)
     progress_artifact_id: str | None = None
+    run_id: str = Field(default="leaf", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    artifacts: str | None = Field(default=None, description="artifact store for this leaf's result (no secrets)")
 
 
 class LeafTrainingResult(BaseModel):
@@ -87,7 +90,7 @@ def leaf_training(config: LeafTrainingConfig) -> LeafTrainingResult:
         session.close()
     parameters_path = config.work_dir / "final-parameters.npz"
     np.savez(parameters_path, **{f"layer_{i}": layer for i, layer in enumerate(parameters)})
-    return LeafTrainingResult(
+    result = LeafTrainingResult(
         organisation=config.organisation,
         leaf_name=settings.leaf_name,
         records=data.records,
@@ -95,3 +98,11 @@ def leaf_training(config: LeafTrainingConfig) -> LeafTrainingResult:
         parameter_digests=digests,
         parameters_path=parameters_path,
     )
+    publish_leaf_result(
+        run_id=config.run_id,
+        artifacts_url=config.artifacts,
+        organisation=config.organisation,
+        result=result.model_dump(mode="json"),
+        parameters_path=parameters_path,
+    )
+    return result

@@ -19,6 +19,32 @@ from tasks.options import LOCAL, TRANSIENT
 OUTPUT_FILES = ("model.pt", "model.json", "result.png", "epochs.csv", "summary.json")
 
 
+def leaf_result_names(organisation: str) -> tuple[str, str]:
+    return f"leaf-{organisation}.json", f"leaf-{organisation}-parameters.npz"
+
+
+@task(name="publish-leaf-result", **TRANSIENT)
+def publish_leaf_result(
+    *, run_id: str, artifacts_url: str | None, organisation: str, result: dict, parameters_path: Path
+) -> dict[str, str]:
+    """Put a leaf's history and final parameters in the run folder, where the coordinator reads them
+    (in sites mode the leaf runs on another machine)."""
+    summary_name, parameters_name = leaf_result_names(organisation)
+    staged = parameters_path.with_name(summary_name)
+    staged.write_text(json.dumps(result, indent=2) + "\n")
+    store = artifact_store_from_url(artifacts_url)
+    return store.publish_run(run_id, {summary_name: staged, parameters_name: parameters_path})
+
+
+def read_leaf_result(*, run_id: str, artifacts_url: str | None, organisation: str, scratch: Path) -> tuple[dict, Path]:
+    summary_name, parameters_name = leaf_result_names(organisation)
+    store = artifact_store_from_url(artifacts_url)
+    scratch.mkdir(parents=True, exist_ok=True)
+    parameters_path = scratch / parameters_name
+    parameters_path.write_bytes(store.read_bytes(run_id, parameters_name))
+    return json.loads(store.read_bytes(run_id, summary_name)), parameters_path
+
+
 @task(name="write-outputs", **TRANSIENT)
 def write_outputs(
     *,
