@@ -158,6 +158,7 @@ def federated_training(config: FederatedTrainingConfig = FederatedTrainingConfig
         },
         "local_only": {org: _final(hs) for org, hs in local_only.items()},
         "identical_models": identical,
+        "seconds_per_round": float(np.median([max(r.round_seconds[i] for r in results) for i in range(config.rounds)])),
     }
     with np.load(results[0].parameters_path, allow_pickle=False) as archive:
         parameters = [archive[f"layer_{i}"] for i in range(len(archive.files))]

@@ -7,6 +7,7 @@ the flow's parameters are shown in the Prefect UI and stored with every run.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -47,6 +48,7 @@ class LeafTrainingResult(BaseModel):
     records: int
     history: list[dict[str, float]]
     parameter_digests: list[str]
+    round_seconds: list[float]
     parameters_path: Path
 
 
@@ -66,9 +68,10 @@ def leaf_training(config: LeafTrainingConfig) -> LeafTrainingResult:
     session = connect_leaf(settings, config.work_dir)
     parameters = get_parameters(build_model(len(config.selection.features), seed=config.seed))
     seed = leaf_seed(config.seed, config.organisation)
-    history, digests = [], []
+    history, digests, round_seconds = [], [], []
     try:
         for round_number in range(1, config.rounds + 1):
+            round_started = time.perf_counter()
             local = fit_local(parameters, data, config=config.train, seed=seed, round_number=round_number)
             upload_parameters(session, local, weighting=float(data.records), round_number=round_number)
             aggregation_id = wait_for_aggregation(
@@ -78,6 +81,7 @@ def leaf_training(config: LeafTrainingConfig) -> LeafTrainingResult:
             metrics = evaluate_and_track(parameters, data, round_number=round_number, leaf_name=settings.leaf_name)
             history.append(asdict(metrics))
             digests.append(parameter_digest(parameters))
+            round_seconds.append(time.perf_counter() - round_started)
             if round_number == config.rounds or round_number % 10 == 0:
                 report_performance(session, aggregation_id, asdict(metrics))
             if config.progress_artifact_id:
@@ -96,6 +100,7 @@ def leaf_training(config: LeafTrainingConfig) -> LeafTrainingResult:
         records=data.records,
         history=history,
         parameter_digests=digests,
+        round_seconds=round_seconds,
         parameters_path=parameters_path,
     )
     publish_leaf_result(

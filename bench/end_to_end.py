@@ -1,0 +1,153 @@
+"""Times the demo end to end against the floor: the same FedAvg loop in plain numpy/torch, in memory.
+
+    python bench/end_to_end.py [--rounds 50] [--organisations 5]
+
+Runs `fedgrove demo` as a fresh process (Prefect's ephemeral server, the embedded aggregator, the official
+client, 5 leaf flows, baselines, outputs) while sampling the RSS of its whole process tree, then runs
+`fedavg_in_memory` on the same split in this process. Prints and writes to bench/results/end_to_end.{json,md}:
+the whole demo's wall time, its per-round time once running (median over rounds), the floor's per-round
+time, their ratio and difference (the per-round overhead), and peak memory across all processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+RESULTS = Path(__file__).parent / "results"
+TARGETS = {"per_round_overhead_ms": 90.0, "demo_wall_s": 20.0, "peak_memory_mb": 1024.0}
+
+
+def tree_rss(process: psutil.Process) -> int:
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            total += member.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_demo(rounds: int, organisations: int, workdir: Path) -> tuple[float, int, dict]:
+    env = {
+        **os.environ,
+        "FEDGROVE_WORK_DIR": str(workdir / "work"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_HOME": str(workdir / "prefect-home"),
+    }
+    command = [
+        str(Path(sys.executable).with_name("fedgrove")), "demo", "--rounds", str(rounds),
+        "--organisations", str(organisations), "--out", str(workdir / "runs"), "--run-id", "bench",
+    ]
+    started = time.perf_counter()
+    process = psutil.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=workdir)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, tree_rss(process))
+            stop.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, stderr = process.communicate(timeout=1800)
+    wall = time.perf_counter() - started
+    stop.set()
+    sampler.join()
+    if process.returncode != 0:
+        raise SystemExit(f"fedgrove demo failed ({process.returncode}):\n{stderr.decode()[-3000:]}")
+    summary = json.loads((workdir / "runs" / "bench" / "summary.json").read_text())
+    return wall, peak, summary
+
+
+def floor_seconds_per_round(rounds: int, organisations: int, workdir: Path) -> float:
+    from fedgrove.data import TARGET_COLUMN, read_partition
+    from fedgrove.features import FeatureSelection
+    from fedgrove.model import TrainConfig
+    from fedgrove.simulation import fedavg_in_memory
+
+    data_dir = workdir / "work" / "runs" / "bench" / "data"
+    card = json.loads((workdir / "runs" / "bench" / "model.json").read_text())
+    selection = FeatureSelection.model_validate({k: card[k] for k in FeatureSelection.model_fields})
+    test = read_partition(data_dir / "test.csv")
+    partitions = {}
+    for index in range(1, organisations + 1):
+        frame = read_partition(data_dir / f"org-{index}.csv")
+        partitions[f"org-{index}"] = (selection.transform(frame), frame[TARGET_COLUMN].to_numpy(np.float32))
+    X_test, y_test = selection.transform(test), test[TARGET_COLUMN].to_numpy(np.float32)
+    fedavg_in_memory(partitions, X_test, y_test, rounds=2, config=TrainConfig(), seed=0)  # warm-up
+    started = time.perf_counter()
+    fedavg_in_memory(partitions, X_test, y_test, rounds=rounds, config=TrainConfig(), seed=0)
+    return (time.perf_counter() - started) / rounds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--organisations", type=int, default=5)
+    arguments = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="fedgrove-bench-") as folder:
+        workdir = Path(folder)
+        wall, peak, summary = run_demo(arguments.rounds, arguments.organisations, workdir)
+        floor = floor_seconds_per_round(arguments.rounds, arguments.organisations, workdir)
+    per_round = summary["seconds_per_round"]
+    figures = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+                    "python": platform.python_version()},
+        "organisations": arguments.organisations,
+        "rounds": arguments.rounds,
+        "demo_wall_s": round(wall, 2),
+        "flow_wall_s": summary["wall_s"],
+        "per_round_ms": round(per_round * 1000, 1),
+        "floor_per_round_ms": round(floor * 1000, 2),
+        "ratio_to_floor": round(per_round / floor, 1),
+        "per_round_overhead_ms": round((per_round - floor) * 1000, 1),
+        "peak_memory_mb": round(peak / 2**20),
+        "federated_accuracy_test": summary["federated_mean"]["accuracy_test"],
+        "centralised_accuracy_test": summary["centralised"]["accuracy_test"],
+    }
+    verdicts = {name: figures[name] <= target for name, target in TARGETS.items()}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "end_to_end.json").write_text(json.dumps({**figures, "targets": TARGETS, "met": verdicts}, indent=2))
+    rows = [
+        ("whole demo, wall (s), fresh process incl. Prefect start", figures["demo_wall_s"], f"≤ {TARGETS['demo_wall_s']:g}"),
+        ("coordinator flow, wall (s)", figures["flow_wall_s"], ""),
+        ("per round, median (ms)", figures["per_round_ms"], ""),
+        ("floor: in-memory FedAvg per round (ms)", figures["floor_per_round_ms"], ""),
+        ("ratio per round / floor", figures["ratio_to_floor"], ""),
+        ("per-round overhead (ms)", figures["per_round_overhead_ms"], f"≤ {TARGETS['per_round_overhead_ms']:g}"),
+        ("peak memory, all processes (MB)", figures["peak_memory_mb"], f"≤ {TARGETS['peak_memory_mb']:g}"),
+    ]
+    lines = [
+        f"End-to-end demo, {arguments.organisations} organisations × {arguments.rounds} rounds — "
+        f"{figures['date']}, {figures['machine']['cores']} cores, {figures['machine']['memory_gb']} GB, "
+        f"Python {figures['machine']['python']}",
+        "",
+        "| figure | value | target |",
+        "|---|---|---|",
+        *[f"| {name} | {value} | {target} |" for name, value, target in rows],
+        "",
+        "Targets met: " + ", ".join(f"{k} {'PASS' if v else 'MISS'}" for k, v in verdicts.items()),
+    ]
+    (RESULTS / "end_to_end.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
