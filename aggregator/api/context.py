@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,3 +28,4 @@ class ServerContext:
     signer: UrlSigner
     admin_token: str
     scratch_dir: Path
+    loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once started
