@@ -65,6 +65,21 @@ def build_context(settings: AggregatorSettings) -> ServerContext:
     )
 
 
+async def finish_overdue_rounds(context: ServerContext, interval_s: float = 0.5) -> None:
+    """Close rounds whose branch timeout has passed with a quorum of uploads, and notify the leaves."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            finished = await run_in_threadpool(context.service.finalise_overdue)
+        except Exception:
+            logger.exception("checking round timeouts failed; trying again")
+            continue
+        for branch_id, aggregation_id in finished:
+            logger.info("branch %s: round timed out; aggregated %s from the leaves that uploaded", branch_id,
+                        aggregation_id)
+            await context.connections.notify_aggregation(branch_id, aggregation_id)
+
+
 def create_app(settings: AggregatorSettings | None = None) -> FastAPI:
     settings = settings or AggregatorSettings()
     context = build_context(settings)
@@ -74,7 +89,9 @@ def create_app(settings: AggregatorSettings | None = None) -> FastAPI:
         context.loop = asyncio.get_running_loop()
         for branch_id, aggregation_id in await run_in_threadpool(context.service.recover):
             logger.info("recovered aggregation %s of branch %s after a restart", aggregation_id, branch_id)
+        watcher = asyncio.create_task(finish_overdue_rounds(context))
         yield
+        watcher.cancel()
 
     app = FastAPI(title="fedgrove aggregator", version="0.1.0", lifespan=lifespan)
     app.state.context = context

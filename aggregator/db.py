@@ -52,6 +52,8 @@ class Branch(Base):
     analytics_ops: Mapped[dict] = mapped_column(JSON, default=dict)
     analytics_default_op: Mapped[str | None] = mapped_column(String(16), nullable=True)
     model_config_json: Mapped[dict] = mapped_column(JSON, default=dict)
+    round_timeout_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    min_leaves: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -78,6 +80,7 @@ class Aggregation(Base):
     kind: Mapped[str | None] = mapped_column(String(32), nullable=True)
     contributors: Mapped[int] = mapped_column(Integer, default=0)
     weight_total: Mapped[float] = mapped_column(Float, default=0.0)
+    missing_leaves: Mapped[list] = mapped_column(JSON, default=list)
     opened_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
@@ -93,6 +96,7 @@ class Contribution(Base):
     weighting: Mapped[float] = mapped_column(Float)
     size: Mapped[int] = mapped_column(Integer)
     digest: Mapped[str] = mapped_column(String(100))
+    content_digest: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -52,8 +52,14 @@ class Registry:
         analytics_ops: dict[str, str] | None = None,
         analytics_default_op: str | None = None,
         model_config: dict | None = None,
+        round_timeout_s: float | None = None,
+        min_leaves: int | None = None,
     ) -> tuple[str, str, list[LeafCredentials]]:
         target = leaves if target is None else target
+        if round_timeout_s is not None and round_timeout_s <= 0:
+            raise BadRequest(f"round timeout must be greater than 0 seconds, got {round_timeout_s}")
+        if min_leaves is not None and not 1 <= min_leaves <= target:
+            raise BadRequest(f"min leaves must be between 1 and the target ({target}), got {min_leaves}")
         if leaves < 1:
             raise BadRequest(f"leaves must be at least 1, got {leaves}")
         if not 1 <= target <= leaves:
@@ -83,6 +89,8 @@ class Registry:
                 analytics_ops=analytics_ops or {},
                 analytics_default_op=analytics_default_op,
                 model_config_json=model_config or {},
+                round_timeout_s=round_timeout_s,
+                min_leaves=min_leaves,
             )
             session.add(branch_row)
             session.flush()

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from branchkey import Credentials
+from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -54,7 +55,12 @@ class LeafSettings(BaseSettings):
                 f"leaf credentials file {env_file} does not exist (fix: `fedgrove branch create --env-dir ...` "
                 "writes one per leaf)"
             )
-        return cls(_env_file=env_file) if env_file else cls()
+        if env_file is None:
+            return cls()
+        # The file names one leaf; it must win over LEAF_* variables of the process (several leaves
+        # may run in one process, each with its own file), so its values go in as arguments.
+        values = {key: value for key, value in dotenv_values(env_file).items() if value is not None}
+        return cls(_env_file=None, **values)
 
     @property
     def uses_tls(self) -> bool:

@@ -21,6 +21,7 @@ from fedgrove.data import organisation_names
 from fedgrove.model import TrainConfig
 from fedgrove.settings import PipelineSettings
 from fedgrove.simulation import leaf_seed
+from fedgrove.tracking import track_run_configuration
 from flows.baselines import baselines
 from flows.sites import run_leaf_deployments
 from flows.leaf_training import LeafTrainingConfig, LeafTrainingResult, leaf_training
@@ -47,26 +48,29 @@ class FederatedTrainingConfig(BaseModel):
 
 
 class LeafFlowsFailed(RuntimeError):
-    pass
+    """One or more organisations did not finish; the others' outputs were written before this is raised."""
 
 
 def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
-def run_leaves(configs: list[LeafTrainingConfig]) -> list[LeafTrainingResult]:
-    """Run the leaf flows in threads, as subflows of this run; fail naming every organisation that failed."""
+def run_leaves(configs: list[LeafTrainingConfig]) -> tuple[list[LeafTrainingResult], dict[str, str]]:
+    """Run the leaf flows in threads, as subflows of this run; returns the results and, per failed
+    organisation, why it failed (a failing leaf is data, reported at the end, not an exception here)."""
     with ThreadPoolExecutor(max_workers=len(configs), thread_name_prefix="leaf") as pool:
         futures = {
             config.organisation: pool.submit(contextvars.copy_context().run, leaf_training, config)
             for config in configs
         }
         outcomes = {org: future.exception() for org, future in futures.items()}
-    failed = {org: exc for org, exc in outcomes.items() if exc is not None}
-    if failed:
-        detail = "; ".join(f"{org}: {exc}" for org, exc in failed.items())
-        raise LeafFlowsFailed(f"leaf flows failed for {', '.join(failed)} ({detail})")
-    return [futures[config.organisation].result() for config in configs]
+    failures = {org: str(exc) for org, exc in outcomes.items() if exc is not None}
+    results = [futures[c.organisation].result() for c in configs if c.organisation not in failures]
+    return results, failures
+
+
+def _describe(failures: dict[str, str]) -> str:
+    return "; ".join(f"{org}: {reason}" for org, reason in failures.items())
 
 
 def shared_artifacts_url(url: str | None) -> str:
@@ -86,6 +90,7 @@ def federated_training(config: FederatedTrainingConfig = FederatedTrainingConfig
     logger = get_run_logger()
     settings = PipelineSettings()
     run_id = config.run_id or new_run_id()
+    track_run_configuration({**config.model_dump(), "run_id": run_id, "mode": "sites" if config.sites else "local"})
     work = settings.work_dir / "runs" / run_id
     organisations = organisation_names(config.organisations)
     paths = prepare_partitions(
@@ -115,14 +120,16 @@ def federated_training(config: FederatedTrainingConfig = FederatedTrainingConfig
         )
 
     if config.sites:
-        results = run_leaf_deployments(
+        results, failures = run_leaf_deployments(
             [leaf_config(i, org, None) for i, org in enumerate(organisations)], scratch=work / "site-results"
         )
     else:
         with federation(
             settings, organisations=organisations, run_id=run_id, credentials_dir=work / "credentials"
         ) as fed:
-            results = run_leaves([leaf_config(i, org, fed.env_files[org]) for i, org in enumerate(organisations)])
+            results, failures = run_leaves([leaf_config(i, org, fed.env_files[org]) for i, org in enumerate(organisations)])
+    if not results:
+        raise LeafFlowsFailed(f"every leaf flow failed: {_describe(failures)}")
     local_only, centralised = baselines(
         partition_paths={org: paths[org] for org in organisations},
         test_path=paths["test"],
@@ -158,6 +165,7 @@ def federated_training(config: FederatedTrainingConfig = FederatedTrainingConfig
         },
         "local_only": {org: _final(hs) for org, hs in local_only.items()},
         "identical_models": identical,
+        "failed_organisations": failures,
         "seconds_per_round": float(np.median([max(r.round_seconds[i] for r in results) for i in range(config.rounds)])),
     }
     with np.load(results[0].parameters_path, allow_pickle=False) as archive:
@@ -175,4 +183,9 @@ def federated_training(config: FederatedTrainingConfig = FederatedTrainingConfig
     publish_prefect_artifacts(summary=summary, epochs=epochs, uris=uris, result_url=result_url)
     update_progress_artifact(progress_id, 100.0)
     logger.info("run %s finished in %.1f s; outputs: %s", run_id, summary["wall_s"], uris.get("result.png"))
+    if failures:
+        raise LeafFlowsFailed(
+            f"leaf flows failed for {', '.join(failures)} ({_describe(failures)}); the outputs of the other "
+            f"organisations are in {uris.get('summary.json')}"
+        )
     return {**summary, "outputs": uris}

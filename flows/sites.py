@@ -18,10 +18,6 @@ from tasks.outputs import read_leaf_result
 DEPLOYMENT_FLOW = "leaf-training"
 
 
-class SiteRunsFailed(RuntimeError):
-    pass
-
-
 def deployment_name(organisation: str) -> str:
     return f"{DEPLOYMENT_FLOW}/{organisation}"
 
@@ -35,20 +31,23 @@ def _run_site(config: LeafTrainingConfig) -> FlowRun:
     )
 
 
-def run_leaf_deployments(configs: list[LeafTrainingConfig], *, scratch: Path) -> list[LeafTrainingResult]:
-    """Start every organisation's deployment at once and wait for all; fail naming each that did not complete."""
+def run_leaf_deployments(
+    configs: list[LeafTrainingConfig], *, scratch: Path
+) -> tuple[list[LeafTrainingResult], dict[str, str]]:
+    """Start every organisation's deployment at once and wait for all; returns the results and, per
+    organisation whose run did not complete, how it ended."""
     with ThreadPoolExecutor(max_workers=len(configs), thread_name_prefix="site") as pool:
         runs = dict(zip((c.organisation for c in configs), pool.map(_run_site, configs), strict=True))
-    failed = {org: run for org, run in runs.items() if run.state is None or not run.state.is_completed()}
-    if failed:
-        detail = "; ".join(f"{org}: flow run {run.name} ended {run.state.name if run.state else 'unknown'}"
-                           for org, run in failed.items())
-        raise SiteRunsFailed(f"leaf deployments did not complete for {', '.join(failed)} ({detail})")
+    failures = {
+        org: f"flow run {run.name} ended {run.state.name if run.state else 'in an unknown state'}"
+        for org, run in runs.items()
+        if run.state is None or not run.state.is_completed()
+    }
     results = []
-    for config in configs:
+    for config in (c for c in configs if c.organisation not in failures):
         summary, parameters_path = read_leaf_result(
             run_id=config.run_id, artifacts_url=config.artifacts, organisation=config.organisation,
             scratch=scratch / config.organisation,
         )
         results.append(LeafTrainingResult.model_validate({**summary, "parameters_path": parameters_path}))
-    return results
+    return results, failures

@@ -89,8 +89,9 @@ def wait_for_aggregation(session: LeafSession, *, round_number: int, timeout_s: 
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise AggregationTimeout(
-                f"no aggregation for round {round_number} of branch {session.branch_id} within {timeout_s:g} s "
-                "(fix: check that every leaf of the branch is running, or raise FEDGROVE_AGGREGATION_TIMEOUT_S)"
+                f"no aggregation for round {round_number} of branch {session.branch_id} within {timeout_s:g} s; "
+                f"not uploaded yet: {waiting_for(session)} (fix: check that those leaves are running, or raise "
+                "FEDGROVE_AGGREGATION_TIMEOUT_S)"
             )
         try:
             aggregation_id = session.client.queue.get(timeout=min(remaining, 1.0))
@@ -98,6 +99,17 @@ def wait_for_aggregation(session: LeafSession, *, round_number: int, timeout_s: 
             continue
         if aggregation_id not in session.loaded:
             return aggregation_id
+
+
+def waiting_for(session: LeafSession) -> str:
+    """The leaves the open aggregation still waits for, as the server's branch configuration tells them
+    (a fedgrove aggregator does; another BranchKey server may not)."""
+    try:
+        config = session.client.get_branch_config()
+        names = config["service"]["open_aggregation"]["waiting_for"]
+    except Exception:  # best effort: this only decorates an error message
+        return "unknown"
+    return ", ".join(names) or "none"
 
 
 @task(name="load-aggregate", **TRANSIENT)

@@ -69,29 +69,62 @@ def test_epochs_carry_labels_for_every_organisation_and_mode(finished_run):
     assert len(epochs[epochs["mode"] == "centralised"]) == ROUNDS
 
 
-def test_federated_metrics_equal_the_in_memory_fedavg_floor(finished_run):
-    """Server, Prefect and the official client change nothing in the arithmetic of FedAvg."""
-    work = finished_run["root"] / "work" / "runs" / "e2e" / "data"
-    card = json.loads((finished_run["root"] / "runs" / "e2e" / "model.json").read_text())
+def in_memory_floor(root: Path, run_id: str, rounds: int) -> dict:
+    """FedAvg on the run's own partitions and features, in memory: no server, no Prefect, no client."""
+    work = root / "work" / "runs" / run_id / "data"
+    card = json.loads((root / "runs" / run_id / "model.json").read_text())
     selection = FeatureSelection.model_validate({k: card[k] for k in FeatureSelection.model_fields})
     test = read_partition(work / "test.csv")
     partitions = {}
     for org in (f"org-{i}" for i in range(1, 6)):
         frame = read_partition(work / f"{org}.csv")
         partitions[org] = (selection.transform(frame), frame[TARGET_COLUMN].to_numpy(np.float32))
-    floor = fedavg_in_memory(
+    return fedavg_in_memory(
         partitions, selection.transform(test), test[TARGET_COLUMN].to_numpy(np.float32),
-        rounds=ROUNDS, config=TrainConfig(), seed=0,
+        rounds=rounds, config=TrainConfig(), seed=0,
     )
+
+
+def assert_matches_floor(summary: dict, floor: dict) -> None:
     for org, history in floor.items():
-        got = finished_run["summary"]["federated"][org]
+        got = summary["federated"][org]
         np.testing.assert_allclose(got["loss_test"], history[-1].loss_test, rtol=1e-5)
         assert got["accuracy_test"] == pytest.approx(history[-1].accuracy_test)
 
 
+def test_federated_metrics_equal_the_in_memory_fedavg_floor(finished_run):
+    """Server, Prefect and the official client change nothing in the arithmetic of FedAvg."""
+    assert_matches_floor(finished_run["summary"], in_memory_floor(finished_run["root"], "e2e", ROUNDS))
+
+
+def test_upload_task_failing_after_its_upload_is_retried_and_changes_nothing(prefect_api, tmp_path, monkeypatch):
+    """An exception after a successful upload: Prefect retries the task, the server replaces the leaf's
+    contribution instead of counting it twice, and the model is the one of an undisturbed run."""
+    import branchkey
+
+    monkeypatch.setenv("FEDGROVE_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("FEDGROVE_ARTIFACTS", str(tmp_path / "runs"))
+    monkeypatch.delenv("BRANCHKEY_HOST", raising=False)
+    real_upload = branchkey.Client.file_upload
+    injected: list[str] = []
+
+    def upload_then_fail_once(self, file_path):  # type: ignore[no-untyped-def]
+        file_id = real_upload(self, file_path)
+        if not injected and "org-2" in file_path and file_path.endswith("round-2.npz"):
+            injected.append(file_id)
+            raise ConnectionResetError("injected: the 201 was lost on the way back")
+        return file_id
+
+    monkeypatch.setattr(branchkey.Client, "file_upload", upload_then_fail_once)
+    summary = federated_training(FederatedTrainingConfig(organisations=5, rounds=ROUNDS, run_id="retry"))
+    assert len(injected) == 1
+    assert summary["identical_models"] is True
+    assert_matches_floor(summary, in_memory_floor(tmp_path, "retry", ROUNDS))
+
+
 def test_no_session_token_appears_in_prefect_logs_parameters_or_artifacts(finished_run):
     tokens = finished_run["tokens"]
-    assert len(tokens) == 5
+    assert len(tokens) >= 5  # this module's other runs add theirs
 
     async def everything_prefect_stored() -> str:
         async with get_client() as client:

@@ -26,6 +26,8 @@ class CreateBranch(BaseModel):
     analytics_ops: dict[str, str] | None = None
     analytics_default_op: str | None = None
     model_config_data: dict | None = Field(default=None, alias="model_config")
+    round_timeout_s: float | None = Field(default=None, gt=0)
+    min_leaves: int | None = Field(default=None, ge=1)
 
 
 class RunStatusChange(BaseModel):
@@ -44,6 +46,8 @@ async def create_branch(request: CreateBranch, context: Context) -> dict:
             analytics_ops=request.analytics_ops,
             analytics_default_op=request.analytics_default_op,
             model_config=request.model_config_data,
+            round_timeout_s=request.round_timeout_s,
+            min_leaves=request.min_leaves,
         )
     )
     return {"tree_id": tree_id, "branch_id": branch_id, "leaves": [vars(c) for c in credentials]}

@@ -14,6 +14,8 @@ router = APIRouter()
 async def get_branch_config(branch_id: str, leaf: CurrentLeaf, context: Context) -> dict:
     require_branch(leaf, branch_id)
     branch = await run_in_threadpool(context.registry.branch, branch_id)
+    round_number, uploaded = await run_in_threadpool(context.service.open_round, branch_id)
+    leaves = await run_in_threadpool(context.registry.leaves, branch_id)
     return {
         "data": {
             "branch": {
@@ -27,6 +29,13 @@ async def get_branch_config(branch_id: str, leaf: CurrentLeaf, context: Context)
                 "config": {
                     "analytics_ops": branch.analytics_ops,
                     "analytics_default_op": branch.analytics_default_op,
+                    "round_timeout_s": branch.round_timeout_s,
+                    "min_leaves": branch.min_leaves,
+                },
+                "open_aggregation": {
+                    "round": round_number,
+                    "uploaded": sorted(leaf.name for leaf in leaves if leaf.id in uploaded),
+                    "waiting_for": sorted(leaf.name for leaf in leaves if leaf.id not in uploaded),
                 },
             },
             "model_config": branch.model_config_json,
