@@ -1,19 +1,24 @@
 """Reads an uploaded `.npz` archive defensively: no pickle, bounded memory, every entry checked.
 
-An archive is a zip of `.npy` files. Before anything is decompressed, the zip directory is checked
-(entry count, names, declared sizes); each entry's `.npy` header is checked (no object dtype, a size
-that matches the entry) before its data is read; zipfile never inflates an entry past its declared
-size, so a decompression bomb is refused by the sum of declared sizes alone.
+An archive is a zip of `.npy` files. Before anything is decompressed, the zip directory is checked:
+its records are counted before zipfile builds an object for each, then the entries' names, flags,
+compression methods and declared sizes. Each entry's `.npy` header is checked (no object dtype, no
+more elements than the entry's bytes) before its data is read. Only stored and deflated entries are
+read, because zipfile inflates those in bounded steps and never past the declared size, so a
+decompression bomb is refused by the sum of declared sizes alone (its bzip2 and lzma readers
+decompress a whole read at once, whatever the entry declares).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
+import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 
@@ -28,6 +33,14 @@ _ENTRY_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}\.npy$")
 _LAYER_NAME = re.compile(r"^layer_(\d+)$")
 _LAYER_DTYPE_KINDS = frozenset("iuf")
 _FIELD_DTYPE_KINDS = frozenset("biufUS")
+_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})  # what np.savez and savez_compressed write
+_ENCRYPTED_OR_PATCHED = 0x01 | 0x20 | 0x40  # general-purpose flag bits zipfile cannot read either
+
+# The zip records `_directory_records` reads, as laid out in the zip specification (APPNOTE 4.3).
+_END_RECORD = struct.Struct("<4s4H2LH")
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_END_RECORD = struct.Struct("<4sQ2H2L4Q")
+_DIRECTORY_RECORD = struct.Struct("<4s24x3H12x")  # signature, then the name, extra and comment lengths
 
 
 @dataclass
@@ -50,48 +63,112 @@ def _read_entries(path: Path, *, max_decompressed_bytes: int, max_entries: int) 
     if not zipfile.is_zipfile(path):
         raise BadRequest("not an npz archive")
     try:
+        with open(path, "rb") as handle:
+            if _directory_records(handle, stop_after=max_entries) > max_entries:
+                raise PayloadTooLarge(f"archive has more than {max_entries} entries")
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
             if len(infos) > max_entries:
                 raise PayloadTooLarge(f"archive has more than {max_entries} entries")
-            declared = 0
             names: set[str] = set()
             for info in infos:
-                if not _ENTRY_NAME.match(info.filename) or info.filename in names:
-                    raise BadRequest(f"unexpected archive entry '{info.filename[:100]}'")
+                _check_entry(info, names)
                 names.add(info.filename)
-                declared += info.file_size
-            if declared > max_decompressed_bytes:
+            if sum(info.file_size for info in infos) > max_decompressed_bytes:
                 raise PayloadTooLarge(f"archive decompresses to more than {max_decompressed_bytes} bytes")
             return {info.filename.removesuffix(".npy"): _read_npy(archive, info) for info in infos}
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
+        # ValueError: a directory name flagged UTF-8 that is not (zipfile raises UnicodeDecodeError)
         raise BadRequest("not an npz archive") from exc
+
+
+def _directory_records(handle: BinaryIO, *, stop_after: int) -> int:
+    """Count the central directory's records, stopping past `stop_after`, reading 46 bytes per record.
+
+    zipfile parses the whole directory into one object per record before anything can be counted:
+    a few hundred bytes of memory for each ~50 bytes of upload. The directory is found as zipfile
+    finds it: the end record (after an optional comment), then the zip64 end record if there is one.
+    """
+    start, size = _directory_extent(handle)
+    handle.seek(start)
+    count = offset = 0
+    while offset < size and count <= stop_after:
+        record = handle.read(_DIRECTORY_RECORD.size)
+        if len(record) != _DIRECTORY_RECORD.size:
+            raise BadRequest("not an npz archive")
+        signature, name_length, extra_length, comment_length = _DIRECTORY_RECORD.unpack(record)
+        if signature != b"PK\x01\x02":
+            raise BadRequest("not an npz archive")
+        skip = name_length + extra_length + comment_length
+        handle.seek(skip, os.SEEK_CUR)
+        offset += _DIRECTORY_RECORD.size + skip
+        count += 1
+    return count
+
+
+def _directory_extent(handle: BinaryIO) -> tuple[int, int]:
+    """(offset, size) of the central directory: it ends where the (zip64) end record starts."""
+    file_size = handle.seek(0, os.SEEK_END)
+    tail_start = max(file_size - _END_RECORD.size - 0xFFFF, 0)
+    handle.seek(tail_start)
+    tail = handle.read()
+    at = len(tail) - _END_RECORD.size
+    if not (tail[at : at + 4] == b"PK\x05\x06" and tail.endswith(b"\0\0")):
+        at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < _END_RECORD.size:
+        raise BadRequest("not an npz archive")
+    end_at, size = tail_start + at, _END_RECORD.unpack_from(tail, at)[5]
+    zip64_at = end_at - _ZIP64_LOCATOR.size - _ZIP64_END_RECORD.size
+    if zip64_at >= 0:
+        handle.seek(zip64_at)
+        records = handle.read(_ZIP64_END_RECORD.size + _ZIP64_LOCATOR.size)
+        if records.startswith(b"PK\x06\x06") and records[_ZIP64_END_RECORD.size :].startswith(b"PK\x06\x07"):
+            end_at, size = zip64_at, _ZIP64_END_RECORD.unpack_from(records)[8]
+    return end_at - size, size
+
+
+def _check_entry(info: zipfile.ZipInfo, seen: set[str]) -> None:
+    if not _ENTRY_NAME.match(info.filename) or info.filename in seen:
+        raise BadRequest(f"unexpected archive entry '{info.filename[:100]}'")
+    key = info.filename.removesuffix(".npy")
+    if info.flag_bits & _ENCRYPTED_OR_PATCHED:
+        raise BadRequest(f"entry '{key}' is encrypted or patched; expected a plain zip entry")
+    if info.compress_type not in _METHODS:
+        raise BadRequest(
+            f"entry '{key}' uses compression method {info.compress_type}; expected 0 (stored) or 8 (deflate)"
+        )
 
 
 def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
     key = info.filename.removesuffix(".npy")
-    with archive.open(info) as handle:
-        try:
-            version = np.lib.format.read_magic(handle)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-            elif version in ((2, 0), (3, 0)):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
-            else:
-                raise ValueError(f"unsupported npy version {version}")
-        except ValueError as exc:
-            raise BadRequest(f"entry '{key}' is not a valid npy array") from exc
-        if dtype.hasobject:
-            raise BadRequest(f"entry '{key}' holds Python objects; pickled data is not accepted")
-        if dtype.fields is not None or dtype.kind not in "biufcUS":
-            raise BadRequest(f"entry '{key}' has unsupported dtype {dtype}")
-        if math.prod(shape) * dtype.itemsize > info.file_size:
-            raise BadRequest(f"entry '{key}' declares more data than it holds")
-    with archive.open(info) as handle:
-        try:
+    try:
+        with archive.open(info) as handle:
+            shape, dtype = _npy_header(handle)
+            _check_npy_header(key, shape, dtype, data_bytes=info.file_size - handle.tell())
+        with archive.open(info) as handle:
             return np.lib.format.read_array(handle, allow_pickle=False)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise BadRequest(f"entry '{key}' is not a valid npy array") from exc
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # BadZipFile: a CRC-32 mismatch
+        raise BadRequest(f"entry '{key}' is not a valid npy array") from exc
+
+
+def _npy_header(handle: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+    elif version in ((2, 0), (3, 0)):
+        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+    else:
+        raise ValueError(f"unsupported npy version {version}")
+    return shape, dtype
+
+
+def _check_npy_header(key: str, shape: tuple[int, ...], dtype: np.dtype, *, data_bytes: int) -> None:
+    if dtype.hasobject:
+        raise BadRequest(f"entry '{key}' holds Python objects; pickled data is not accepted")
+    if dtype.fields is not None or dtype.kind not in "biufcUS":
+        raise BadRequest(f"entry '{key}' has unsupported dtype {dtype}")
+    if math.prod(shape) * max(dtype.itemsize, 1) > data_bytes:  # an empty dtype still bounds the count
+        raise BadRequest(f"entry '{key}' declares more data than it holds")
 
 
 def _declared_kind(entries: dict[str, np.ndarray]) -> Kind:

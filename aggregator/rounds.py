@@ -8,12 +8,16 @@ sum is only a cache: after a restart it is rebuilt from the database and the blo
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
 import tempfile
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +44,7 @@ class OpenAggregation:
     kind: str | None = None
     contributors: dict[str, tuple[str, float]] = field(default_factory=dict)
     accumulator: WeightedSum | FieldCombiner | None = None
+    first_upload_at: float | None = None  # wall-clock seconds; starts the branch's round timeout
 
 
 @dataclass(frozen=True)
@@ -83,16 +88,23 @@ class AggregationService:
             if branch.run_status != "start":
                 raise Conflict(f"run is not started (run status: {branch.run_status})")
             state = self._state(branch)
+            content = content_digest(parsed)
+            if leaf.id not in state.contributors:
+                resent = self._resent_contribution(leaf, branch.id, content)
+                if resent is not None:
+                    logger.info("leaf %s sent its last round's archive again; answered with %s", leaf.name, resent)
+                    return IngestResult(file_id=resent, completed_aggregation_id=None)
             self._check_compatible(state, parsed, branch)
 
             file_id = uuid.uuid4().hex
             self._blobs.put_file(file_id, archive_path)
             try:
-                replaced = self._commit_contribution(state, leaf, file_id, parsed, archive_path, digest)
+                replaced = self._commit_contribution(state, leaf, file_id, parsed, archive_path, digest, content)
             except Exception:
                 self._blobs.delete(file_id)
                 raise
             state.contributors[leaf.id] = (file_id, parsed.weighting)
+            state.first_upload_at = state.first_upload_at or time.time()
             if replaced is None:
                 self._fold(state, parsed, branch)
             else:
@@ -108,7 +120,12 @@ class AggregationService:
             return IngestResult(file_id=file_id, completed_aggregation_id=completed)
 
     def recover(self) -> list[tuple[str, str]]:
-        """Finish every open aggregation that reached its target before a crash; returns (branch, aggregation)."""
+        """Finish every open aggregation that reached its target before a crash; returns (branch, aggregation).
+
+        Also deletes what a crash left in the scratch folder (uploads being checked, aggregates being
+        written): nothing there is committed, and no request is running yet at start-up.
+        """
+        self._clear_scratch()
         finished = []
         with self._sessions() as session:
             branches = list(session.scalars(select(Branch)))
@@ -118,6 +135,49 @@ class AggregationService:
                 if state.contributors and len(state.contributors) >= branch.aggregation_target:
                     finished.append((branch.id, self._finalise(branch, state)))
         return finished
+
+    def _clear_scratch(self) -> None:
+        leftovers = [path for path in self._scratch.iterdir() if path.is_file()]
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        if leftovers:
+            logger.info("deleted %d scratch files left by an earlier run in %s", len(leftovers), self._scratch)
+
+    def finalise_overdue(self, now: float | None = None) -> list[tuple[str, str]]:
+        """Finish the open aggregation of every branch whose round timeout has passed since its first
+        upload, if at least `min_leaves` have uploaded (else it keeps waiting, as BranchKey does)."""
+        now = time.time() if now is None else now
+        with self._sessions() as session:
+            branches = list(session.scalars(select(Branch).where(Branch.round_timeout_s.is_not(None))))
+        finished = []
+        for branch in branches:
+            with self._lock(branch.id):
+                state = self._state(branch)
+                quorum = branch.min_leaves or branch.aggregation_target
+                started = state.first_upload_at
+                if started is None or now - started < branch.round_timeout_s or len(state.contributors) < quorum:
+                    continue
+                finished.append((branch.id, self._finalise(branch, state)))
+        return finished
+
+    def _resent_contribution(self, leaf: LeafIdentity, branch_id: str, content: str) -> str | None:
+        """The leaf's contribution to the branch's last finished aggregation, if this archive repeats it: a
+        retried upload whose first attempt completed that aggregation must not count in the next one."""
+        with self._sessions() as session:
+            previous = session.scalar(
+                select(Contribution)
+                .join(Aggregation, Aggregation.id == Contribution.aggregation_id)
+                .where(
+                    Aggregation.branch_id == branch_id,
+                    Aggregation.status == "complete",
+                    Contribution.leaf_id == leaf.id,
+                )
+                .order_by(Aggregation.round.desc())
+                .limit(1)
+            )
+        if previous is not None and previous.content_digest == content:
+            return previous.id
+        return None
 
     def open_round(self, branch_id: str) -> tuple[int, list[str]]:
         """The open aggregation's round number and the ids of the leaves that have uploaded to it."""
@@ -185,6 +245,8 @@ class AggregationService:
                 select(Contribution).where(Contribution.aggregation_id == row.id).order_by(Contribution.created_at)
             ):
                 state.contributors[contribution.leaf_id] = (contribution.id, contribution.weighting)
+                if state.first_upload_at is None:
+                    state.first_upload_at = contribution.created_at.replace(tzinfo=UTC).timestamp()
         self._rebuild(state, branch)
         self._open[branch.id] = state
         return state
@@ -229,7 +291,14 @@ class AggregationService:
             state.accumulator.add(parsed.fields)
 
     def _commit_contribution(
-        self, state: OpenAggregation, leaf: LeafIdentity, file_id: str, parsed: ParsedArchive, path: Path, digest: str
+        self,
+        state: OpenAggregation,
+        leaf: LeafIdentity,
+        file_id: str,
+        parsed: ParsedArchive,
+        path: Path,
+        digest: str,
+        content: str,
     ) -> str | None:
         with self._sessions() as session:
             previous = session.scalar(
@@ -249,6 +318,7 @@ class AggregationService:
                     weighting=parsed.weighting,
                     size=path.stat().st_size,
                     digest=digest,
+                    content_digest=content,
                 )
             )
             session.commit()
@@ -263,10 +333,11 @@ class AggregationService:
             arrays = dict(state.accumulator.result())
             arrays[PAYLOAD_KIND_KEY] = np.array(FEDERATED_ANALYTICS)
             weight_total = 0.0
-        with tempfile.NamedTemporaryFile(dir=self._scratch, suffix=".npz", delete=False) as handle:
-            scratch = Path(handle.name)
-            np.savez(handle, **arrays)
+        descriptor, name = tempfile.mkstemp(dir=self._scratch, suffix=".npz")
+        scratch = Path(name)
         try:
+            with os.fdopen(descriptor, "wb") as handle:
+                np.savez(handle, **arrays)
             self._blobs.put_file(state.id, scratch)
         finally:
             scratch.unlink(missing_ok=True)
@@ -278,6 +349,8 @@ class AggregationService:
             row.contributors = len(state.contributors)
             row.weight_total = weight_total
             row.completed_at = utcnow()
+            leaf_ids = session.scalars(select(Leaf.id).where(Leaf.branch_id == branch.id))
+            row.missing_leaves = sorted(set(leaf_ids) - set(state.contributors))
             session.add(Aggregation(id=next_state.id, branch_id=branch.id, round=next_state.round))
             session.commit()
         self._open[branch.id] = next_state
@@ -286,6 +359,16 @@ class AggregationService:
             branch.id, state.round, len(state.contributors), state.id,
         )
         return state.id
+
+
+def content_digest(parsed: ParsedArchive) -> str:
+    """What an archive says, independent of how it was zipped (the zip holds timestamps)."""
+    digest = hashlib.sha256(f"{parsed.kind}:{parsed.weighting!r}".encode())
+    entries = [(f"layer_{i}", layer) for i, layer in enumerate(parsed.layers)] + sorted(parsed.fields.items())
+    for name, array in entries:
+        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def check_file_id(file_id: str) -> None:

@@ -26,12 +26,18 @@ def _spool(source: BinaryIO, directory: Path) -> tuple[Path, int, str]:
     """Copy an uploaded part to a scratch file; return its path, size and `sha256=<base64>` digest."""
     digest = hashlib.sha256()
     size = 0
-    with tempfile.NamedTemporaryFile(dir=directory, suffix=".npz", delete=False) as target:
-        while chunk := source.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-            target.write(chunk)
-    return Path(target.name), size, "sha256=" + base64.b64encode(digest.digest()).decode()
+    target = tempfile.NamedTemporaryFile(dir=directory, suffix=".npz", delete=False)
+    path = Path(target.name)
+    try:
+        with target:
+            while chunk := source.read(_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+                target.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path, size, "sha256=" + base64.b64encode(digest.digest()).decode()
 
 
 @router.post("/api/v1/file/upload", status_code=201)

@@ -43,3 +43,4 @@ async def notifications(websocket: WebSocket, ticket: str = "", request_id: str 
         pass
     finally:
         context.connections.remove(redeemed.branch_id, connection)
+
