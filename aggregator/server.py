@@ -30,6 +30,18 @@ def _config(settings: AggregatorSettings, *, log_level: str) -> uvicorn.Config:
     )
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, closing for good the connections still open after the graceful shutdown (a TLS
+    peer that never answers the close would otherwise leave its transport to the garbage collector)."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.abort()
+
+
 def base_url(settings: AggregatorSettings, port: int) -> str:
     scheme = "https" if settings.ssl_certfile else "http"
     return f"{scheme}://{settings.host}:{port}"
@@ -38,7 +50,7 @@ def base_url(settings: AggregatorSettings, port: int) -> str:
 def serve_forever(settings: AggregatorSettings) -> None:
     """Serve until SIGTERM or SIGINT (uvicorn handles both and shuts down cleanly)."""
     logger.info("aggregator listening on %s (data in %s)", base_url(settings, settings.port), settings.data_dir)
-    uvicorn.Server(_config(settings, log_level="info")).run()
+    _Server(_config(settings, log_level="info")).run()
 
 
 class ServerThread:
@@ -51,7 +63,7 @@ class ServerThread:
         self._socket.bind((settings.host, settings.port))
         self.port = self._socket.getsockname()[1]
         self.url = base_url(settings, self.port)
-        self._server = uvicorn.Server(_config(settings, log_level=log_level))
+        self._server = _Server(_config(settings, log_level=log_level))
         self._server.config.port = self.port
         self._thread = threading.Thread(target=self._run, name=f"aggregator-{self.port}", daemon=True)
 
