@@ -40,6 +40,10 @@ class FederatedTrainingConfig(BaseModel):
     features: int = Field(default=4, ge=1, le=30)
     train: TrainConfig = TrainConfig()
     run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    round_timeout_s: float | None = Field(
+        default=None, gt=0, description="aggregate without the leaves missing this long after the first upload"
+    )
+    min_leaves: int | None = Field(default=None, ge=1, description="quorum for a timed-out round")
     sites: bool = Field(
         default=False,
         description="run each organisation's leaf-training/<organisation> deployment on its own worker "
@@ -125,7 +129,15 @@ def federated_training(config: FederatedTrainingConfig = FederatedTrainingConfig
         )
     else:
         with federation(
-            settings, organisations=organisations, run_id=run_id, credentials_dir=work / "credentials"
+            settings,
+            organisations=organisations,
+            run_id=run_id,
+            credentials_dir=work / "credentials",
+            branch_options={
+                key: value
+                for key, value in {"round_timeout_s": config.round_timeout_s, "min_leaves": config.min_leaves}.items()
+                if value is not None
+            },
         ) as fed:
             results, failures = run_leaves([leaf_config(i, org, fed.env_files[org]) for i, org in enumerate(organisations)])
     if not results:

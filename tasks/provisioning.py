@@ -36,7 +36,12 @@ class Federation:
 
 @contextmanager
 def federation(
-    settings: PipelineSettings, *, organisations: list[str], run_id: str, credentials_dir: Path
+    settings: PipelineSettings,
+    *,
+    organisations: list[str],
+    run_id: str,
+    credentials_dir: Path,
+    branch_options: dict | None = None,
 ) -> Iterator[Federation]:
     logger = get_run_logger()
     if settings.leaf_env_dir is not None:
@@ -65,7 +70,11 @@ def federation(
     try:
         with AdminClient(host, token, verify=settings.verify_ssl) as admin:
             created = admin.create_branch(
-                tree="fedgrove-demo", branch=f"run-{run_id}", leaves=len(organisations), leaf_names=organisations
+                tree="fedgrove-demo",
+                branch=f"run-{run_id}",
+                leaves=len(organisations),
+                leaf_names=organisations,
+                **(branch_options or {}),
             )
         logger.info("created branch %s with %d leaves", created["branch_id"], len(organisations))
         env_files = {
