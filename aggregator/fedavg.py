@@ -12,6 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 
 
+_CHUNK = 1 << 20
+
+
 class LayerMismatch(ValueError):
     """A contribution's layers do not match the aggregation's (count, shape or dtype)."""
 
@@ -44,8 +47,14 @@ class WeightedSum:
 
     def add(self, weighting: float, layers: Sequence[np.ndarray]) -> None:
         self.check(layers)
+        buffer = np.empty(min(_CHUNK, max(layer.size for layer in layers)), dtype=np.float64)
         for running, layer in zip(self.sums, layers, strict=True):
-            running += np.multiply(layer, weighting, dtype=np.float64)
+            flat_sum, flat_layer = running.reshape(-1), layer.reshape(-1)
+            # In chunks through one float64 buffer: no full-size temporary for a large layer.
+            for start in range(0, flat_layer.size, _CHUNK):
+                stop = min(start + _CHUNK, flat_layer.size)
+                scaled = np.multiply(flat_layer[start:stop], weighting, dtype=np.float64, out=buffer[: stop - start])
+                flat_sum[start:stop] += scaled
         self.total_weight += weighting
         self.count += 1
 

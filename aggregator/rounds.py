@@ -80,6 +80,22 @@ class AggregationService:
             return self._locks.setdefault(branch_id, threading.Lock())
 
     def ingest(self, leaf: LeafIdentity, archive_path: Path, parsed: ParsedArchive, *, digest: str) -> IngestResult:
+        # The blob is written (copied and fsynced: the slow part) before the branch lock is taken, so
+        # uploads to one branch overlap their I/O; it is deleted again if the upload is not taken.
+        file_id = uuid.uuid4().hex
+        self._blobs.put_file(file_id, archive_path)
+        try:
+            result = self._ingest_stored(leaf, file_id, archive_path, parsed, digest=digest)
+        except BaseException:
+            self._blobs.delete(file_id)
+            raise
+        if result.file_id != file_id:
+            self._blobs.delete(file_id)
+        return result
+
+    def _ingest_stored(
+        self, leaf: LeafIdentity, file_id: str, archive_path: Path, parsed: ParsedArchive, *, digest: str
+    ) -> IngestResult:
         with self._lock(leaf.branch_id):
             with self._sessions() as session:
                 branch = session.get(Branch, leaf.branch_id)
@@ -95,14 +111,7 @@ class AggregationService:
                     logger.info("leaf %s sent its last round's archive again; answered with %s", leaf.name, resent)
                     return IngestResult(file_id=resent, completed_aggregation_id=None)
             self._check_compatible(state, parsed, branch)
-
-            file_id = uuid.uuid4().hex
-            self._blobs.put_file(file_id, archive_path)
-            try:
-                replaced = self._commit_contribution(state, leaf, file_id, parsed, archive_path, digest, content)
-            except Exception:
-                self._blobs.delete(file_id)
-                raise
+            replaced = self._commit_contribution(state, leaf, file_id, parsed, archive_path, digest, content)
             state.contributors[leaf.id] = (file_id, parsed.weighting)
             state.first_upload_at = state.first_upload_at or time.time()
             if replaced is None:

@@ -27,6 +27,7 @@ def _config(settings: AggregatorSettings, *, log_level: str) -> uvicorn.Config:
         ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
         ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=65,  # longer than clients keep idle connections, so a reused one is not reset
     )
 
 

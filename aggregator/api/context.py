@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.orm import sessionmaker
@@ -29,3 +29,5 @@ class ServerContext:
     admin_token: str
     scratch_dir: Path
     loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once started
+    # Decoded archives wait for the branch lock; bounding how many are decoded at once bounds memory.
+    ingest_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))

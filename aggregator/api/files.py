@@ -67,8 +67,9 @@ async def upload_file(request: Request, leaf: CurrentLeaf, context: Context) -> 
             raise BadRequest("file size does not match x-bk-file-size")
         if digest != declared_digest.strip():
             raise BadRequest("file digest does not match x-bk-file-digest")
-        parsed = await run_in_threadpool(context.service.read, scratch)
-        result = await run_in_threadpool(context.service.ingest, leaf, scratch, parsed, digest=digest)
+        async with context.ingest_slots:
+            parsed = await run_in_threadpool(context.service.read, scratch)
+            result = await run_in_threadpool(context.service.ingest, leaf, scratch, parsed, digest=digest)
     finally:
         await form.close()
         if scratch is not None:
