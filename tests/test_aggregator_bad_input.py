@@ -2,8 +2,9 @@
 
 Every upload test starts from a branch (3 leaves, target 3) whose open aggregation already holds one
 accepted upload, and checks afterwards that the aggregation is unchanged: the same round and leaves,
-no blob beyond the accepted one, nothing left in the scratch folder. The requests are sent with httpx,
-built as `branchkey.Client.file_upload` builds them except for the part each test breaks.
+no blob the database does not account for, nothing left in the scratch folder. Requests go out through
+httpx, built as `branchkey.Client.file_upload` builds them except for the part each test breaks. Memory
+is measured with `PeakRss`: the server runs in a thread of the test process.
 """
 
 from __future__ import annotations
