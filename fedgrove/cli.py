@@ -73,6 +73,18 @@ def branch_create(
     host: HostOption = DEFAULT_HOST,
     data_dir: DataDirOption = Path(".fedgrove"),
     env_dir: Annotated[Path | None, typer.Option(help="Write one <leaf>.env per leaf here.")] = None,
+    leaf_name: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--leaf-name",
+            help="Name of a leaf, once per leaf, in order (default: <branch>-leaf-<i>); e.g. the organisations, "
+            "so that --env-dir writes org-1.env, org-2.env, ...",
+        ),
+    ] = None,
+    round_timeout: Annotated[
+        float | None, typer.Option(help="Seconds after a round's first upload to aggregate without the missing.")
+    ] = None,
+    min_leaves: Annotated[int | None, typer.Option(help="Quorum for a timed-out round.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON document.")] = False,
 ) -> None:
     """Create a tree, a branch with its aggregation target and N leaves; the run starts in status `start`.
@@ -81,9 +93,16 @@ def branch_create(
     from aggregator.admin_client import AdminApiError
     from fedgrove.settings import write_leaf_env
 
+    if leaf_name and len(leaf_name) != leaves:
+        _fail(f"expected one --leaf-name per leaf ({leaves}), got {len(leaf_name)} (fix: repeat --leaf-name "
+              "for every leaf, or leave it out)")
+    options = {"leaf_names": leaf_name or None, "round_timeout_s": round_timeout, "min_leaves": min_leaves}
     try:
         with _admin(host, data_dir) as admin:
-            created = admin.create_branch(tree=tree, branch=branch, leaves=leaves, target=target)
+            created = admin.create_branch(
+                tree=tree, branch=branch, leaves=leaves, target=target,
+                **{key: value for key, value in options.items() if value is not None},
+            )
     except AdminApiError as exc:
         _fail(str(exc))
     if env_dir is not None:

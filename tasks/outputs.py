@@ -111,6 +111,11 @@ def publish_prefect_artifacts(*, summary: dict, epochs: pd.DataFrame, uris: dict
         description="Per-round metrics of every organisation with federation",
     )
     create_markdown_artifact(markdown=_markdown(summary, uris), key=f"{key}-summary", description="Run summary")
-    create_link_artifact(link=result_url, link_text="result.png", key=f"{key}-result-plot")
+    create_link_artifact(
+        link=result_url,
+        link_text="result.png",
+        key=f"{key}-result-plot",
+        description="Test accuracy and loss per round: federated, each organisation alone, centralised",
+    )
     if result_url.startswith(("http://", "https://")):
         create_image_artifact(image_url=result_url, key=f"{key}-result-image", description="result.png")

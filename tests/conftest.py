@@ -8,4 +8,4 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
-pytest_plugins = ["tests.aggregator_fixtures", "tests.prefect_fixtures", "tests.s3_server"]
+pytest_plugins = ["tests.aggregator_fixtures", "tests.prefect_fixtures", "tests.prefect_server", "tests.s3_server"]

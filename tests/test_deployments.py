@@ -1,0 +1,234 @@
+"""`deployments/prefect.yaml` deployed with `prefect deploy` to a real Prefect server and run by real workers.
+
+The server, the work pools, the deployments, the coordinator's worker and one weekly run are session fixtures
+(`tests/prefect_server.py`); the sites test adds a real aggregator (`python -m aggregator`), a branch made
+with `fedgrove branch create`, and one worker per organisation holding only that organisation's credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import yaml
+from dotenv import dotenv_values
+
+from tests.aggregator_process import AggregatorProcess
+from tests.prefect_server import (
+    COORDINATOR_POOL,
+    ORGANISATIONS,
+    PREFECT_FILE,
+    REPO_ROOT,
+    WEEKLY,
+    WEEKLY_CONFIG,
+    CoordinatorWorker,
+    ManagedProcess,
+    PrefectServer,
+    WeeklyRun,
+    clean_environment,
+    organisation_pool,
+)
+
+LEAF_CREDENTIALS = ("LEAF_ID", "LEAF_NAME", "LEAF_SESSION_TOKEN", "LEAF_PASSWORD", "TREE_ID", "BRANCH_ID",
+                    "OWNER_ID", "BRANCHKEY_HOST")
+OUTPUT_FILES = ("model.pt", "model.json", "result.png", "epochs.csv", "summary.json")
+SCHEDULER_TIMEOUT_S = 90.0  # the recent-deployments loop runs every 5 s
+SITES_TIMEOUT_S = 420.0
+
+
+def test_prefect_yaml_names_every_deployment_and_holds_no_credentials() -> None:
+    config = yaml.safe_load(PREFECT_FILE.read_text())
+    deployments = {d["name"]: d for d in config["deployments"]}
+    assert set(deployments) == {"weekly", *ORGANISATIONS}
+    assert deployments["weekly"]["entrypoint"] == "flows/federated_training.py:federated_training"
+    for org in ORGANISATIONS:
+        assert deployments[org]["entrypoint"] == "flows/leaf_training.py:leaf_training"
+        assert deployments[org]["work_pool"]["name"] == organisation_pool(org)
+        assert not deployments[org].get("work_pool", {}).get("job_variables"), "credentials come from the worker"
+    for entry in config["deployments"]:
+        path, function = entry["entrypoint"].split(":")
+        assert (REPO_ROOT / path).is_file() and f"def {function}(" in (REPO_ROOT / path).read_text()
+    text = PREFECT_FILE.read_text()
+    assert not [name for name in LEAF_CREDENTIALS if f"{name}:" in text or f"{name}=" in text]
+
+
+@pytest.mark.slow
+def test_deploy_creates_a_weekly_schedule_in_amsterdam_time_and_the_scheduler_fills_it(
+    prefect_server: PrefectServer, prefect_deployed: subprocess.CompletedProcess[str]
+) -> None:
+    weekly = prefect_server.deployment(WEEKLY)
+    assert weekly["work_pool_name"] == COORDINATOR_POOL
+    assert weekly["entrypoint"] == "flows/federated_training.py:federated_training"
+    assert weekly["pull_steps"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}
+    ]
+    [schedule] = weekly["schedules"]
+    assert schedule["active"] is True
+    assert schedule["schedule"]["cron"] == "0 3 * * 1"
+    assert schedule["schedule"]["timezone"] == "Europe/Amsterdam"
+
+    # With SQLAlchemy 2.1 Prefect 3.8.6's scheduler fails on every loop and never creates these runs.
+    scheduled = poll_scheduled_runs(prefect_server, weekly["id"], at_least=3)
+    amsterdam = ZoneInfo("Europe/Amsterdam")
+    for run in scheduled:
+        start = datetime.fromisoformat(run["expected_start_time"])
+        assert start > datetime.now(UTC)
+        local = start.astimezone(amsterdam)
+        assert (local.isoweekday(), local.hour, local.minute) == (1, 3, 0), local
+        assert run["work_pool_name"] == COORDINATOR_POOL
+
+
+def poll_scheduled_runs(server: PrefectServer, deployment_id: str, *, at_least: int) -> list[dict]:
+    deadline = time.monotonic() + SCHEDULER_TIMEOUT_S
+    while True:
+        runs = server.flow_runs(deployment_id={"any_": [deployment_id]}, state={"type": {"any_": ["SCHEDULED"]}})
+        runs = [run for run in runs if run["auto_scheduled"]]
+        if len(runs) >= at_least:
+            return runs
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"the scheduler created {len(runs)} runs of {WEEKLY} in {SCHEDULER_TIMEOUT_S} s, expected at least "
+                f"{at_least} (is SQLAlchemy < 2.1? see README, Dependencies)"
+            )
+        time.sleep(1)
+
+
+@pytest.mark.slow
+def test_every_organisation_has_its_own_leaf_deployment_on_its_own_pool(
+    prefect_server: PrefectServer, prefect_deployed: subprocess.CompletedProcess[str]
+) -> None:
+    for org in ORGANISATIONS:
+        deployment = prefect_server.deployment(f"leaf-training/{org}")
+        assert deployment["work_pool_name"] == organisation_pool(org)
+        assert deployment["entrypoint"] == "flows/leaf_training.py:leaf_training"
+        assert deployment["schedules"] == []
+        assert deployment["job_variables"] == {}
+        assert deployment["global_concurrency_limit"]["limit"] == 1  # one run per branch at a time
+
+
+@pytest.mark.slow
+def test_a_manual_weekly_run_completes_on_the_coordinator_pool_with_its_artifacts(
+    prefect_server: PrefectServer, weekly_run: WeeklyRun
+) -> None:
+    run = weekly_run.flow_run
+    assert run["work_pool_name"] == COORDINATOR_POOL
+    assert run["parameters"] == {"config": WEEKLY_CONFIG}
+    artifacts = {
+        artifact["key"]: artifact
+        for artifact in prefect_server.api(
+            "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}
+        )
+    }
+    assert {key: artifact["type"] for key, artifact in artifacts.items()} == {
+        "federated-training-rounds": "table",
+        "federated-training-summary": "markdown",
+        "federated-training-result-plot": "markdown",  # a link artifact is stored as markdown
+        "federated-training-progress": "progress",
+    }
+    rounds = json.loads(artifacts["federated-training-rounds"]["data"])
+    assert sorted((row["organisation"], row["epoch"]) for row in rounds) == [
+        ("org-1", 1), ("org-1", 2), ("org-2", 1), ("org-2", 2)
+    ]
+    assert artifacts["federated-training-progress"]["data"] == 100
+    assert artifacts["federated-training-result-plot"]["data"].startswith("[result.png](")
+    assert WEEKLY_CONFIG["run_id"] in artifacts["federated-training-summary"]["data"]
+    outputs = weekly_run.artifacts / WEEKLY_CONFIG["run_id"]
+    for name in OUTPUT_FILES:
+        assert (outputs / name).stat().st_size > 0, name
+    summary = json.loads((outputs / "summary.json").read_text())
+    assert (summary["rounds"], sorted(summary["federated"])) == (2, ["org-1", "org-2"])
+    leaf_flow_id = prefect_server.api("GET", "/flows/name/leaf-training")["id"]
+    subflows = prefect_server.flow_runs(parent_flow_run_id={"any_": [run["id"]]})
+    leaves = [child for child in subflows if child["flow_id"] == leaf_flow_id]
+    assert [child["state_type"] for child in leaves] == ["COMPLETED", "COMPLETED"]
+
+
+SITE_ORGANISATIONS = ORGANISATIONS[:2]
+
+
+@pytest.fixture
+def site_aggregator(tmp_path: Path) -> Iterator[AggregatorProcess]:
+    aggregator = AggregatorProcess(tmp_path / "aggregator")
+    aggregator.data_dir.mkdir()
+    aggregator.start()
+    try:
+        yield aggregator
+    finally:
+        aggregator.stop()
+
+
+@pytest.fixture
+def site_branch(site_aggregator: AggregatorProcess, tmp_path: Path) -> dict:
+    """A branch with one leaf per site organisation, made with `fedgrove branch create --env-dir`; each leaf
+    carries `credentials`, the variables of the .env file the CLI wrote for it."""
+    env_dir = tmp_path / "leaves"
+    created = subprocess.run(
+        [sys.executable, "-m", "fedgrove.cli", "branch", "create", "--tree", "hospitals", "--branch", "sites",
+         "--leaves", str(len(SITE_ORGANISATIONS)), "--host", site_aggregator.url,
+         "--data-dir", str(site_aggregator.data_dir), "--env-dir", str(env_dir), "--json"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=clean_environment(),
+    )
+    assert created.returncode == 0, created.stdout + created.stderr
+    branch = json.loads(created.stdout)
+    for leaf in branch["leaves"]:
+        values = dotenv_values(env_dir / f"{leaf['name']}.env")
+        leaf["credentials"] = {key: value for key, value in values.items() if value is not None}
+    return branch
+
+
+@pytest.fixture
+def site_workers(prefect_server: PrefectServer, site_branch: dict) -> Iterator[list[ManagedProcess]]:
+    """One worker per organisation on its own pool, holding only its own leaf's credentials. The CLI names
+    leaves <branch>-leaf-<i>: organisation i gets leaf i."""
+    workers = prefect_server.start_workers({
+        organisation_pool(org): leaf["credentials"]
+        for org, leaf in zip(SITE_ORGANISATIONS, site_branch["leaves"], strict=True)
+    })
+    try:
+        yield workers
+    finally:
+        prefect_server.stop_workers(workers)
+
+
+@pytest.mark.slow
+def test_sites_mode_runs_each_organisation_on_its_own_pool_with_its_own_credentials(
+    prefect_server: PrefectServer, coordinator_worker: CoordinatorWorker, site_aggregator: AggregatorProcess,
+    site_branch: dict, site_workers: list[ManagedProcess],
+) -> None:
+    tokens = [leaf["session_token"] for leaf in site_branch["leaves"]]
+    run_id = f"sites-{uuid.uuid4().hex[:8]}"
+    config = {"organisations": len(SITE_ORGANISATIONS), "rounds": 2, "sites": True, "run_id": run_id}
+    flow_run_id = prefect_server.run_deployment(WEEKLY, parameters={"config": config})
+    run = prefect_server.wait_for_flow_run(flow_run_id, timeout_s=SITES_TIMEOUT_S)
+    assert run["state_type"] == "COMPLETED", prefect_server.explain(run)
+
+    outputs = coordinator_worker.artifacts / run_id
+    for org, leaf in zip(SITE_ORGANISATIONS, site_branch["leaves"], strict=True):
+        deployment = prefect_server.deployment(f"leaf-training/{org}")
+        [leaf_run] = prefect_server.flow_runs(deployment_id={"any_": [deployment["id"]]})
+        assert leaf_run["state_type"] == "COMPLETED", prefect_server.explain(leaf_run)
+        assert leaf_run["work_pool_name"] == organisation_pool(org)
+        assert leaf_run["parameters"]["config"]["organisation"] == org
+        assert leaf_run["parameters"]["config"]["env_file"] is None
+        published = json.loads((outputs / f"leaf-{org}.json").read_text())
+        assert published["leaf_name"] == leaf["name"], "each leaf reads its own worker's credentials"
+        assert len(published["history"]) == 2
+        seen_by_prefect = json.dumps(leaf_run) + prefect_server.flow_run_logs(leaf_run["id"])
+        assert not [token for token in tokens if token in seen_by_prefect], "a session token reached Prefect"
+
+    summary = json.loads((outputs / "summary.json").read_text())
+    assert set(summary["federated"]) == set(SITE_ORGANISATIONS)
+    assert summary["identical_models"] is True
+    for name in OUTPUT_FILES:
+        assert (outputs / name).stat().st_size > 0, name
+    assert site_aggregator.admin("GET", f"/branches/{site_branch['branch_id']}")["aggregations_completed"] == 2
+    seen_by_prefect = json.dumps(run) + prefect_server.flow_run_logs(run["id"])
+    assert not [token for token in tokens if token in seen_by_prefect]
