@@ -154,7 +154,10 @@ class AggregationService:
 
     def finalise_overdue(self, now: float | None = None) -> list[tuple[str, str]]:
         """Finish the open aggregation of every branch whose round timeout has passed since its first
-        upload, if at least `min_leaves` have uploaded (else it keeps waiting, as BranchKey does)."""
+        upload, if at least `min_leaves` have uploaded (else it keeps waiting, as BranchKey does).
+
+        Only model averaging times out: a federated-analytics aggregation (pooled counts, sums, Newton
+        sums) over a subset of the leaves would be a different statistic, so it always waits for all."""
         now = time.time() if now is None else now
         with self._sessions() as session:
             branches = list(session.scalars(select(Branch).where(Branch.round_timeout_s.is_not(None))))
@@ -165,6 +168,8 @@ class AggregationService:
                 quorum = branch.min_leaves or branch.aggregation_target
                 started = state.first_upload_at
                 if started is None or now - started < branch.round_timeout_s or len(state.contributors) < quorum:
+                    continue
+                if state.kind == FEDERATED_ANALYTICS:
                     continue
                 finished.append((branch.id, self._finalise(branch, state)))
         return finished

@@ -96,7 +96,13 @@ def branch_create(
     if leaf_name and len(leaf_name) != leaves:
         _fail(f"expected one --leaf-name per leaf ({leaves}), got {len(leaf_name)} (fix: repeat --leaf-name "
               "for every leaf, or leave it out)")
-    options = {"leaf_names": leaf_name or None, "round_timeout_s": round_timeout, "min_leaves": min_leaves}
+    # "sum": the Newton sums of federated preprocessing are hand-made fields the server adds up.
+    options = {
+        "leaf_names": leaf_name or None,
+        "round_timeout_s": round_timeout,
+        "min_leaves": min_leaves,
+        "analytics_default_op": "sum",
+    }
     try:
         with _admin(host, data_dir) as admin:
             created = admin.create_branch(

@@ -1,5 +1,6 @@
-"""`federated-training`: the coordinator. Splits the data, picks the features, sets up the federation,
-runs every organisation's `leaf-training` flow at once, then the baselines, and writes the outputs."""
+"""`federated-training`: the coordinator. Splits the data, sets up the federation, runs every organisation's
+`leaf-training` flow at once (they standardise and pick the features together from sums, or the coordinator
+picks them on the pooled partitions with `preprocessing="pooled"`), then the baselines, and writes the outputs."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from pydantic import BaseModel, Field
 
 from fedgrove.data import organisation_names
+from fedgrove.features import FeatureSelection
 from fedgrove.model import TrainConfig
 from fedgrove.settings import PipelineSettings
 from fedgrove.simulation import leaf_seed
@@ -38,6 +40,12 @@ class FederatedTrainingConfig(BaseModel):
     alpha: float = Field(default=0.5, gt=0)
     seed: int = 0
     features: int = Field(default=4, ge=1, le=30)
+    preprocessing: Literal["federated", "pooled"] = Field(
+        default="federated",
+        description="federated: the leaves standardise and select features from sums of their own records; "
+        "pooled: the coordinator does it on every training partition (needs all the data in one place)",
+    )
+    min_records: int = Field(default=10, ge=1, description="a leaf with fewer records refuses federated preprocessing")
     train: TrainConfig = TrainConfig()
     run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
     round_timeout_s: float | None = Field(
@@ -53,6 +61,10 @@ class FederatedTrainingConfig(BaseModel):
 
 class LeafFlowsFailed(RuntimeError):
     """One or more organisations did not finish; the others' outputs were written before this is raised."""
+
+
+class SelectionMismatch(RuntimeError):
+    """The leaves' federated feature selections differ (they are computed from the same sums: a bug)."""
 
 
 def new_run_id() -> str:
@@ -71,6 +83,17 @@ def run_leaves(configs: list[LeafTrainingConfig]) -> tuple[list[LeafTrainingResu
     failures = {org: str(exc) for org, exc in outcomes.items() if exc is not None}
     results = [futures[c.organisation].result() for c in configs if c.organisation not in failures]
     return results, failures
+
+
+def agreed_selection(results: list[LeafTrainingResult]) -> FeatureSelection:
+    """The one selection every leaf computed federatedly."""
+    distinct = {r.selection.model_dump_json() for r in results}
+    if len(distinct) != 1:
+        raise SelectionMismatch(
+            f"expected every leaf to compute the same federated selection, got {len(distinct)} different ones: "
+            + "; ".join(f"{r.organisation}: {', '.join(r.selection.features)}" for r in results)
+        )
+    return results[0].selection
 
 
 def _describe(failures: dict[str, str]) -> str:
@@ -100,8 +123,10 @@ def federated_training(config: FederatedTrainingConfig = FederatedTrainingConfig
     paths = prepare_partitions(
         work / "data", organisations=config.organisations, split=config.split, alpha=config.alpha, seed=config.seed
     )
-    selection = select_features_pooled([paths[org] for org in organisations], k=config.features)
-    logger.info("selected features %s", ", ".join(selection.features))
+    selection: FeatureSelection | None = None
+    if config.preprocessing == "pooled":
+        selection = select_features_pooled([paths[org] for org in organisations], k=config.features)
+        logger.info("selected features on the pooled partitions: %s", ", ".join(selection.features))
     progress_id = create_progress_artifact(progress=0.0, key="federated-training-progress",
                                            description=f"Rounds completed, run {run_id}")
     artifacts_url = shared_artifacts_url(settings.artifacts)
@@ -112,6 +137,8 @@ def federated_training(config: FederatedTrainingConfig = FederatedTrainingConfig
             data_path=paths[org].resolve(),
             test_path=paths["test"].resolve(),
             selection=selection,
+            features=config.features,
+            min_records=config.min_records,
             rounds=config.rounds,
             train=config.train,
             seed=config.seed,
@@ -142,6 +169,9 @@ def federated_training(config: FederatedTrainingConfig = FederatedTrainingConfig
             results, failures = run_leaves([leaf_config(i, org, fed.env_files[org]) for i, org in enumerate(organisations)])
     if not results:
         raise LeafFlowsFailed(f"every leaf flow failed: {_describe(failures)}")
+    if selection is None:
+        selection = agreed_selection(results)
+        logger.info("the leaves selected features federatedly: %s", ", ".join(selection.features))
     local_only, centralised = baselines(
         partition_paths={org: paths[org] for org in organisations},
         test_path=paths["test"],
@@ -166,7 +196,7 @@ def federated_training(config: FederatedTrainingConfig = FederatedTrainingConfig
         "rounds": config.rounds,
         "organisations": config.organisations,
         "split": config.split,
-        "preprocessing": "pooled",
+        "preprocessing": config.preprocessing,
         "features": selection.features,
         "p_values": selection.p_values,
         "records": {r.organisation: r.records for r in results},

@@ -1,5 +1,8 @@
 """`leaf-training`: one organisation's side of federated training, run where its data lives.
 
+Without a `selection` in its config, the leaf first standardises and selects features together with the
+other leaves of its branch (`tasks.preprocessing`: sums only, no record leaves the organisation).
+
 Credentials come from the environment or the `.env` file named in the config (never from a parameter):
 the flow's parameters are shown in the Prefect UI and stored with every run.
 """
@@ -10,12 +13,14 @@ import hashlib
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from prefect import flow, get_run_logger
 from prefect.artifacts import update_progress_artifact
 from pydantic import BaseModel, Field
 
+from fedgrove.federated_stats import DEFAULT_MIN_RECORDS
 from fedgrove.features import FeatureSelection
 from fedgrove.model import TrainConfig, build_model, get_parameters
 from fedgrove.settings import LeafSettings
@@ -23,6 +28,7 @@ from fedgrove.simulation import leaf_seed
 from tasks.data import load_leaf_data
 from tasks.outputs import publish_leaf_result
 from tasks.federation import connect_leaf, load_aggregate, report_performance, upload_parameters, wait_for_aggregation
+from tasks.preprocessing import federated_feature_selection, read_training_records
 from tasks.training import evaluate_and_track, fit_local
 
 
@@ -30,7 +36,13 @@ class LeafTrainingConfig(BaseModel):
     organisation: str
     data_path: Path
     test_path: Path
-    selection: FeatureSelection
+    selection: FeatureSelection | None = Field(
+        default=None, description="shared standardisation and features; None: select them federatedly (LRT)"
+    )
+    features: int = Field(default=4, ge=1, le=30, description="how many features federated selection keeps")
+    min_records: int = Field(
+        default=DEFAULT_MIN_RECORDS, ge=1, description="fewer training records: refuse federated preprocessing"
+    )
     rounds: int = Field(default=50, ge=1)
     train: TrainConfig = TrainConfig()
     seed: int = 0
@@ -50,6 +62,8 @@ class LeafTrainingResult(BaseModel):
     parameter_digests: list[str]
     round_seconds: list[float]
     parameters_path: Path
+    selection: FeatureSelection
+    preprocessing: Literal["federated", "pooled"]
 
 
 def parameter_digest(parameters: list[np.ndarray]) -> str:
@@ -64,12 +78,18 @@ def parameter_digest(parameters: list[np.ndarray]) -> str:
 def leaf_training(config: LeafTrainingConfig) -> LeafTrainingResult:
     logger = get_run_logger()
     settings = LeafSettings.load(config.env_file)
-    data = load_leaf_data(config.data_path, config.test_path, config.selection)
     session = connect_leaf(settings, config.work_dir)
-    parameters = get_parameters(build_model(len(config.selection.features), seed=config.seed))
     seed = leaf_seed(config.seed, config.organisation)
     history, digests, round_seconds = [], [], []
     try:
+        selection = config.selection
+        if selection is None:
+            selection = federated_feature_selection(
+                session, read_training_records(config.data_path), k=config.features,
+                min_records=config.min_records, timeout_s=config.aggregation_timeout_s,
+            )
+        data = load_leaf_data(config.data_path, config.test_path, selection)
+        parameters = get_parameters(build_model(len(selection.features), seed=config.seed))
         for round_number in range(1, config.rounds + 1):
             round_started = time.perf_counter()
             local = fit_local(parameters, data, config=config.train, seed=seed, round_number=round_number)
@@ -102,6 +122,8 @@ def leaf_training(config: LeafTrainingConfig) -> LeafTrainingResult:
         parameter_digests=digests,
         round_seconds=round_seconds,
         parameters_path=parameters_path,
+        selection=selection,
+        preprocessing="pooled" if config.selection is not None else "federated",
     )
     publish_leaf_result(
         run_id=config.run_id,

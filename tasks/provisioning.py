@@ -5,6 +5,8 @@
 - FEDGROVE_LEAF_ENV_DIR: use the `<organisation>.env` credentials found there (e.g. a hosted BranchKey
   branch created in its dashboard).
 Each leaf gets a `.env` file (mode 0600) that only its own flow reads; no token passes through a parameter.
+Branches are created with `analytics_default_op="sum"`: federated preprocessing sends hand-made fields (Newton
+sums) that the server must add up; a hosted branch needs the same setting in its configuration.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def federation(
                 branch=f"run-{run_id}",
                 leaves=len(organisations),
                 leaf_names=organisations,
-                **(branch_options or {}),
+                **{"analytics_default_op": "sum", **(branch_options or {})},
             )
         logger.info("created branch %s with %d leaves", created["branch_id"], len(organisations))
         env_files = {

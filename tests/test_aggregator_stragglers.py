@@ -88,3 +88,16 @@ def test_a_leaf_resending_its_last_rounds_archive_is_answered_with_the_original_
     again = clients[0].save_weights(str(tmp_path / "mine-again"), 4.0, layers)  # re-zipped, same content
     assert clients[0].file_upload(again) == original
     assert aggregator.context.service.open_round(credentials[0].branch_id) == (2, [])
+
+
+def test_a_federated_analytics_round_waits_for_every_leaf_whatever_the_timeout(
+    aggregator, branch, leaf_client, tmp_path
+):
+    credentials = branch(leaves=3, round_timeout_s=0.2, min_leaves=2)
+    clients = [leaf_client(c) for c in credentials[:2]]
+    for index, client in enumerate(clients):
+        client.file_upload(client.save_analytics({"age": np.arange(12.0)}, file_path=str(tmp_path / f"a{index}")))
+    time.sleep(1.2)
+    assert aggregator.context.service.open_round(credentials[0].branch_id) == (
+        1, sorted(c.id for c in credentials[:2])
+    )

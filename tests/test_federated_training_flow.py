@@ -14,7 +14,7 @@ from prefect.client.orchestration import get_client
 import fedgrove.settings
 import tasks.provisioning
 from fedgrove.data import TARGET_COLUMN, read_partition
-from fedgrove.features import FeatureSelection
+from fedgrove.features import FeatureSelection, select_features
 from fedgrove.model import TrainConfig
 from fedgrove.simulation import fedavg_in_memory
 from flows.federated_training import FederatedTrainingConfig, federated_training
@@ -54,6 +54,20 @@ def test_every_output_of_the_run_exists(finished_run):
     assert set(summary["federated"]) == set(summary["local_only"]) == {f"org-{i}" for i in range(1, 6)}
     assert set(summary["centralised"]) == {"accuracy_test", "loss_test"}
     assert summary["wall_s"] > 0
+
+
+def test_the_leaves_select_the_pooled_features_federatedly(finished_run):
+    """Default preprocessing is federated: the leaves' selection from sums equals the pooled one."""
+    run_dir = finished_run["root"] / "runs" / "e2e"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    card = json.loads((run_dir / "model.json").read_text())
+    data = finished_run["root"] / "work" / "runs" / "e2e" / "data"
+    pooled = select_features(pd.concat([read_partition(data / f"org-{i}.csv") for i in range(1, 6)]), k=4)
+    assert summary["preprocessing"] == "federated"
+    assert card["method"] == "federated-lrt"
+    assert summary["features"] == card["features"] == pooled.features
+    np.testing.assert_allclose(summary["p_values"], pooled.p_values, rtol=1e-6)
+    np.testing.assert_allclose(card["means"], pooled.means, rtol=1e-9)
 
 
 def test_every_leaf_holds_identical_parameters_after_each_round(finished_run):
