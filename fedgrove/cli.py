@@ -35,6 +35,11 @@ class Split(str, Enum):
     dirichlet = "dirichlet"
 
 
+class Preprocessing(str, Enum):
+    federated = "federated"
+    pooled = "pooled"
+
+
 def _fail(message: str) -> None:
     console.print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(1)
@@ -205,6 +210,9 @@ def demo(
     split: Annotated[Split, typer.Option(help="iid, or dirichlet label skew.")] = Split.iid,
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration (with --split dirichlet).")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the split, the model and the shuffles.")] = 0,
+    preprocessing: Annotated[
+        Preprocessing, typer.Option(help="federated (from sums, the default) or pooled (for comparison).")
+    ] = Preprocessing.federated,
     out: Annotated[str | None, typer.Option(help="Artifact store: a folder or s3://bucket/prefix.")] = None,
     run_id: Annotated[str | None, typer.Option(help="Name of the run folder (default: time + random).")] = None,
 ) -> None:
@@ -215,7 +223,8 @@ def demo(
 
     _quiet_task_logs()
     config = FederatedTrainingConfig(
-        organisations=organisations, rounds=rounds, split=split.value, alpha=alpha, seed=seed, run_id=run_id
+        organisations=organisations, rounds=rounds, split=split.value, alpha=alpha, seed=seed, run_id=run_id,
+        preprocessing=preprocessing.value,
     )
     summary = federated_training(config)
     table = Table(title=f"test accuracy / loss after {rounds} rounds ({split.value} split)")
@@ -231,6 +240,7 @@ def demo(
     table.add_row("centralised", str(sum(summary["records"].values())), f"{central['accuracy_test']:.3f}", "",
                   f"{central['loss_test']:.4f}", "")
     console.print(table)
+    console.print(f"features ({summary['preprocessing']} preprocessing): {', '.join(summary['features'])}")
     console.print(f"identical models at every leaf: {summary['identical_models']}; wall time {summary['wall_s']:.1f} s")
     console.print(f"result.png: {summary['outputs']['result.png']}")
     console.print(f"model:      {summary['outputs']['model.pt']}")
