@@ -15,6 +15,7 @@ import math
 import os
 import re
 import struct
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,23 +144,39 @@ def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
     key = info.filename.removesuffix(".npy")
     try:
         with archive.open(info) as handle:
-            shape, dtype = _npy_header(handle)
+            shape, fortran, dtype = _npy_header(handle)
             _check_npy_header(key, shape, dtype, data_bytes=info.file_size - handle.tell())
-        with archive.open(info) as handle:
-            return np.lib.format.read_array(handle, allow_pickle=False)
+            return _read_data(handle, shape, fortran, dtype)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # BadZipFile: a CRC-32 mismatch
         raise BadRequest(f"entry '{key}' is not a valid npy array") from exc
 
 
-def _npy_header(handle: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
+# numpy parses the header with ast.literal_eval, which CPython 3.11 can break when threads parse at once
+# ("SystemError: AST constructor recursion depth mismatch", python/cpython#106905): one parse at a time.
+_HEADER_LOCK = threading.Lock()
+
+
+def _npy_header(handle: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
     version = np.lib.format.read_magic(handle)
-    if version == (1, 0):
-        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-    elif version in ((2, 0), (3, 0)):
-        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(handle)
-    else:
-        raise ValueError(f"unsupported npy version {version}")
-    return shape, dtype
+    with _HEADER_LOCK:
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(handle)
+        if version in ((2, 0), (3, 0)):
+            return np.lib.format.read_array_header_2_0(handle)
+    raise ValueError(f"unsupported npy version {version}")
+
+
+def _read_data(handle: BinaryIO, shape: tuple[int, ...], fortran: bool, dtype: np.dtype) -> np.ndarray:
+    """The array's bytes, read straight into a new array (the header is parsed once, never pickled)."""
+    flat = np.empty(math.prod(shape), dtype=dtype)
+    if flat.nbytes:
+        view, filled = memoryview(flat).cast("B"), 0
+        while filled < flat.nbytes:
+            count = handle.readinto(view[filled:])
+            if not count:
+                raise ValueError("truncated npy data")
+            filled += count
+    return flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
 
 
 def _check_npy_header(key: str, shape: tuple[int, ...], dtype: np.dtype, *, data_bytes: int) -> None:
