@@ -54,7 +54,8 @@ class UrlSigner:
         return f"expires={expires}&signature={self.signature(file_id, expires)}"
 
     def verify(self, file_id: str, *, expires: int, signature: str) -> None:
-        if not hmac.compare_digest(self.signature(file_id, expires), signature):
+        # bytes, not str: compare_digest refuses non-ASCII text, and a query string can hold any
+        if not hmac.compare_digest(self.signature(file_id, expires).encode(), signature.encode("utf-8", "replace")):
             raise Forbidden("invalid download signature")
         if expires < time.time():
             raise Forbidden("download link expired")

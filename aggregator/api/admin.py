@@ -118,8 +118,26 @@ async def branch_metrics(branch_id: str, context: Context) -> dict:
     return {"metrics": await run_in_threadpool(read)}
 
 
+MAX_DEPTH = 32
+
+
+def nesting_depth(value: object, limit: int = MAX_DEPTH) -> int:
+    """How deep lists and objects nest (counting stops past `limit`)."""
+    depth, level = 0, [value]
+    while level and depth <= limit:
+        depth += 1
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item if isinstance(item, list) else ())
+        ]
+    return depth
+
+
 def _parsed(data: str) -> object:
+    """A leaf's reported metrics as JSON when they are JSON of sane depth, else the text as sent."""
     try:
-        return json.loads(data)
-    except ValueError:
+        parsed = json.loads(data)
+    except (ValueError, RecursionError):
         return data
+    return parsed if nesting_depth(parsed) <= MAX_DEPTH else data

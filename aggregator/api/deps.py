@@ -36,7 +36,8 @@ def require_admin(context: Context, authorization: Annotated[str | None, Header(
     if not authorization:
         raise Unauthorized("missing credentials")
     scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), context.admin_token):
+    presented = token.strip().encode("utf-8", "replace")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(presented, context.admin_token.encode()):
         raise Unauthorized("invalid credentials")
 
 

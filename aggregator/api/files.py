@@ -15,6 +15,7 @@ from starlette.datastructures import UploadFile
 
 from aggregator.api.deps import Context, CurrentLeaf
 from aggregator.api.limits import UploadTooLarge
+from aggregator.blobstore_errors import BlobNotFound
 from aggregator.errors import BadRequest, Conflict, NotFound
 from aggregator.rounds import check_file_id
 
@@ -93,7 +94,10 @@ async def download_link(file_id: str, request: Request, leaf: CurrentLeaf, conte
 async def signed_download(file_id: str, context: Context, expires: int = 0, signature: str = "") -> FileResponse:
     check_file_id(file_id)
     context.signer.verify(file_id, expires=expires, signature=signature)
-    path = context.blobs.local_path(file_id)
+    try:
+        path = context.blobs.local_path(file_id)
+    except BlobNotFound as exc:
+        raise NotFound("file not found") from exc
     if path is None or not path.exists():
         raise NotFound("file not found")
     return FileResponse(path, media_type="application/octet-stream", filename=f"{file_id}.npz")

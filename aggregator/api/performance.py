@@ -19,7 +19,7 @@ MODES = ("train", "test", "non-federated")
 async def post_performance(request: Request, leaf: CurrentLeaf, context: Context) -> dict:
     try:
         body = json.loads(await request.body())
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
         raise BadRequest("body is not JSON") from exc
     if not isinstance(body, dict):
         raise BadRequest("body is not a JSON object")
