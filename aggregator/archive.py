@@ -17,6 +17,7 @@ import re
 import struct
 import threading
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -147,7 +148,7 @@ def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
             shape, fortran, dtype = _npy_header(handle)
             _check_npy_header(key, shape, dtype, data_bytes=info.file_size - handle.tell())
             return _read_data(handle, shape, fortran, dtype)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # BadZipFile: a CRC-32 mismatch
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # BadZipFile: a CRC mismatch
         raise BadRequest(f"entry '{key}' is not a valid npy array") from exc
 
 
