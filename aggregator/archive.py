@@ -16,6 +16,7 @@ import os
 import re
 import struct
 import threading
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -148,7 +149,8 @@ def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
             shape, fortran, dtype = _npy_header(handle)
             _check_npy_header(key, shape, dtype, data_bytes=info.file_size - handle.tell())
             return _read_data(handle, shape, fortran, dtype)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # BadZipFile: a CRC mismatch
+    # BadZipFile: a CRC mismatch; TokenError/SyntaxError: numpy's repair of an old-style header
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, SyntaxError, tokenize.TokenError) as exc:
         raise BadRequest(f"entry '{key}' is not a valid npy array") from exc
 
 
