@@ -80,7 +80,7 @@ def _read_entries(path: Path, *, max_decompressed_bytes: int, max_entries: int) 
             if sum(info.file_size for info in infos) > max_decompressed_bytes:
                 raise PayloadTooLarge(f"archive decompresses to more than {max_decompressed_bytes} bytes")
             return {info.filename.removesuffix(".npy"): _read_npy(archive, info) for info in infos}
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
         # ValueError: a directory name flagged UTF-8 that is not (zipfile raises UnicodeDecodeError)
         raise BadRequest("not an npz archive") from exc
 
@@ -150,7 +150,8 @@ def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
             _check_npy_header(key, shape, dtype, data_bytes=info.file_size - handle.tell())
             return _read_data(handle, shape, fortran, dtype)
     # BadZipFile: a CRC mismatch; TokenError/SyntaxError: numpy's repair of an old-style header
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, SyntaxError, tokenize.TokenError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, SyntaxError, tokenize.TokenError,
+            NotImplementedError) as exc:
         raise BadRequest(f"entry '{key}' is not a valid npy array") from exc
 
 
