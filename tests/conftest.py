@@ -9,3 +9,9 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 pytest_plugins = ["tests.aggregator_fixtures", "tests.prefect_fixtures", "tests.prefect_server", "tests.s3_server"]
+
+# Fuzz tests replay the same examples on every run (CI included): a failure is a reproducible bug, never luck.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("fedgrove", derandomize=True)
+_hypothesis_settings.load_profile("fedgrove")
