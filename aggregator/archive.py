@@ -149,9 +149,10 @@ def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
             shape, fortran, dtype = _npy_header(handle)
             _check_npy_header(key, shape, dtype, data_bytes=info.file_size - handle.tell())
             return _read_data(handle, shape, fortran, dtype)
-    # BadZipFile: a CRC mismatch; TokenError/SyntaxError: numpy's repair of an old-style header
+    # BadZipFile: a CRC mismatch; TokenError/SyntaxError: numpy's repair of an old-style header;
+    # RecursionError: a header nested past the parser's limit ("-" * 4000 + "1")
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, SyntaxError, tokenize.TokenError,
-            NotImplementedError) as exc:
+            NotImplementedError, RecursionError) as exc:
         raise BadRequest(f"entry '{key}' is not a valid npy array") from exc
 
 

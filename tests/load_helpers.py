@@ -110,9 +110,10 @@ def counted(server: ServerThread, counts: StatusCounts) -> StatusCounts:
 
 
 class ErrorLogTrap(logging.Handler):
-    """Collects ERROR records of the server's loggers ("aggregator", and uvicorn's, which do not propagate)."""
+    """Collects ERROR records of the server's loggers: "aggregator", and "uvicorn", which does not propagate
+    to the root logger ("uvicorn.error" propagates to it)."""
 
-    LOGGERS = ("aggregator", "uvicorn", "uvicorn.error", "uvicorn.asgi")
+    LOGGERS = ("aggregator", "uvicorn")
 
     def __init__(self) -> None:
         super().__init__(level=logging.ERROR)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -127,9 +128,8 @@ def counts() -> StatusCounts:
 
 
 @pytest.fixture
-def server_errors() -> Iterator[ErrorLogTrap]:
-    with ErrorLogTrap().installed() as trap:
-        yield trap
+def server_errors() -> ErrorLogTrap:
+    return ErrorLogTrap()
 
 
 @pytest.fixture
@@ -137,9 +137,9 @@ def aggregator(
     aggregator_settings: AggregatorSettings, counts: StatusCounts, server_errors: ErrorLogTrap
 ) -> Iterator[ServerThread]:
     """The shared fixture's server with every response status counted (`branch` and `leaf_client` use it)."""
-    server = ServerThread(aggregator_settings)
+    server = ServerThread(aggregator_settings)  # uvicorn's config resets its loggers: trap their errors after
     counted(server, counts)
-    with server:
+    with server_errors.installed(), server:
         yield server
 
 
@@ -220,6 +220,25 @@ def test_100_leaves_get_every_exact_aggregation_for_20_rounds(
         "aggregated_to_last_leaf_notified_s": percentiles(fan_out),
         "responses": dict(sorted(statuses.items())),
     })
+
+
+# --- latency of one call ---------------------------------------------------------------------------
+
+
+def test_the_official_clients_calls_on_a_kept_alive_connection_take_milliseconds(
+    aggregator, branch, leaf_client, record_property
+):
+    """Without TCP_NODELAY on the accepted socket, each response on a kept-alive connection waits for the
+    client's delayed ACK (~40 ms on Linux) before its body leaves: every call of every leaf pays it."""
+    (leaf,) = branch(leaves=1)
+    client = leaf_client(leaf)
+    timings = []
+    for _ in range(20):
+        started = time.perf_counter()
+        client.get_run_details()  # GET /api/v1/run/{branch}, on the client's requests session
+        timings.append(time.perf_counter() - started)
+    _report(record_property, "one official-client call on a kept-alive connection", {"s": percentiles(timings)})
+    assert statistics.median(timings) < 0.02
 
 
 # --- 1,000 idle WebSockets while a 5-leaf branch keeps aggregating --------------------------------
