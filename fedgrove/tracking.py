@@ -22,7 +22,8 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from enum import Enum
@@ -74,12 +75,24 @@ def track_round(metrics: EpochMetrics, *, leaf_name: str) -> None:
         "accuracy_test": metrics.accuracy_test,
         "loss_test": metrics.loss_test,
     }
-    with _collect_lock:
+    with _collect_lock, _local_file_written_at_exit(metric_collector):
         askanna.track_metrics(values, label={"epoch": metrics.epoch, "leaf": leaf_name})
         _metrics.tracked += 1
         mine = _metrics.tracked
     if metric_collector.run_suuid:
         _push(_metrics, metric_collector, what="metrics", upto=mine)
+
+
+@contextmanager
+def _local_file_written_at_exit(collector: Any) -> Iterator[None]:
+    """Skip the SDK's rewrite of its whole JSON file after every metric it appends (O(n) per metric: 90 ms a
+    call by round 50 of 5 leaves, all of it under `_collect_lock`). The SDK still writes the file at exit, and
+    `_push` writes it when a push fails; inside an AskAnna run each round is pushed anyway."""
+    collector.save_local = lambda: None  # an instance attribute shadows the method; removed below
+    try:
+        yield
+    finally:
+        del collector.save_local
 
 
 def track_run_configuration(config: Mapping[str, object] | BaseModel) -> dict[str, object]:
@@ -199,6 +212,8 @@ def _push(outbox: _Outbox, collector: Any, *, what: str, upto: int) -> None:
         try:
             update(collector.run_suuid, snapshot)
         except (AskAnnaError, RequestException, ValueError) as exc:
+            with _collect_lock:
+                collector.save_local()
             _warn(
                 "could not push %s to AskAnna run %s (%s); they are kept in %s and sent again with the next "
                 "push and at exit", what, collector.run_suuid, exc, collector.collector_file,
