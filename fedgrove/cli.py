@@ -219,7 +219,11 @@ def demo(
     """Train the breast-cancer model across organisations through the aggregator, with Prefect."""
     if out is not None:
         os.environ["FEDGROVE_ARTIFACTS"] = out
+    from fedgrove.prefect_ephemeral import choose_ephemeral_database
+    from fedgrove.settings import PipelineSettings
     from flows.federated_training import FederatedTrainingConfig, federated_training
+
+    choose_ephemeral_database(PipelineSettings().prefect_ephemeral_database)
 
     _quiet_task_logs()
     config = FederatedTrainingConfig(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from branchkey import Credentials
 from dotenv import dotenv_values
@@ -29,6 +30,11 @@ class PipelineSettings(BaseSettings):
     )
     aggregation_timeout_s: float = 120.0
     verify_ssl: bool = True
+    prefect_ephemeral_database: Literal["memory", "file"] = Field(
+        default="memory",
+        description="database of Prefect's temporary server when no Prefect API is configured "
+        "(fedgrove.prefect_ephemeral): memory avoids SQLite lock stalls, file keeps the runs' history",
+    )
 
 
 class LeafSettings(BaseSettings):
