@@ -7,6 +7,11 @@ client, 5 leaf flows, baselines, outputs) while sampling the RSS of its whole pr
 `fedavg_in_memory` on the same split in this process. Prints and writes to bench/results/end_to_end.{json,md}:
 the whole demo's wall time, its per-round time once running (median over rounds), the floor's per-round
 time, their ratio and difference (the per-round overhead), and peak memory across all processes.
+
+A second floor, Prefect's own (`_prefect_floor.py`, a fresh process set up as the demo sets up Prefect):
+the same flows and threads with empty task runs, 5 per organisation per round as the demo's leaf has.
+It splits the overhead into what Prefect's engine costs for that many task runs on this machine and what
+the pipeline adds (the official client, the server, files, metrics).
 """
 
 from __future__ import annotations
@@ -32,7 +37,11 @@ TARGETS = {"per_round_overhead_ms": 90.0, "demo_wall_s": 20.0, "peak_memory_mb":
 
 def tree_rss(process: psutil.Process) -> int:
     total = 0
-    for member in [process, *process.children(recursive=True)]:
+    try:
+        members = [process, *process.children(recursive=True)]
+    except psutil.Error:  # the demo has just exited
+        return 0
+    for member in members:
         try:
             total += member.memory_info().rss
         except psutil.Error:
@@ -75,6 +84,23 @@ def run_demo(rounds: int, organisations: int, workdir: Path) -> tuple[float, int
     return wall, peak, summary
 
 
+def prefect_floor(rounds: int, organisations: int, workdir: Path, tasks_per_round: int = 5) -> dict[str, float]:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_HOME": str(workdir / "prefect-floor-home"),
+    }
+    script = Path(__file__).with_name("_prefect_floor.py")
+    done = subprocess.run(
+        [sys.executable, str(script), str(rounds), str(organisations), str(tasks_per_round)],
+        env=env, capture_output=True, text=True, timeout=1800, cwd=workdir,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"Prefect floor failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def floor_seconds_per_round(rounds: int, organisations: int, workdir: Path) -> float:
     from fedgrove.data import TARGET_COLUMN, read_partition
     from fedgrove.features import FeatureSelection
@@ -105,6 +131,7 @@ def main() -> None:
         workdir = Path(folder)
         wall, peak, summary = run_demo(arguments.rounds, arguments.organisations, workdir)
         floor = floor_seconds_per_round(arguments.rounds, arguments.organisations, workdir)
+        prefect = prefect_floor(arguments.rounds, arguments.organisations, workdir)
     per_round = summary["seconds_per_round"]
     figures = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -118,6 +145,10 @@ def main() -> None:
         "floor_per_round_ms": round(floor * 1000, 2),
         "ratio_to_floor": round(per_round / floor, 1),
         "per_round_overhead_ms": round((per_round - floor) * 1000, 1),
+        "prefect_floor_per_round_ms": round(prefect["round_median_s"] * 1000, 1),
+        "prefect_floor_first_flow_s": round(prefect["first_flow_s"], 2),
+        "prefect_floor_whole_s": round(prefect["whole_s"], 2),
+        "overhead_beyond_prefect_ms": round((per_round - floor - prefect["round_median_s"]) * 1000, 1),
         "peak_memory_mb": round(peak / 2**20),
         "federated_accuracy_test": summary["federated_mean"]["accuracy_test"],
         "centralised_accuracy_test": summary["centralised"]["accuracy_test"],
@@ -133,6 +164,11 @@ def main() -> None:
         ("ratio per round / floor", figures["ratio_to_floor"], ""),
         ("per-round overhead (ms)", figures["per_round_overhead_ms"], f"≤ {TARGETS['per_round_overhead_ms']:g}"),
         ("peak memory, all processes (MB)", figures["peak_memory_mb"], f"≤ {TARGETS['peak_memory_mb']:g}"),
+        ("Prefect floor: empty task runs (5 per organisation) per round, median (ms)",
+         figures["prefect_floor_per_round_ms"], ""),
+        ("Prefect floor: process start to the first flow's body (s)", figures["prefect_floor_first_flow_s"], ""),
+        ("Prefect floor: whole run of empty tasks (s)", figures["prefect_floor_whole_s"], ""),
+        ("per-round overhead beyond Prefect's floor (ms)", figures["overhead_beyond_prefect_ms"], ""),
     ]
     lines = [
         f"End-to-end demo, {arguments.organisations} organisations × {arguments.rounds} rounds — "

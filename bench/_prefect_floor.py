@@ -1,0 +1,63 @@
+"""Prefect's own floor for the demo's shape: what its engine costs with nothing else in the tasks.
+
+    python bench/_prefect_floor.py ROUNDS ORGANISATIONS TASKS_PER_ROUND
+
+Run by `bench/end_to_end.py` as a fresh process on a fresh PREFECT_HOME, set up as `fedgrove demo` sets up
+Prefect (ephemeral server, in-memory database): a coordinator flow runs one subflow per organisation in
+threads, each doing ROUNDS rounds of TASKS_PER_ROUND task runs that return at once (the demo's leaf does
+fit, upload, wait, reload, evaluate). Prints one JSON line: seconds to the first flow's body, the median
+round (slowest organisation), and the whole run.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+STARTED = time.perf_counter()
+
+from prefect import flow, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+from fedgrove.prefect_ephemeral import choose_ephemeral_database  # noqa: E402
+
+
+@task(cache_policy=NO_CACHE)
+def empty_step(round_number: int) -> int:
+    return round_number
+
+
+@flow
+def organisation(rounds: int, tasks_per_round: int) -> list[float]:
+    seconds = []
+    for round_number in range(rounds):
+        started = time.perf_counter()
+        for _ in range(tasks_per_round):
+            empty_step(round_number)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+@flow
+def coordinator(rounds: int, organisations: int, tasks_per_round: int) -> dict[str, float]:
+    first_flow_s = time.perf_counter() - STARTED
+    with ThreadPoolExecutor(organisations) as pool:
+        futures = [
+            pool.submit(contextvars.copy_context().run, organisation, rounds, tasks_per_round)
+            for _ in range(organisations)
+        ]
+        per_organisation = [future.result() for future in futures]
+    slowest = [max(times[r] for times in per_organisation) for r in range(rounds)]
+    return {"first_flow_s": first_flow_s, "round_median_s": statistics.median(slowest)}
+
+
+if __name__ == "__main__":
+    rounds, organisations, tasks_per_round = (int(value) for value in sys.argv[1:4])
+    choose_ephemeral_database("memory")
+    figures = coordinator(rounds, organisations, tasks_per_round)
+    print(json.dumps({**figures, "whole_s": time.perf_counter() - STARTED}))
