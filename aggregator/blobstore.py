@@ -14,6 +14,7 @@ writes a temporary file in the same folder, fsyncs it and renames it into place;
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -41,6 +42,9 @@ class BlobStore(Protocol):
 
     def put_file(self, key: str, source: Path) -> None:
         """Store a copy of `source` under `key`, replacing any blob there; atomic for readers."""
+
+    def move_file(self, key: str, source: Path) -> None:
+        """Store `source` under `key` as `put_file` does, consuming it (a local store renames it in)."""
 
     def fetch(self, key: str, destination: Path) -> Path:
         """Copy the blob to `destination` (a seekable local file for np.load); `BlobNotFound` if missing."""
@@ -126,6 +130,22 @@ class LocalBlobStore:
         _fsync_dir(self.root)
         logger.debug("stored blob %s (%d bytes) in %s", key, path.stat().st_size, self.root)
 
+    def move_file(self, key: str, source: Path) -> None:
+        path = self._path(key)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(source, "rb") as handle:
+            os.fsync(handle.fileno())
+        try:
+            os.replace(source, path)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            self.put_file(key, source)  # another filesystem: copy, then drop the source
+            Path(source).unlink(missing_ok=True)
+            return
+        _fsync_dir(self.root)
+        logger.debug("stored blob %s (%d bytes) in %s", key, path.stat().st_size, self.root)
+
     def fetch(self, key: str, destination: Path) -> Path:
         shutil.copyfile(self._existing(key), destination)
         return Path(destination)
@@ -191,6 +211,10 @@ class S3BlobStore:
         except Exception as exc:
             self._raise(exc, key)
         logger.debug("stored blob %s in %s", key, self.location.uri())
+
+    def move_file(self, key: str, source: Path) -> None:
+        self.put_file(key, source)
+        Path(source).unlink(missing_ok=True)
 
     def fetch(self, key: str, destination: Path) -> Path:
         object_key = self._key(key)

@@ -80,12 +80,13 @@ class AggregationService:
             return self._locks.setdefault(branch_id, threading.Lock())
 
     def ingest(self, leaf: LeafIdentity, archive_path: Path, parsed: ParsedArchive, *, digest: str) -> IngestResult:
-        # The blob is written (copied and fsynced: the slow part) before the branch lock is taken, so
-        # uploads to one branch overlap their I/O; it is deleted again if the upload is not taken.
+        # The blob is stored (fsynced and renamed in, or uploaded: the slow part) before the branch lock is
+        # taken, so uploads to one branch overlap their I/O; it is deleted again if the upload is not taken.
         file_id = uuid.uuid4().hex
-        self._blobs.put_file(file_id, archive_path)
+        size = archive_path.stat().st_size
+        self._blobs.move_file(file_id, archive_path)
         try:
-            result = self._ingest_stored(leaf, file_id, archive_path, parsed, digest=digest)
+            result = self._ingest_stored(leaf, file_id, size, parsed, digest=digest)
         except BaseException:
             self._blobs.delete(file_id)
             raise
@@ -94,7 +95,7 @@ class AggregationService:
         return result
 
     def _ingest_stored(
-        self, leaf: LeafIdentity, file_id: str, archive_path: Path, parsed: ParsedArchive, *, digest: str
+        self, leaf: LeafIdentity, file_id: str, size: int, parsed: ParsedArchive, *, digest: str
     ) -> IngestResult:
         with self._lock(leaf.branch_id):
             with self._sessions() as session:
@@ -111,7 +112,7 @@ class AggregationService:
                     logger.info("leaf %s sent its last round's archive again; answered with %s", leaf.name, resent)
                     return IngestResult(file_id=resent, completed_aggregation_id=None)
             self._check_compatible(state, parsed, branch)
-            replaced = self._commit_contribution(state, leaf, file_id, parsed, archive_path, digest, content)
+            replaced = self._commit_contribution(state, leaf, file_id, parsed, size, digest, content)
             state.contributors[leaf.id] = (file_id, parsed.weighting)
             state.first_upload_at = state.first_upload_at or time.time()
             if replaced is None:
@@ -310,7 +311,7 @@ class AggregationService:
         leaf: LeafIdentity,
         file_id: str,
         parsed: ParsedArchive,
-        path: Path,
+        size: int,
         digest: str,
         content: str,
     ) -> str | None:
@@ -330,7 +331,7 @@ class AggregationService:
                     aggregation_id=state.id,
                     leaf_id=leaf.id,
                     weighting=parsed.weighting,
-                    size=path.stat().st_size,
+                    size=size,
                     digest=digest,
                     content_digest=content,
                 )
@@ -352,7 +353,7 @@ class AggregationService:
         try:
             with os.fdopen(descriptor, "wb") as handle:
                 np.savez(handle, **arrays)
-            self._blobs.put_file(state.id, scratch)
+            self._blobs.move_file(state.id, scratch)
         finally:
             scratch.unlink(missing_ok=True)
         next_state = OpenAggregation(id=uuid.uuid4().hex, round=state.round + 1)
@@ -381,7 +382,8 @@ def content_digest(parsed: ParsedArchive) -> str:
     entries = [(f"layer_{i}", layer) for i, layer in enumerate(parsed.layers)] + sorted(parsed.fields.items())
     for name, array in entries:
         digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
+        data = np.ascontiguousarray(array)
+        digest.update(memoryview(data.reshape(-1)).cast("B") if data.size else b"")  # no copy of a large layer
     return digest.hexdigest()
 
 

@@ -267,6 +267,75 @@ def test_a_request_without_a_file_part_is_400(seeded: Seeded) -> None:
     seeded.assert_unchanged()
 
 
+def _multipart(seeded: Seeded, archive: bytes, parts: list[bytes], boundary: bytes = b"bk-boundary") -> httpx.Response:
+    """POST hand-made multipart `parts` (each headers + CRLF CRLF + payload); headers as for `archive`."""
+    body = b"".join(b"--" + boundary + b"\r\n" + part + b"\r\n" for part in parts) + b"--" + boundary + b"--\r\n"
+    headers = {**upload_headers(seeded.uploader, archive),
+               "content-type": "multipart/form-data; boundary=" + boundary.decode()}
+    return httpx.post(f"{seeded.server.url}/api/v1/file/upload", headers=headers, content=body)
+
+
+def _file_part(archive: bytes, name: bytes = b"file") -> bytes:
+    return b'Content-Disposition: form-data; name="' + name + b'"; filename="w.npz"\r\n\r\n' + archive
+
+
+def _field_part(name: bytes, value: bytes) -> bytes:
+    return b'Content-Disposition: form-data; name="' + name + b'"\r\n\r\n' + value
+
+
+def test_a_hand_made_multipart_body_is_accepted(seeded: Seeded) -> None:
+    """The control for the cases below: the same construction, by the rules, is taken."""
+    archive = _archive(3.0)
+
+    response = _multipart(seeded, archive, [_field_part(b"data", b"{}"), _file_part(archive)])
+
+    assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["two file parts", "a part without a name", "five fields", "a field over 1 MiB", "no boundary"],
+)
+def test_a_multipart_body_breaking_the_rules_is_400(seeded: Seeded, case: str) -> None:
+    archive = _archive(3.0)
+    parts = {
+        "two file parts": [_file_part(archive), _file_part(archive, b"other")],
+        "a part without a name": [b'Content-Disposition: form-data; filename="w.npz"\r\n\r\n' + archive],
+        "five fields": [_field_part(b"f%d" % i, b"x") for i in range(5)] + [_file_part(archive)],
+        "a field over 1 MiB": [_field_part(b"data", b"x" * (MIB + 1)), _file_part(archive)],
+        "no boundary": [_file_part(archive)],
+    }[case]
+    if case == "no boundary":
+        headers = {**upload_headers(seeded.uploader, archive), "content-type": "multipart/form-data"}
+        response = httpx.post(f"{seeded.server.url}/api/v1/file/upload", headers=headers, content=archive)
+    else:
+        response = _multipart(seeded, archive, parts)
+
+    _refused(response, 400, "malformed multipart body")
+    seeded.assert_unchanged()
+
+
+@pytest.mark.parametrize("case", ["a field named file", "a file part under another name", "no closing boundary",
+                                  "not multipart"])
+def test_a_body_without_a_whole_file_part_is_400(seeded: Seeded, case: str) -> None:
+    archive = _archive(3.0)
+    headers = upload_headers(seeded.uploader, archive)
+    if case == "a field named file":
+        response = _multipart(seeded, archive, [_field_part(b"file", archive)])
+    elif case == "a file part under another name":
+        response = _multipart(seeded, archive, [_file_part(archive, b"weights")])
+    elif case == "no closing boundary":
+        body = b"--b\r\n" + _file_part(archive)  # the part's data never ends
+        response = httpx.post(f"{seeded.server.url}/api/v1/file/upload", content=body,
+                              headers={**headers, "content-type": "multipart/form-data; boundary=b"})
+    else:
+        response = httpx.post(f"{seeded.server.url}/api/v1/file/upload", content=archive,
+                              headers={**headers, "content-type": "application/octet-stream"})
+
+    _refused(response, 400, "missing file part")
+    seeded.assert_unchanged()
+
+
 # --- the zip container ----------------------------------------------------------------------------
 
 _WEIGHTING = npy_bytes(np.array([1.0]))

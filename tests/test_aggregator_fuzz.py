@@ -470,11 +470,6 @@ def upload_requests(draw, leaf: LeafCredentials) -> UploadRequest:  # type: igno
     return UploadRequest({name: value.strip(b" \t") for name, value in headers.items()}, body)  # as h11 sends
 
 
-# Starlette never closes the spooled file of a part whose closing boundary never came (the part is not in the
-# form the handler closes); CPython closes it when it is collected, warning. Upstream behaviour, not a leak.
-@pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <function SpooledTemporaryFile.__del__:pytest.PytestUnraisableExceptionWarning"
-)
 def test_fuzzed_uploads_never_5xx_and_leave_the_open_aggregation_unchanged(target: Target, record_property) -> None:
     examples = 1000
 

@@ -2,43 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import tempfile
-from pathlib import Path
-from typing import BinaryIO
-
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
 from aggregator.api.deps import Context, CurrentLeaf
-from aggregator.api.limits import UploadTooLarge
 from aggregator.blobstore_errors import BlobNotFound
 from aggregator.errors import BadRequest, Conflict, NotFound
 from aggregator.rounds import check_file_id
+from aggregator.upload_stream import receive_file_part
 
 router = APIRouter()
-_CHUNK = 1024 * 1024
-
-
-def _spool(source: BinaryIO, directory: Path) -> tuple[Path, int, str]:
-    """Copy an uploaded part to a scratch file; return its path, size and `sha256=<base64>` digest."""
-    digest = hashlib.sha256()
-    size = 0
-    target = tempfile.NamedTemporaryFile(dir=directory, suffix=".npz", delete=False)
-    path = Path(target.name)
-    try:
-        with target:
-            while chunk := source.read(_CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-                target.write(chunk)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return path, size, "sha256=" + base64.b64encode(digest.digest()).decode()
 
 
 @router.post("/api/v1/file/upload", status_code=201)
@@ -52,29 +26,19 @@ async def upload_file(request: Request, leaf: CurrentLeaf, context: Context) -> 
     branch = await run_in_threadpool(context.registry.branch, leaf.branch_id)
     if branch.run_status != "start":
         raise Conflict(f"run is not started (run status: {branch.run_status})")
+    received = await receive_file_part(request, context.scratch_dir)
     try:
-        form = await request.form(max_files=1, max_fields=4)
-    except UploadTooLarge:
-        raise
-    except Exception as exc:  # python-multipart's errors share no base class worth naming
-        raise BadRequest("malformed multipart body") from exc
-    scratch: Path | None = None
-    try:
-        part = form.get("file")
-        if not isinstance(part, UploadFile):
-            raise BadRequest("missing file part")
-        scratch, size, digest = await run_in_threadpool(_spool, part.file, context.scratch_dir)
-        if str(size) != declared_size.strip():
+        if str(received.size) != declared_size.strip():
             raise BadRequest("file size does not match x-bk-file-size")
-        if digest != declared_digest.strip():
+        if received.digest != declared_digest.strip():
             raise BadRequest("file digest does not match x-bk-file-digest")
         async with context.ingest_slots:
-            parsed = await run_in_threadpool(context.service.read, scratch)
-            result = await run_in_threadpool(context.service.ingest, leaf, scratch, parsed, digest=digest)
+            parsed = await run_in_threadpool(context.service.read, received.path)
+            result = await run_in_threadpool(
+                context.service.ingest, leaf, received.path, parsed, digest=received.digest
+            )
     finally:
-        await form.close()
-        if scratch is not None:
-            scratch.unlink(missing_ok=True)
+        received.path.unlink(missing_ok=True)  # gone already once the blob store took it
     if result.completed_aggregation_id is not None:
         await context.connections.notify_aggregation(leaf.branch_id, result.completed_aggregation_id)
     return {"data": {"file_id": result.file_id}}
