@@ -20,6 +20,7 @@ from aggregator.blobstore import blob_store_from_url
 from aggregator.config import AggregatorSettings
 from aggregator.db import make_engine, make_session_factory
 from aggregator.errors import ApiError
+from aggregator.memory import return_large_blocks_to_the_system
 from aggregator.notifier import ConnectionManager, TicketBook
 from aggregator.registry import Registry
 from aggregator.rounds import AggregationService
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_context(settings: AggregatorSettings) -> ServerContext:
+    return_large_blocks_to_the_system()
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     sessions = make_session_factory(make_engine(settings.resolved_database_url()))
@@ -92,6 +94,7 @@ def create_app(settings: AggregatorSettings | None = None) -> FastAPI:
         watcher = asyncio.create_task(finish_overdue_rounds(context))
         yield
         watcher.cancel()
+        context.ingest_pool.shutdown(wait=True)
 
     app = FastAPI(title="fedgrove aggregator", version="0.1.0", lifespan=lifespan)
     app.state.context = context

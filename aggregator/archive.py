@@ -32,6 +32,7 @@ FEDERATED_ANALYTICS = "federated_analytics"
 PAYLOAD_KIND_KEY = "__bk_payload_kind__"
 Kind = Literal["federated_learning", "federated_analytics"]
 
+_READ_CHUNK = 1 << 20
 _ENTRY_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}\.npy$")
 _LAYER_NAME = re.compile(r"^layer_(\d+)$")
 _LAYER_DTYPE_KINDS = frozenset("iuf")
@@ -177,7 +178,8 @@ def _read_data(handle: BinaryIO, shape: tuple[int, ...], fortran: bool, dtype: n
     if flat.nbytes:
         view, filled = memoryview(flat).cast("B"), 0
         while filled < flat.nbytes:
-            count = handle.readinto(view[filled:])
+            # Bounded reads: zipfile's readinto reads (and inflates) the whole request into a new bytes first.
+            count = handle.readinto(view[filled : filled + _READ_CHUNK])
             if not count:
                 raise ValueError("truncated npy data")
             filled += count

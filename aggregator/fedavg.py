@@ -61,8 +61,9 @@ class WeightedSum:
     def mean(self) -> list[np.ndarray]:
         if self.total_weight <= 0:
             raise ValueError("no contributions to average")
+        # Divided straight into the layer's dtype: no float64 temporary the size of the model.
         return [
-            (running / self.total_weight).astype(dtype, copy=False)
+            np.divide(running, self.total_weight, out=np.empty(running.shape, dtype), casting="unsafe")
             for running, dtype in zip(self.sums, self.dtypes, strict=True)
         ]
 

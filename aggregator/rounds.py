@@ -79,6 +79,9 @@ class AggregationService:
         with self._guard:
             return self._locks.setdefault(branch_id, threading.Lock())
 
+    def read_and_ingest(self, leaf: LeafIdentity, archive_path: Path, *, digest: str) -> IngestResult:
+        return self.ingest(leaf, archive_path, self.read(archive_path), digest=digest)
+
     def ingest(self, leaf: LeafIdentity, archive_path: Path, parsed: ParsedArchive, *, digest: str) -> IngestResult:
         # The blob is stored (fsynced and renamed in, or uploaded: the slow part) before the branch lock is
         # taken, so uploads to one branch overlap their I/O; it is deleted again if the upload is not taken.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,5 +30,9 @@ class ServerContext:
     admin_token: str
     scratch_dir: Path
     loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once started
-    # Decoded archives wait for the branch lock; bounding how many are decoded at once bounds memory.
-    ingest_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    # Uploads are decoded and folded in by two threads of their own: at most two decoded archives exist at
+    # once, and only these threads' malloc arenas hold archive-sized buffers (with the shared request thread
+    # pool, every thread's arena kept some, and peak RSS grew with the number of concurrent uploads).
+    ingest_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="ingest")
+    )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from functools import partial
+
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
@@ -32,11 +35,9 @@ async def upload_file(request: Request, leaf: CurrentLeaf, context: Context) -> 
             raise BadRequest("file size does not match x-bk-file-size")
         if received.digest != declared_digest.strip():
             raise BadRequest("file digest does not match x-bk-file-digest")
-        async with context.ingest_slots:
-            parsed = await run_in_threadpool(context.service.read, received.path)
-            result = await run_in_threadpool(
-                context.service.ingest, leaf, received.path, parsed, digest=received.digest
-            )
+        result = await asyncio.get_running_loop().run_in_executor(
+            context.ingest_pool, partial(context.service.read_and_ingest, leaf, received.path, digest=received.digest)
+        )
     finally:
         received.path.unlink(missing_ok=True)  # gone already once the blob store took it
     if result.completed_aggregation_id is not None:
