@@ -54,6 +54,33 @@ def test_put_then_fetch_returns_identical_bytes(store: BlobStore, archive: Path,
     assert fetched.read_bytes() == archive.read_bytes()
 
 
+def test_move_file_stores_the_bytes_and_consumes_the_source(store: BlobStore, archive: Path, tmp_path: Path) -> None:
+    expected = archive.read_bytes()
+
+    store.move_file("abc123", archive)
+
+    assert not archive.exists()
+    assert store.fetch("abc123", tmp_path / "fetched.npz").read_bytes() == expected
+
+
+def test_move_file_across_filesystems_copies_then_consumes(tmp_path: Path) -> None:
+    """/dev/shm is a tmpfs: a rename from there into the store's folder fails with EXDEV."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second filesystem to move from")
+    source = shm / f"fedgrove-test-{os.getpid()}-{time.monotonic_ns()}.npz"
+    source.write_bytes(b"payload" * 1000)
+    store = LocalBlobStore(tmp_path / "blobs")
+    try:
+        store.move_file("abc123", source)
+    finally:
+        leftover = source.exists()
+        source.unlink(missing_ok=True)
+    assert not leftover
+    assert (tmp_path / "blobs" / "abc123").read_bytes() == b"payload" * 1000
+    assert _tree(tmp_path / "blobs") == {"abc123"}
+
+
 def test_open_local_yields_a_readable_copy(store: BlobStore, archive: Path) -> None:
     store.put_file("abc123", archive)
 
