@@ -115,34 +115,34 @@ class LocalBlobStore:
         return path
 
     def put_file(self, key: str, source: Path) -> None:
-        path = self._path(key)
+        self._path(key)  # a bad key writes nothing
         self.root.mkdir(parents=True, exist_ok=True)
         fd, temp_name = tempfile.mkstemp(dir=self.root, prefix=_TEMP_PREFIX, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
                 shutil.copyfileobj(src, out, length=1024 * 1024)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp_name, path)
+            self._rename_in(key, Path(temp_name))
         except BaseException:
             Path(temp_name).unlink(missing_ok=True)
             raise
-        _fsync_dir(self.root)
-        logger.debug("stored blob %s (%d bytes) in %s", key, path.stat().st_size, self.root)
 
     def move_file(self, key: str, source: Path) -> None:
-        path = self._path(key)
+        self._path(key)
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(source, "rb") as handle:
-            os.fsync(handle.fileno())
         try:
-            os.replace(source, path)
+            self._rename_in(key, Path(source))
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
             self.put_file(key, source)  # another filesystem: copy, then drop the source
             Path(source).unlink(missing_ok=True)
-            return
+
+    def _rename_in(self, key: str, file: Path) -> None:
+        """Make `file` (on the store's filesystem) the blob `key`: fsync it, rename it, fsync the folder."""
+        path = self._path(key)
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(file, path)
         _fsync_dir(self.root)
         logger.debug("stored blob %s (%d bytes) in %s", key, path.stat().st_size, self.root)
 
