@@ -23,7 +23,6 @@ STARTED = time.perf_counter()
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 from fedgrove.prefect_ephemeral import choose_ephemeral_database  # noqa: E402
 
 

@@ -27,9 +27,12 @@ def choose_ephemeral_database(mode: Literal["memory", "file"]) -> str | None:
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
-    if mode == "file" or settings.api.url or any(os.environ.get(name) for name in DATABASE_VARIABLES):
-        return None
-    if "connection_url" in settings.server.database.model_fields_set:  # set in the active Prefect profile
+    configured = (
+        settings.api.url
+        or any(os.environ.get(name) for name in DATABASE_VARIABLES)
+        or "connection_url" in settings.server.database.model_fields_set  # e.g. in the active Prefect profile
+    )
+    if mode == "file" or configured:
         return None
     os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = IN_MEMORY_URL
     return IN_MEMORY_URL
