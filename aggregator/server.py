@@ -17,13 +17,17 @@ logger = logging.getLogger(__name__)
 WS_PROTOCOL = "websockets-sansio"
 
 
-def _config(settings: AggregatorSettings, *, log_level: str) -> uvicorn.Config:
+def _config(settings: AggregatorSettings, *, log_level: str, own_logging: bool) -> uvicorn.Config:
+    """`own_logging`: install uvicorn's logging configuration (a process of its own). Inside another program
+    it must not: uvicorn's `dictConfig` closes every handler of the process (Prefect's API log handler
+    blocked ~5 s draining, then stayed closed)."""
     return uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         ws=WS_PROTOCOL,
         log_level=log_level,
+        log_config=uvicorn.config.LOGGING_CONFIG if own_logging else None,
         ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
         ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
         timeout_graceful_shutdown=5,
@@ -51,7 +55,7 @@ def base_url(settings: AggregatorSettings, port: int) -> str:
 def serve_forever(settings: AggregatorSettings) -> None:
     """Serve until SIGTERM or SIGINT (uvicorn handles both and shuts down cleanly)."""
     logger.info("aggregator listening on %s (data in %s)", base_url(settings, settings.port), settings.data_dir)
-    _Server(_config(settings, log_level="info")).run()
+    _Server(_config(settings, log_level="info", own_logging=True)).run()
 
 
 class ServerThread:
@@ -66,7 +70,7 @@ class ServerThread:
         self._socket.bind((settings.host, settings.port))
         self.port = self._socket.getsockname()[1]
         self.url = base_url(settings, self.port)
-        self._server = _Server(_config(settings, log_level=log_level))
+        self._server = _Server(_config(settings, log_level=log_level, own_logging=False))
         self._server.config.port = self.port
         self._thread = threading.Thread(target=self._run, name=f"aggregator-{self.port}", daemon=True)
 
