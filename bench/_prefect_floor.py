@@ -3,14 +3,15 @@
     python bench/_prefect_floor.py ROUNDS ORGANISATIONS TASKS_PER_ROUND
 
 Run by `bench/end_to_end.py` as a fresh process on a fresh PREFECT_HOME, set up as `fedgrove demo` sets up
-Prefect (ephemeral server, in-memory database): a coordinator flow runs one subflow per organisation in
-threads, each doing ROUNDS rounds of TASKS_PER_ROUND task runs that return at once (the demo's leaf does
-fit, upload, wait, reload, evaluate). Prints one JSON line: seconds to the first flow's body, the median
+Prefect (its temporary server started first, in-memory database, quiet task-run logs): a coordinator flow
+runs one subflow per organisation in threads, each doing ROUNDS rounds of TASKS_PER_ROUND task runs that
+return at once (the demo's leaf does fit, upload, wait, reload, evaluate). Prints one JSON line: seconds to the first flow's body, the median
 round (slowest organisation), and the whole run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import statistics
@@ -20,10 +21,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 STARTED = time.perf_counter()
 
+from fedgrove.prefect_ephemeral import temporary_server_for  # noqa: E402
+
+PREFECT_SERVER = temporary_server_for("memory")
+if PREFECT_SERVER is not None:
+    PREFECT_SERVER.start()  # as `fedgrove demo` does: it boots while the rest imports
+
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from fedgrove.prefect_ephemeral import choose_ephemeral_database  # noqa: E402
+from fedgrove.cli import quiet_task_run_logs  # noqa: E402
 
 
 @task(cache_policy=NO_CACHE)
@@ -57,6 +64,7 @@ def coordinator(rounds: int, organisations: int, tasks_per_round: int) -> dict[s
 
 if __name__ == "__main__":
     rounds, organisations, tasks_per_round = (int(value) for value in sys.argv[1:4])
-    choose_ephemeral_database("memory")
-    figures = coordinator(rounds, organisations, tasks_per_round)
+    quiet_task_run_logs()
+    with PREFECT_SERVER.serving() if PREFECT_SERVER is not None else contextlib.nullcontext():
+        figures = coordinator(rounds, organisations, tasks_per_round)
     print(json.dumps({**figures, "whole_s": time.perf_counter() - STARTED}))

@@ -3,6 +3,7 @@ leaves, change a branch's run status, run the demo, predict with a trained model
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -199,7 +200,8 @@ def run_stop(branch_id: str, host: HostOption = DEFAULT_HOST, data_dir: DataDirO
     _set_run("stop", branch_id, host, data_dir)
 
 
-def _quiet_task_logs() -> None:
+def quiet_task_run_logs() -> None:
+    """No "Finished in state Completed()" line per task run (1,250 in a 50-round demo); warnings still show."""
     logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
 
 
@@ -219,18 +221,23 @@ def demo(
     """Train the breast-cancer model across organisations through the aggregator, with Prefect."""
     if out is not None:
         os.environ["FEDGROVE_ARTIFACTS"] = out
-    from fedgrove.prefect_ephemeral import choose_ephemeral_database
+    from fedgrove.prefect_ephemeral import temporary_server_for
     from fedgrove.settings import PipelineSettings
+
+    prefect_server = temporary_server_for(PipelineSettings().prefect_ephemeral_database)
+    if prefect_server is not None:
+        prefect_server.start()  # it boots while the pipeline's modules import
+        console.print(f"Starting Prefect's temporary server on {prefect_server.api_url} (in memory: "
+                      f"{prefect_server.in_memory})", highlight=False)
     from flows.federated_training import FederatedTrainingConfig, federated_training
 
-    choose_ephemeral_database(PipelineSettings().prefect_ephemeral_database)
-
-    _quiet_task_logs()
+    quiet_task_run_logs()
     config = FederatedTrainingConfig(
         organisations=organisations, rounds=rounds, split=split.value, alpha=alpha, seed=seed, run_id=run_id,
         preprocessing=preprocessing.value,
     )
-    summary = federated_training(config)
+    with prefect_server.serving() if prefect_server is not None else contextlib.nullcontext():
+        summary = federated_training(config)
     table = Table(title=f"test accuracy / loss after {rounds} rounds ({split.value} split)")
     for column in ("organisation", "records", "federated acc", "alone acc", "federated loss", "alone loss"):
         table.add_column(column, justify="right")

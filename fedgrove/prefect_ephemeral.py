@@ -1,38 +1,160 @@
-"""Chooses the database of Prefect's ephemeral server for a one-command run (`fedgrove demo`).
+"""Prefect's temporary server for a one-command run (`fedgrove demo`) when the user configured no Prefect API.
 
-With no Prefect API configured, Prefect starts a temporary server backed by `$PREFECT_HOME/prefect.db`.
-Under this pipeline's load (five leaf flows in threads, each task run recorded from events) that SQLite file
-answers concurrent writes with "database is locked", which the server turns into a 503 and the client into
-a retry after 2, 4, 8, 16 s: a demo lost 6 s starting its leaves and 16 s starting its baselines that way.
-An in-memory database has a single connection, so the server's writes queue instead of failing.
-The price: the run's history ends with the process (the ephemeral server has no UI anyway; the README's
-"Watch it in the Prefect UI" starts a real server, whose database is its own).
+Prefect's ephemeral mode would start one at the first flow. `TemporaryPrefectServer` runs the same server the
+same way (uvicorn on `prefect.server.api.server:create_app` in a child process, UI off), with these measured
+differences:
+- The demo starts it as its first step, so its ~18 s boot overlaps the pipeline's imports. This process
+  never imports Prefect's server package (~8 s here); Prefect's mode imports it only to start the child.
+- Its database is in memory unless the user asks for a file or configured one. Prefect's default SQLite file
+  answers this pipeline's load (five leaf flows in threads, every task run recorded from events) with
+  "database is locked": the server turns that into a 503, and the client retries after 2, 4, 8, 16 s. A demo
+  lost 6 s starting its leaves and 16 s starting its baselines that way. An in-memory database has one
+  connection, so the server's writes queue instead of failing. The price: the run's history ends with the
+  process (`FEDGROVE_PREFECT_EPHEMERAL_DATABASE=file` keeps it in `$PREFECT_HOME/prefect.db`).
+- It stops after Prefect's client services have sent what they hold, so nothing retries against a stopped
+  server. An in-memory server gets no 5 s grace: its database ends with it anyway.
+- On Linux it ends with this process even on SIGKILL.
 
-Nothing changes when the user has configured Prefect: an API URL (a real or Cloud server), or a database URL
-of their own (`PREFECT_SERVER_DATABASE_CONNECTION_URL`, or the older `PREFECT_API_DATABASE_CONNECTION_URL`).
+Nothing changes when the user configured Prefect: an API URL (a real or Cloud server) means no temporary
+server, and a database URL of their own (`PREFECT_SERVER_DATABASE_CONNECTION_URL`, the older
+`PREFECT_API_DATABASE_CONNECTION_URL`, or one in the active profile) is the one the server uses.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Literal
+
+from fedgrove.child_process import ended_with_this_process, free_loopback_port
 
 IN_MEMORY_URL = "sqlite+aiosqlite:///file::memory:?cache=shared&uri=true&check_same_thread=false"
 DATABASE_VARIABLES = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
 
 
-def choose_ephemeral_database(mode: Literal["memory", "file"]) -> str | None:
-    """Point the ephemeral server at an in-memory database when `mode` is "memory" and Prefect is not
-    configured otherwise; returns the URL it set, or None. Call before the first flow starts."""
+# What Prefect's SubprocessASGIServer sets for its temporary server.
+TEMPORARY_SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+PORT_IN_USE_EXIT_CODE = 3  # uvicorn's exit code when it cannot bind
+
+
+class TemporaryServerError(RuntimeError):
+    """Prefect's temporary server did not come up."""
+
+
+def prefect_is_configured() -> bool:
+    """An API URL, or a database URL of the user's own (in the environment or the active Prefect profile)."""
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
-    configured = (
+    return bool(
         settings.api.url
         or any(os.environ.get(name) for name in DATABASE_VARIABLES)
-        or "connection_url" in settings.server.database.model_fields_set  # e.g. in the active Prefect profile
+        or "connection_url" in settings.server.database.model_fields_set
     )
-    if mode == "file" or configured:
+
+
+class TemporaryPrefectServer:
+    """Prefect's temporary API server for one run; `start()` returns at once, `serving()` waits for it,
+    points this process's Prefect client at it and stops it afterwards."""
+
+    def __init__(self, *, in_memory: bool, startup_timeout_s: float = 180.0) -> None:
+        self.in_memory = in_memory
+        self.startup_timeout_s = startup_timeout_s
+        self.port: int | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def start(self) -> TemporaryPrefectServer:
+        self.port = free_loopback_port()
+        env = {**os.environ, **TEMPORARY_SERVER_ENV}
+        if self.in_memory:
+            env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = IN_MEMORY_URL
+        import prefect
+
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parents[1]),
+             "--factory", "prefect.server.api.server:create_app",
+             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
+            env=env,
+            preexec_fn=ended_with_this_process(),
+        )
+        return self
+
+    def wait_until_ready(self) -> None:
+        import httpx
+
+        assert self.process is not None, "start() first"
+        deadline = time.monotonic() + self.startup_timeout_s
+        with httpx.Client(timeout=5) as http:  # one client: each new one builds an SSL context (~10 ms of CPU)
+            while time.monotonic() < deadline:
+                code = self.process.poll()
+                if code == PORT_IN_USE_EXIT_CODE:
+                    self.start()
+                    continue
+                if code is not None:
+                    raise TemporaryServerError(
+                        f"Prefect's temporary server on {self.api_url} exited with code {code} before it answered "
+                        "(its error is printed above; fix it, or set PREFECT_API_URL to a running Prefect server)"
+                    )
+                try:
+                    if http.get(f"{self.api_url}/health").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+        self.stop()
+        raise TemporaryServerError(
+            f"Prefect's temporary server on {self.api_url} did not answer within {self.startup_timeout_s:g} s "
+            "(fix: set PREFECT_API_URL to a running Prefect server, e.g. `prefect server start`)"
+        )
+
+    def stop(self) -> None:
+        """Send what Prefect's client services still hold, then end the server: at once when its database is
+        in memory, after up to 10 s of graceful shutdown when it writes a file."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
+
+            EventsWorker.drain_all(timeout=10)
+            APILogWorker.drain_all(timeout=10)
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=1 if self.in_memory else 10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    @contextmanager
+    def serving(self) -> Iterator[str]:
+        """Wait until the server answers, run the body with Prefect's client on it, then stop it."""
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        try:
+            self.wait_until_ready()
+            with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
+                yield self.api_url
+        finally:
+            self.stop()
+
+
+def temporary_server_for(mode: Literal["memory", "file"]) -> TemporaryPrefectServer | None:
+    """The temporary server Prefect would start for the first flow (no API URL configured, ephemeral mode
+    on), not started yet; None otherwise. Its database is in memory unless `mode` is "file" or the user
+    configured a database of their own."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
         return None
-    os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = IN_MEMORY_URL
-    return IN_MEMORY_URL
+    return TemporaryPrefectServer(in_memory=mode == "memory" and not prefect_is_configured())

@@ -1,6 +1,7 @@
 """Where the leaves federate: the embedded aggregator, our server elsewhere, or a hosted BranchKey branch.
 
-- no BRANCHKEY_HOST: start the aggregator on a free loopback port for the run and create a branch;
+- no BRANCHKEY_HOST: start the aggregator as a child process on a free loopback port for the run (a process of
+  its own: in a thread it shared the interpreter lock with the leaves) and create a branch;
 - BRANCHKEY_HOST and FEDGROVE_ADMIN_TOKEN: create a branch on that aggregator through its admin API;
 - FEDGROVE_LEAF_ENV_DIR: use the `<organisation>.env` credentials found there (e.g. a hosted BranchKey
   branch created in its dashboard).
@@ -20,8 +21,7 @@ from pathlib import Path
 from prefect import get_run_logger
 
 from aggregator.admin_client import AdminClient
-from aggregator.config import AggregatorSettings
-from aggregator.server import ServerThread
+from aggregator.process import AggregatorProcess
 from fedgrove.settings import PipelineSettings, write_leaf_env
 
 
@@ -56,7 +56,7 @@ def federation(
             )
         yield Federation(host=settings.branchkey_host or "", branch_id=None, env_files=env_files)
         return
-    server: ServerThread | None = None
+    server: AggregatorProcess | None = None
     if settings.branchkey_host:
         if settings.admin_token is None:
             raise ProvisioningError(
@@ -65,10 +65,10 @@ def federation(
             )
         host, token = settings.branchkey_host, settings.admin_token.get_secret_value()
     else:
-        server = ServerThread(AggregatorSettings(data_dir=settings.work_dir / "aggregator", port=0, _env_file=None))
-        server.start()
-        host, token = server.url, server.context.admin_token
-        logger.info("started the embedded aggregator on %s", host)
+        data_dir = settings.work_dir / "aggregator"
+        server = AggregatorProcess(data_dir, log=data_dir / "aggregator.log").start()
+        host, token = server.url, server.admin_token
+        logger.info("started the embedded aggregator on %s (log: %s)", host, server.log)
     try:
         with AdminClient(host, token, verify=settings.verify_ssl) as admin:
             created = admin.create_branch(

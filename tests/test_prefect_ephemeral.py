@@ -1,4 +1,5 @@
-"""`fedgrove demo` on Prefect's ephemeral server: an in-memory database unless Prefect is configured.
+"""`fedgrove demo` on Prefect's temporary server: started by the demo, on an in-memory database unless
+Prefect is configured, and gone when the demo ends.
 
 Each case runs in a fresh process, because Prefect reads its settings once, at import."""
 
@@ -6,16 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
-from fedgrove.prefect_ephemeral import IN_MEMORY_URL
 
 ROOT = Path(__file__).resolve().parents[1]
-PREFECT_VARIABLES = ("PREFECT_API_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL",
+PREFECT_VARIABLES = ("PREFECT_API_URL", "PREFECT_SERVER_EPHEMERAL_ENABLED", "PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL",
                      "PREFECT_PROFILES_PATH", "PREFECT_HOME", "FEDGROVE_PREFECT_EPHEMERAL_DATABASE")
 
 
@@ -25,47 +27,63 @@ def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **extra}
 
 
-def chosen(tmp_path: Path, mode: str, **extra: str) -> dict[str, str | None]:
+def chosen(tmp_path: Path, mode: str, **extra: str) -> dict[str, bool] | None:
+    """What `fedgrove demo` decides in a fresh process with this environment: no temporary server (None), or
+    one with its database in memory or not."""
     code = (
-        "import json, os\n"
-        "from fedgrove.prefect_ephemeral import choose_ephemeral_database\n"
-        f"url = choose_ephemeral_database({mode!r})\n"
-        "print(json.dumps({'returned': url, 'env': os.environ.get('PREFECT_SERVER_DATABASE_CONNECTION_URL')}))\n"
+        "import json\n"
+        "from fedgrove.prefect_ephemeral import temporary_server_for\n"
+        f"server = temporary_server_for({mode!r})\n"
+        "print(json.dumps(None if server is None else {'in_memory': server.in_memory}))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], env=clean_env(tmp_path, **extra), cwd=tmp_path,
                           capture_output=True, text=True, timeout=120, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_unconfigured_prefect_gets_the_in_memory_database(tmp_path: Path) -> None:
-    assert chosen(tmp_path, "memory") == {"returned": IN_MEMORY_URL, "env": IN_MEMORY_URL}
+def test_unconfigured_prefect_gets_a_temporary_server_on_an_in_memory_database(tmp_path: Path) -> None:
+    assert chosen(tmp_path, "memory") == {"in_memory": True}
 
 
-def test_file_mode_leaves_prefect_alone(tmp_path: Path) -> None:
-    assert chosen(tmp_path, "file") == {"returned": None, "env": None}
+def test_file_mode_gets_a_temporary_server_on_prefects_database_file(tmp_path: Path) -> None:
+    assert chosen(tmp_path, "file") == {"in_memory": False}
 
 
-def test_a_configured_prefect_api_is_left_alone(tmp_path: Path) -> None:
-    assert chosen(tmp_path, "memory", PREFECT_API_URL="http://127.0.0.1:4200/api") == {"returned": None, "env": None}
+def test_a_configured_prefect_api_gets_no_temporary_server(tmp_path: Path) -> None:
+    assert chosen(tmp_path, "memory", PREFECT_API_URL="http://127.0.0.1:4200/api") is None
 
 
-def test_a_database_of_the_users_own_is_left_alone(tmp_path: Path) -> None:
+def test_prefect_with_ephemeral_mode_disabled_gets_no_temporary_server(tmp_path: Path) -> None:
+    """Prefect then refuses to run a flow without an API URL, and says so; the demo does not override that."""
+    assert chosen(tmp_path, "memory", PREFECT_SERVER_EPHEMERAL_ENABLED="false") is None
+
+
+def test_a_database_of_the_users_own_is_the_one_the_server_uses(tmp_path: Path) -> None:
     own = f"sqlite+aiosqlite:///{tmp_path / 'mine.db'}"
-    assert chosen(tmp_path, "memory", PREFECT_SERVER_DATABASE_CONNECTION_URL=own) == {"returned": None, "env": own}
+    assert chosen(tmp_path, "memory", PREFECT_SERVER_DATABASE_CONNECTION_URL=own) == {"in_memory": False}
 
 
-def test_a_database_in_the_active_profile_is_left_alone(tmp_path: Path) -> None:
+def test_a_database_in_the_active_profile_is_the_one_the_server_uses(tmp_path: Path) -> None:
     profiles = tmp_path / "profiles.toml"
-    profiles.write_text('active = "mine"\n[profiles.mine]\n'
+    profiles.write_text('active = "mine"\n[profiles.mine]\nPREFECT_SERVER_EPHEMERAL_ENABLED = "true"\n'
                         f'PREFECT_SERVER_DATABASE_CONNECTION_URL = "sqlite+aiosqlite:///{tmp_path / "p.db"}"\n')
-    assert chosen(tmp_path, "memory", PREFECT_PROFILES_PATH=str(profiles)) == {"returned": None, "env": None}
+    assert chosen(tmp_path, "memory", PREFECT_PROFILES_PATH=str(profiles)) == {"in_memory": False}
+
+
+def test_a_profile_without_ephemeral_mode_gets_no_temporary_server(tmp_path: Path) -> None:
+    """Prefect's ephemeral mode is on only in its default profile; a profile of the user's own without it
+    means no temporary server (Prefect itself then asks for an API URL)."""
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text('active = "mine"\n[profiles.mine]\nPREFECT_LOGGING_LEVEL = "INFO"\n')
+    assert chosen(tmp_path, "memory", PREFECT_PROFILES_PATH=str(profiles)) is None
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("mode", "database_files"), [("memory", False), ("file", True)])
 def test_the_demo_runs_on_the_ephemeral_server(tmp_path: Path, mode: str, database_files: bool) -> None:
-    """`make demo`'s path, not the test harness: no Prefect configured, Prefect starts its own server, whose
-    database is in memory by default and `$PREFECT_HOME/prefect.db` with FEDGROVE_PREFECT_EPHEMERAL_DATABASE=file."""
+    """`make demo`'s path, not the test harness: no Prefect configured, the demo starts Prefect's temporary
+    server, whose database is in memory by default and `$PREFECT_HOME/prefect.db` with
+    FEDGROVE_PREFECT_EPHEMERAL_DATABASE=file, and which has stopped when the demo returns."""
     command = [str(Path(sys.executable).with_name("fedgrove")), "demo", "--organisations", "2", "--rounds", "2",
                "--out", str(tmp_path / "runs"), "--run-id", "ephemeral"]
     env = clean_env(tmp_path, FEDGROVE_WORK_DIR=str(tmp_path / "work"), FEDGROVE_PREFECT_EPHEMERAL_DATABASE=mode)
@@ -73,5 +91,10 @@ def test_the_demo_runs_on_the_ephemeral_server(tmp_path: Path, mode: str, databa
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "runs" / "ephemeral" / "summary.json").read_text())
     assert (summary["rounds"], sorted(summary["federated"])) == (2, ["org-1", "org-2"])
-    assert "Starting temporary server" in done.stderr + done.stdout
+    output = done.stderr + done.stdout
+    started = re.search(r"Starting Prefect's temporary server on (http://127\.0\.0\.1:(\d+)/api)", output)
+    assert started, output[-3000:]
+    assert "Starting temporary server" not in output  # Prefect did not start a second one for the flow
     assert bool(list((tmp_path / "prefect-home").glob("prefect.db*"))) is database_files
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{started.group(1)}/health", timeout=5)
