@@ -4,7 +4,9 @@ Order of a case: start the server (own process) → create a branch with target 
 `branchkey` clients and wait until the admin API lists all N WebSockets → write the archives with the
 client's `save_weights` (untimed) → start one waiter per client on `client.queue.get()` → timed: all N
 `file_upload` calls from a thread pool → every waiter notified → the floor (np.load + float64 weighted
-sum of the same archives, in this process) → download the aggregate once and check it against the floor.
+sum of the same archives, in this process) → download the aggregate once and check it against the floor →
+timed again: the same N `file_upload` calls against a server that does nothing (`_upload_sink.py`), the
+ceiling that the official client leaves to any server on this machine.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from branchkey import APIConfig, Client, Credentials, RetryConfig
 
-from _aggregator_server import MB, ForeignCpu, PeakRss, ServerProcess
+from _aggregator_server import MB, ForeignCpu, PeakRss, ServerProcess, free_loopback_port
+from _upload_sink import SinkProcess
 
 NOTIFY_TIMEOUT_S = 300
 UPLOAD_TIMEOUT_S = 600
@@ -50,6 +53,8 @@ class CaseResult:
     floor_mb_s: float
     floor_cpu_mb_s: float  # the same bytes ÷ the floor's CPU seconds (one thread)
     ratio: float
+    sink_mb_s: float  # the same uploads against a server that only reads the body (`_upload_sink.py`)
+    ceiling_ratio: float  # sink MB/s ÷ floor MB/s: the best ratio any server could reach here
     last_201_to_all_notified_ms: float  # negative: the last notification arrived before the last 201
     notify_spread_ms: float  # first notification → last notification
     peak_rss_bytes: int
@@ -147,6 +152,22 @@ def floor(archives: list[Path], multiplicity: list[int], layer_count: int) -> tu
     return time.perf_counter() - started, time.thread_time() - cpu_started, mean
 
 
+def upload_to_sink(clients: list[Client], archives: list[Path], assignment: list[int], workers: int) -> float:
+    """Wall seconds of the same N `file_upload` calls against a server that does nothing with them.
+
+    The clients are pointed at the sink through the official client's private host attribute: the one way
+    to time exactly its `file_upload` (hash, `np.load` validation, multipart body, send) with no server work.
+    """
+    with SinkProcess(free_loopback_port()) as sink:
+        for client in clients:
+            client._Client__api_host = sink.url  # type: ignore[attr-defined]
+            client._session.close()  # fresh connections, as in the timed run
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(lambda i: clients[i].file_upload(str(archives[assignment[i]])), range(len(clients))))
+        return time.perf_counter() - started
+
+
 def run_case(spec: CaseSpec, work: Path, *, seed: int = 2024) -> CaseResult:
     case_started = time.perf_counter()
     case_dir = work / f"n{spec.leaves}-p{spec.params}"
@@ -237,6 +258,7 @@ def run_case(spec: CaseSpec, work: Path, *, seed: int = 2024) -> CaseResult:
             raise RuntimeError(f"the aggregate differs from the floor's weighted mean by {error}")
 
         ingest_mb_s = uploaded_bytes / MB / ingest_s
+        sink_mb_s = uploaded_bytes / MB / upload_to_sink(clients, archives, assignment, spec.workers)
         durations = sorted(e - s for s, e in zip(starts, ends, strict=True))
         if spec.distinct_archives < spec.leaves:
             notes.append(f"{spec.distinct_archives} distinct archives reused across {spec.leaves} leaves")
@@ -254,6 +276,8 @@ def run_case(spec: CaseSpec, work: Path, *, seed: int = 2024) -> CaseResult:
             floor_mb_s=floor_mb_s,
             floor_cpu_mb_s=sum(sizes) / MB / max(floor_cpu_s, 1e-9),
             ratio=ingest_mb_s / floor_mb_s,
+            sink_mb_s=sink_mb_s,
+            ceiling_ratio=sink_mb_s / floor_mb_s,
             last_201_to_all_notified_ms=(max(times) - last_201) * 1000,
             notify_spread_ms=(max(times) - min(times)) * 1000,
             peak_rss_bytes=peak_rss,

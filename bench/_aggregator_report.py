@@ -32,6 +32,11 @@ CAVEATS = [
     "the last 201; floor MB/s = the same archives' bytes ÷ the time of `np.load(allow_pickle=False)` of each "
     "plus a plain-numpy float64 weighted sum, single-threaded in the benchmark process (archives in the page "
     "cache).",
+    "Sink MB/s = the same N `file_upload` calls, same clients and archives, against `bench/_upload_sink.py`, a "
+    "server in its own process that reads each body and answers 201 (no parsing, hashing, storing or folding). "
+    "Ceiling = sink MB/s ÷ floor MB/s: the best ratio any server could reach on this machine under the official "
+    "client (its own hashing, `np.load` validation and in-memory multipart body run on the same cores). Where "
+    "the ceiling is below 0.5, the ingest target cannot be met here by any server.",
     "Server CPU MB/s = archive bytes uploaded ÷ the CPU seconds the server process used over the same window "
     "(all its threads): what ingest costs the server, little affected by other load; floor CPU MB/s is the "
     "same for the floor (its thread's CPU seconds). Their ratio is the server's CPU overhead over the floor.",
@@ -71,6 +76,7 @@ def evaluate(results: list[CaseResult]) -> dict:
             notify = _verdict(r.last_201_to_all_notified_ms <= NOTIFY_MS_MAX)
         per_case.append({
             "ingest_target": _verdict(r.ratio >= INGEST_RATIO_MIN),
+            "ingest_reachable": r.ceiling_ratio >= INGEST_RATIO_MIN,
             "notify_target": notify,
             "rss_limit_bytes": rss_limit(r.params),
             "rss_target": _verdict(r.peak_rss_bytes <= rss_limit(r.params)),
@@ -87,6 +93,7 @@ def evaluate(results: list[CaseResult]) -> dict:
         judged = [c[key] for c in per_case if c[key] != "n/a"]
         return f"{judged.count('PASS')}/{len(judged)} PASS" if judged else "n/a"
 
+    unreachable = sum(1 for c in per_case if not c["ingest_reachable"])
     return {
         "targets": {
             "ingest": f"ingest MB/s ≥ {INGEST_RATIO_MIN:.0%} of the floor's MB/s",
@@ -95,7 +102,9 @@ def evaluate(results: list[CaseResult]) -> dict:
         },
         "per_case": per_case,
         "summary": {
-            "ingest": count("ingest_target"),
+            "ingest": count("ingest_target")
+            + (f" ({unreachable} with a ceiling below {INGEST_RATIO_MIN:g}: out of reach of any server here)"
+               if unreachable else ""),
             "notify": count("notify_target"),
             "notify_growth_with_n": growth,
             "rss": count("rss_target"),
@@ -103,7 +112,8 @@ def evaluate(results: list[CaseResult]) -> dict:
     }
 
 
-_HEADER = ["N", "P", "archive MB", "distinct", "ingest MB/s", "floor MB/s", "ratio", "≥ 0.5", "server CPU MB/s", "floor CPU MB/s",
+_HEADER = ["N", "P", "archive MB", "distinct", "ingest MB/s", "floor MB/s", "ratio", "≥ 0.5", "sink MB/s", "ceiling",
+           "server CPU MB/s", "floor CPU MB/s",
            "201→notified ms", "≤ 50 ms @1e6", "spread ms", "peak RSS MB", "limit MB", "RSS", "other CPU %"]
 
 
@@ -113,7 +123,7 @@ def _rows(results: list[CaseResult], verdicts: dict) -> list[list[str]]:
         rows.append([
             str(r.leaves), _p(r.params), f"{r.archive_bytes_each / MB:.1f}",
             str(r.distinct_archives), f"{r.ingest_mb_s:.1f}", f"{r.floor_mb_s:.1f}", f"{r.ratio:.2f}",
-            v["ingest_target"], f"{r.server_cpu_mb_s:.1f}", f"{r.floor_cpu_mb_s:.1f}", f"{r.last_201_to_all_notified_ms:+.1f}", v["notify_target"],
+            v["ingest_target"], f"{r.sink_mb_s:.1f}", f"{r.ceiling_ratio:.2f}", f"{r.server_cpu_mb_s:.1f}", f"{r.floor_cpu_mb_s:.1f}", f"{r.last_201_to_all_notified_ms:+.1f}", v["notify_target"],
             f"{r.notify_spread_ms:.1f}", f"{r.peak_rss_bytes / MB:.0f}", f"{v['rss_limit_bytes'] / MB:.0f}",
             v["rss_target"], f"{100 * r.foreign_cpu_share:.0f}",
         ])

@@ -8,7 +8,6 @@ its own and not mixed with the clients'. `stop()` always ends it: SIGTERM, then 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,14 +17,11 @@ from pathlib import Path
 import httpx
 import psutil
 
+from fedgrove.child_process import free_loopback_port
+
 LOOPBACK = "127.0.0.1"
 MB = 1_000_000  # decimal megabytes everywhere in this benchmark
 
-
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
 
 
 class ServerProcess:
