@@ -10,12 +10,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
-from fedgrove.child_process import ended_with_this_process, free_loopback_port
+from fedgrove.child_process import ended_with_this_process, free_loopback_port, wait_until_healthy
 
 
 class AggregatorStartError(RuntimeError):
@@ -62,24 +59,21 @@ class AggregatorProcess:
 
     def _wait_healthy(self, timeout_s: float) -> None:
         assert self._process is not None
-        deadline = time.monotonic() + timeout_s
-        with httpx.Client(timeout=1) as http:  # one client: each new one builds an SSL context (~10 ms of CPU)
-            while time.monotonic() < deadline:
-                if self._process.poll() is not None:
-                    raise AggregatorStartError(
-                        f"the aggregator on {self.url} exited with code {self._process.returncode}; its log "
-                        f"({self.log}) ends:\n{self._log_tail()}"
-                    )
-                try:
-                    if http.get(f"{self.url}/health").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.05)
-        raise AggregatorStartError(
-            f"the aggregator did not answer on {self.url} within {timeout_s:g} s; its log ({self.log}) ends:\n"
-            f"{self._log_tail()}"
-        )
+
+        def check_process() -> None:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise AggregatorStartError(
+                    f"the aggregator on {self.url} exited with code {self._process.returncode}; its log "
+                    f"({self.log}) ends:\n{self._log_tail()}"
+                )
+
+        if not wait_until_healthy(lambda: f"{self.url}/health", timeout_s=timeout_s, interval_s=0.05,
+                                  check_process=check_process):
+            raise AggregatorStartError(
+                f"the aggregator did not answer on {self.url} within {timeout_s:g} s; its log ({self.log}) "
+                f"ends:\n{self._log_tail()}"
+            )
 
     def kill(self) -> None:
         """SIGKILL: no shutdown handler runs, as in a crash or an OOM kill."""

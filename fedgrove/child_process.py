@@ -1,11 +1,12 @@
 """Helpers for the servers a one-command run starts as child processes (Prefect's temporary server, the
-embedded aggregator): a free loopback port, and an end tied to this process's end."""
+embedded aggregator): a free loopback port, an end tied to this process's end, the wait for a health URL."""
 
 from __future__ import annotations
 
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
@@ -26,3 +27,23 @@ def ended_with_this_process() -> Callable[[], None] | None:
 
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child must not load libraries
     return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def wait_until_healthy(
+    health_url: Callable[[], str], *, timeout_s: float, interval_s: float, check_process: Callable[[], None]
+) -> bool:
+    """GET the health URL until it answers 200 (True) or `timeout_s` passes (False). `check_process` runs
+    before each try: it raises when the child died, and may restart it (hence the URL as a callable)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=5) as http:  # one client: each new one builds an SSL context (~10 ms of CPU)
+        while time.monotonic() < deadline:
+            check_process()
+            try:
+                if http.get(health_url()).status_code == 200:
+                    return True
+            except httpx.TransportError:
+                pass
+            time.sleep(interval_s)
+    return False

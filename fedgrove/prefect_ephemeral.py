@@ -25,13 +25,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-from fedgrove.child_process import ended_with_this_process, free_loopback_port
+from fedgrove.child_process import ended_with_this_process, free_loopback_port, wait_until_healthy
 
 IN_MEMORY_URL = "sqlite+aiosqlite:///file::memory:?cache=shared&uri=true&check_same_thread=false"
 DATABASE_VARIABLES = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
@@ -89,32 +88,26 @@ class TemporaryPrefectServer:
         return self
 
     def wait_until_ready(self) -> None:
-        import httpx
-
         assert self.process is not None, "start() first"
-        deadline = time.monotonic() + self.startup_timeout_s
-        with httpx.Client(timeout=5) as http:  # one client: each new one builds an SSL context (~10 ms of CPU)
-            while time.monotonic() < deadline:
-                code = self.process.poll()
-                if code == PORT_IN_USE_EXIT_CODE:
-                    self.start()
-                    continue
-                if code is not None:
-                    raise TemporaryServerError(
-                        f"Prefect's temporary server on {self.api_url} exited with code {code} before it answered "
-                        "(its error is printed above; fix it, or set PREFECT_API_URL to a running Prefect server)"
-                    )
-                try:
-                    if http.get(f"{self.api_url}/health").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.1)
-        self.stop()
-        raise TemporaryServerError(
-            f"Prefect's temporary server on {self.api_url} did not answer within {self.startup_timeout_s:g} s "
-            "(fix: set PREFECT_API_URL to a running Prefect server, e.g. `prefect server start`)"
-        )
+
+        def check_process() -> None:
+            assert self.process is not None
+            code = self.process.poll()
+            if code == PORT_IN_USE_EXIT_CODE:  # another program took the port first: as Prefect, try another
+                self.start()
+            elif code is not None:
+                raise TemporaryServerError(
+                    f"Prefect's temporary server on {self.api_url} exited with code {code} before it answered "
+                    "(its error is printed above; fix it, or set PREFECT_API_URL to a running Prefect server)"
+                )
+
+        if not wait_until_healthy(lambda: f"{self.api_url}/health", timeout_s=self.startup_timeout_s,
+                                  interval_s=0.1, check_process=check_process):
+            self.stop()
+            raise TemporaryServerError(
+                f"Prefect's temporary server on {self.api_url} did not answer within {self.startup_timeout_s:g} s "
+                "(fix: set PREFECT_API_URL to a running Prefect server, e.g. `prefect server start`)"
+            )
 
     def stop(self) -> None:
         """Send what Prefect's client services still hold, then end the server: at once when its database is
