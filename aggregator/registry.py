@@ -40,6 +40,10 @@ class LeafCredentials:
 class Registry:
     def __init__(self, sessions: sessionmaker) -> None:
         self._sessions = sessions
+        # A leaf's token hash and identity never change once created (no rotation, no deletion: add the
+        # invalidation here if either ever exists), so each is read once; authenticating then costs a hash
+        # and a compare instead of a query per request. Only leaves that exist are kept.
+        self._known_leaves: dict[str, tuple[str, LeafIdentity]] = {}
 
     def create_branch(
         self,
@@ -120,13 +124,23 @@ class Registry:
         leaf_id, separator, token = value.strip().partition(":")
         if scheme.lower() != "bearer" or not separator or not leaf_id or not token:
             raise Unauthorized("malformed credentials")
-        with self._sessions() as session:
-            leaf = session.get(Leaf, leaf_id[:64])
+        known = self._known_leaves.get(leaf_id[:64])
+        if known is None:
+            known = self._read_leaf(leaf_id[:64])
         # Hash a dummy when the leaf is unknown, so both failures take the same time.
-        stored = leaf.token_hash if leaf is not None else hash_token("")
-        if not token_matches(token, stored) or leaf is None:
+        stored, identity = known if known is not None else (hash_token(""), None)
+        if not token_matches(token, stored) or identity is None:
             raise Unauthorized("invalid credentials")
-        return LeafIdentity(leaf.id, leaf.name, leaf.branch_id, leaf.tree_id, leaf.owner_id)
+        return identity
+
+    def _read_leaf(self, leaf_id: str) -> tuple[str, LeafIdentity] | None:
+        with self._sessions() as session:
+            leaf = session.get(Leaf, leaf_id)
+        if leaf is None:
+            return None
+        known = (leaf.token_hash, LeafIdentity(leaf.id, leaf.name, leaf.branch_id, leaf.tree_id, leaf.owner_id))
+        self._known_leaves[leaf.id] = known
+        return known
 
     def branch(self, branch_id: str) -> Branch:
         with self._sessions() as session:

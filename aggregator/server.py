@@ -31,6 +31,9 @@ def _config(settings: AggregatorSettings, *, log_level: str, own_logging: bool) 
         ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
         ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
         timeout_graceful_shutdown=5,
+        # Notifications are ~100-byte JSON messages: compressing them costs CPU on both sides and a zlib
+        # context per connection; every client works without it (the official one offers it, not requires it).
+        ws_per_message_deflate=False,
         timeout_keep_alive=65,  # longer than clients keep idle connections, so a reused one is not reset
     )
 

@@ -25,10 +25,12 @@ from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from branchkey import APIConfig, Client, Credentials, RetryConfig
 from sqlalchemy import select
+from websockets.sync.client import connect
 
 from aggregator import archive
 from aggregator.config import AggregatorSettings
@@ -36,6 +38,7 @@ from aggregator.db import Aggregation, make_engine, make_session_factory
 from aggregator.registry import LeafCredentials
 from aggregator.server import ServerThread
 from tests.aggregator_fixtures import wait_until_connected
+from tests.upload_helpers import auth_headers
 from tests.load_helpers import (
     ErrorLogTrap,
     IdleSockets,
@@ -243,6 +246,18 @@ def test_the_server_answers_kept_alive_connections_without_waiting_for_delayed_a
                for connection in list(aggregator._server.server_state.connections)]
     assert sockets, "the client's kept-alive connection is open"
     assert [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in sockets] == [1] * len(sockets)
+
+
+def test_websocket_notifications_are_sent_uncompressed(aggregator, branch):
+    """The official client offers permessage-deflate (the `websockets` default); the server declines it,
+    so a notification costs no compression on either side and a connection holds no zlib context."""
+    (leaf,) = branch(leaves=1)
+    ticket = httpx.post(f"{aggregator.url}/api/v1/ws/ticket", headers=auth_headers(leaf), timeout=10).json()["data"]
+    url = (f"{aggregator.url.replace('http://', 'ws://')}/api/v1/ws?ticket={ticket['ticket_id']}"
+           f"&request_id={ticket['request_id']}")
+    with connect(url, open_timeout=10) as websocket:  # offers permessage-deflate by default
+        assert "permessage-deflate" in websocket.request.headers.get("Sec-WebSocket-Extensions", "")
+        assert websocket.response.headers.get("Sec-WebSocket-Extensions") is None
 
 
 # --- 1,000 idle WebSockets while a 5-leaf branch keeps aggregating --------------------------------

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 from branchkey import APIConfig, Client, Credentials, RetryConfig
 
+from sqlalchemy import event
+
 from aggregator.config import AggregatorSettings
+from aggregator.db import make_engine, make_session_factory
+from aggregator.errors import Unauthorized
+from aggregator.registry import Registry
 from aggregator.server import ServerThread
 from tests.aggregator_fixtures import wait_until_connected
 from tests.tls import self_signed_certificate
@@ -84,3 +89,26 @@ def test_a_websocket_ticket_is_single_use_and_expires(aggregator, branch):
     late = httpx.post(f"{aggregator.url}/api/v1/ws/ticket", headers=headers).json()["data"]
     time.sleep(0.01)
     assert book.redeem(late["ticket_id"], late["request_id"]) is None
+
+
+def test_a_known_leaf_is_authenticated_without_a_database_query_and_a_wrong_token_still_fails(tmp_path):
+    """Leaves never change once created, so the registry reads each once: per request, authentication is a
+    hash and a constant-time compare. The cached path must refuse a wrong token exactly as the first did."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'registry.db'}")
+    registry = Registry(make_session_factory(engine))
+    _tree, _branch, (leaf,) = registry.create_branch(tree="t", branch="cache", leaves=1)
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    good, wrong = f"Bearer {leaf.id}:{leaf.session_token}", f"Bearer {leaf.id}:wrong-{leaf.session_token}"
+    try:
+        first = registry.authenticate(good)
+        read_once = len(statements)
+        assert registry.authenticate(good) == first
+        with pytest.raises(Unauthorized, match="^invalid credentials$"):
+            registry.authenticate(wrong)
+        assert (read_once, len(statements)) == (1, 1)
+        with pytest.raises(Unauthorized, match="^invalid credentials$"):
+            registry.authenticate(f"Bearer 00000000-0000-0000-0000-000000000000:{leaf.session_token}")
+        assert len(statements) == 2  # an unknown id is looked up every time, never remembered
+    finally:
+        engine.dispose()
