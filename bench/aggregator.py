@@ -70,6 +70,30 @@ def plan(leaves: tuple[int, ...], params: tuple[int, ...], workers: int) -> list
     return specs
 
 
+def serialise_npy_header_parsing() -> None:
+    """One `.npy` header parse at a time in this process, on CPython < 3.12.
+
+    CPython 3.11 keeps the AST constructor's recursion depth per interpreter, so `ast.literal_eval` in two
+    threads at once can raise "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905).
+    numpy parses every header with it, and this process runs up to 32 official clients whose `file_upload`
+    validates the archive with `np.load`: a case failed so (20:11 UTC, N = 20, P = 1e6). A real leaf runs one
+    client per process; the server serialises its own parses (`aggregator/archive.py`).
+    """
+    if sys.version_info >= (3, 12):
+        return
+    import threading
+
+    import numpy.lib._format_impl as npy_format
+
+    parse, lock = npy_format._read_array_header, threading.Lock()
+
+    def parse_alone(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        with lock:
+            return parse(*args, **kwargs)
+
+    npy_format._read_array_header = parse_alone
+
+
 def _terminate(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt  # so every `finally` runs and the server processes are stopped
 
@@ -89,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     specs = plan(leaves, params, args.workers)
     out = sys.stdout
     signal.signal(signal.SIGTERM, _terminate)
+    serialise_npy_header_parsing()
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
 
     def say(message: str) -> None:
