@@ -225,18 +225,21 @@ def demo(
     from fedgrove.settings import PipelineSettings
 
     prefect_server = temporary_server_for(PipelineSettings().prefect_ephemeral_database)
-    if prefect_server is not None:
-        prefect_server.start()  # it boots while the pipeline's modules import
-        console.print(f"Starting Prefect's temporary server on {prefect_server.api_url} (in memory: "
-                      f"{prefect_server.in_memory})", highlight=False)
-    from flows.federated_training import FederatedTrainingConfig, federated_training
+    with contextlib.ExitStack() as cleanup:
+        if prefect_server is not None:
+            prefect_server.start()  # it boots while the pipeline's modules import
+            cleanup.callback(prefect_server.stop)  # also when something below fails before it serves
+            console.print(f"Starting Prefect's temporary server on {prefect_server.api_url} (in memory: "
+                          f"{prefect_server.in_memory})", highlight=False)
+        from flows.federated_training import FederatedTrainingConfig, federated_training
 
-    quiet_task_run_logs()
-    config = FederatedTrainingConfig(
-        organisations=organisations, rounds=rounds, split=split.value, alpha=alpha, seed=seed, run_id=run_id,
-        preprocessing=preprocessing.value,
-    )
-    with prefect_server.serving() if prefect_server is not None else contextlib.nullcontext():
+        quiet_task_run_logs()
+        config = FederatedTrainingConfig(
+            organisations=organisations, rounds=rounds, split=split.value, alpha=alpha, seed=seed, run_id=run_id,
+            preprocessing=preprocessing.value,
+        )
+        if prefect_server is not None:
+            cleanup.enter_context(prefect_server.serving())
         summary = federated_training(config)
     table = Table(title=f"test accuracy / loss after {rounds} rounds ({split.value} split)")
     for column in ("organisation", "records", "federated acc", "alone acc", "federated loss", "alone loss"):
