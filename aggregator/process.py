@@ -15,6 +15,12 @@ from pathlib import Path
 from fedgrove.child_process import ended_with_this_process, free_loopback_port, wait_until_healthy
 
 
+def environment_without_fedgrove_settings() -> dict[str, str]:
+    """This process's environment minus every `FEDGROVE_*` variable: a server that only its data folder and
+    its arguments configure (tests and benchmarks)."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("FEDGROVE_")}
+
+
 class AggregatorStartError(RuntimeError):
     """The aggregator process exited or did not answer in time."""
 
@@ -33,6 +39,11 @@ class AggregatorProcess:
         self.log = (log or self.data_dir.parent / f"aggregator-{self.port}.log").resolve()
         self.env = dict(os.environ if env is None else env)
         self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "start() first"
+        return self._process.pid
 
     @property
     def admin_token(self) -> str:

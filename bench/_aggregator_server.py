@@ -1,5 +1,8 @@
 """The aggregation server as a separate process on a loopback port, its peak RSS, and the admin calls.
 
+Not `aggregator.process.AggregatorProcess`: run as a script, this folder's `aggregator.py` shadows the
+`aggregator` package, so the benchmark imports none of it (only the installed `fedgrove` helpers).
+
 The server runs as `python -m aggregator` in its own process (fresh data folder, working directory in
 the temp folder so no `.env` is read, every `FEDGROVE_*` variable removed), so its memory is measured on
 its own and not mixed with the clients'. `stop()` always ends it: SIGTERM, then SIGKILL after 10 s.
@@ -17,7 +20,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from fedgrove.child_process import free_loopback_port
+from fedgrove.child_process import free_loopback_port, wait_until_healthy
 
 LOOPBACK = "127.0.0.1"
 MB = 1_000_000  # decimal megabytes everywhere in this benchmark
@@ -43,18 +46,15 @@ class ServerProcess:
             command, cwd=self.data_dir.parent, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"aggregator exited with {self.process.returncode}: {self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"aggregator did not answer /health within {timeout_s} s: {self.log_tail()}")
-            time.sleep(0.05)
+        process = self.process
+
+        def check_process() -> None:
+            if process.poll() is not None:
+                raise RuntimeError(f"aggregator exited with {process.returncode}: {self.log_tail()}")
+
+        if not wait_until_healthy(lambda: f"{self.url}/health", timeout_s=timeout_s, interval_s=0.05,
+                                  check_process=check_process):
+            raise RuntimeError(f"aggregator did not answer /health within {timeout_s} s: {self.log_tail()}")
         self.admin_token = (self.data_dir / "admin_token").read_text().strip()
         return self
 

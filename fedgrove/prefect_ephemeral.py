@@ -28,9 +28,12 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from fedgrove.child_process import ended_with_this_process, free_loopback_port, wait_until_healthy
+
+if TYPE_CHECKING:
+    from prefect.settings import Settings
 
 IN_MEMORY_URL = "sqlite+aiosqlite:///file::memory:?cache=shared&uri=true&check_same_thread=false"
 DATABASE_VARIABLES = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
@@ -45,15 +48,10 @@ class TemporaryServerError(RuntimeError):
     """Prefect's temporary server did not come up."""
 
 
-def prefect_is_configured() -> bool:
-    """An API URL, or a database URL of the user's own (in the environment or the active Prefect profile)."""
-    from prefect.settings import get_current_settings
-
-    settings = get_current_settings()
-    return bool(
-        settings.api.url
-        or any(os.environ.get(name) for name in DATABASE_VARIABLES)
-        or "connection_url" in settings.server.database.model_fields_set
+def own_database_configured(settings: Settings) -> bool:
+    """A Prefect database URL of the user's own, in the environment or the active Prefect profile."""
+    return any(os.environ.get(name) for name in DATABASE_VARIABLES) or (
+        "connection_url" in settings.server.database.model_fields_set
     )
 
 
@@ -150,4 +148,4 @@ def temporary_server_for(mode: Literal["memory", "file"]) -> TemporaryPrefectSer
     settings = get_current_settings()
     if settings.api.url or not settings.server.ephemeral.enabled:
         return None
-    return TemporaryPrefectServer(in_memory=mode == "memory" and not prefect_is_configured())
+    return TemporaryPrefectServer(in_memory=mode == "memory" and not own_database_configured(settings))

@@ -3,12 +3,12 @@ the admin API at hand."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import httpx
 
 from aggregator.process import AggregatorProcess as _AggregatorProcess
+from aggregator.process import environment_without_fedgrove_settings
 from fedgrove.child_process import free_loopback_port as free_port
 
 __all__ = ["AggregatorProcess", "free_port"]
@@ -16,8 +16,7 @@ __all__ = ["AggregatorProcess", "free_port"]
 
 class AggregatorProcess(_AggregatorProcess):
     def __init__(self, data_dir: Path, *, port: int | None = None, log: Path | None = None) -> None:
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("FEDGROVE_")}
-        super().__init__(data_dir, port=port, log=log, env=environment)
+        super().__init__(data_dir, port=port, log=log, env=environment_without_fedgrove_settings())
 
     @property
     def admin_headers(self) -> dict[str, str]:

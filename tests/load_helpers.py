@@ -223,11 +223,6 @@ def take_turns_checking_archives(client: Client, lock: threading.Lock | None = N
 class MeasuredAggregator(AggregatorProcess):
     """`python -m aggregator` in its own process, so its RSS is its own; `rss()` reads it now."""
 
-    @property
-    def pid(self) -> int:
-        assert self._process is not None, "start() first"
-        return self._process.pid
-
     def rss(self) -> int:
         return psutil.Process(self.pid).memory_info().rss
 

@@ -62,7 +62,7 @@ def test_the_aggregator_child_process_ends_when_the_process_that_started_it_is_k
         "from pathlib import Path\n"
         "from aggregator.process import AggregatorProcess\n"
         f"server = AggregatorProcess(Path({str(tmp_path / 'data')!r})).start()\n"
-        "print(server._process.pid, server.url, flush=True)\n"
+        "print(server.pid, server.url, flush=True)\n"
         "time.sleep(600)\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
