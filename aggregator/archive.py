@@ -7,10 +7,15 @@ more elements than the entry's bytes) before its data is read. Only stored and d
 read, because zipfile inflates those in bounded steps and never past the declared size, so a
 decompression bomb is refused by the sum of declared sizes alone (its bzip2 and lzma readers
 decompress a whole read at once, whatever the entry declares).
+
+Each archive also gets a fingerprint of what it says, from the zip directory's CRC-32 and size of every
+entry (the CRC covers the entry's `.npy` bytes, not the zip's timestamps): free to compute, so an upload
+is never hashed twice. A fingerprint is a hint: equal fingerprints are confirmed by `same_content`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -53,17 +58,38 @@ class ParsedArchive:
     weighting: float
     layers: list[np.ndarray] = field(default_factory=list)
     fields: dict[str, np.ndarray] = field(default_factory=dict)
+    fingerprint: str = ""  # sha256 hex of the entries' names, CRC-32s and sizes
 
 
 def read_archive(path: Path, *, max_decompressed_bytes: int, max_entries: int) -> ParsedArchive:
-    entries = _read_entries(path, max_decompressed_bytes=max_decompressed_bytes, max_entries=max_entries)
+    entries, fingerprint = _read_entries(
+        path, max_decompressed_bytes=max_decompressed_bytes, max_entries=max_entries
+    )
     kind = _declared_kind(entries)
-    if kind == FEDERATED_ANALYTICS:
-        return _analytics(entries)
-    return _learning(entries)
+    parsed = _analytics(entries) if kind == FEDERATED_ANALYTICS else _learning(entries)
+    parsed.fingerprint = fingerprint
+    return parsed
 
 
-def _read_entries(path: Path, *, max_decompressed_bytes: int, max_entries: int) -> dict[str, np.ndarray]:
+def same_content(one: ParsedArchive, other: ParsedArchive) -> bool:
+    """Whether two archives say the same thing: kind, weighting and every array (shape, dtype and values)."""
+    if (one.kind, one.weighting, len(one.layers), sorted(one.fields)) != (
+        other.kind, other.weighting, len(other.layers), sorted(other.fields)
+    ):
+        return False
+    pairs = list(zip(one.layers, other.layers, strict=True))
+    pairs += [(array, other.fields[name]) for name, array in one.fields.items()]
+    return all(a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b) for a, b in pairs)
+
+
+def _fingerprint(infos: list[zipfile.ZipInfo]) -> str:
+    described = sorted(f"{info.filename}:{info.CRC:08x}:{info.file_size}" for info in infos)
+    return hashlib.sha256("\n".join(described).encode()).hexdigest()
+
+
+def _read_entries(
+    path: Path, *, max_decompressed_bytes: int, max_entries: int
+) -> tuple[dict[str, np.ndarray], str]:
     if not zipfile.is_zipfile(path):
         raise BadRequest("not an npz archive")
     try:
@@ -80,7 +106,8 @@ def _read_entries(path: Path, *, max_decompressed_bytes: int, max_entries: int) 
                 names.add(info.filename)
             if sum(info.file_size for info in infos) > max_decompressed_bytes:
                 raise PayloadTooLarge(f"archive decompresses to more than {max_decompressed_bytes} bytes")
-            return {info.filename.removesuffix(".npy"): _read_npy(archive, info) for info in infos}
+            entries = {info.filename.removesuffix(".npy"): _read_npy(archive, info) for info in infos}
+            return entries, _fingerprint(infos)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
         # ValueError: a directory name flagged UTF-8 that is not (zipfile raises UnicodeDecodeError)
         raise BadRequest("not an npz archive") from exc

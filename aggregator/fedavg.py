@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 
-_CHUNK = 1 << 20
+_CHUNK = 1 << 18  # 2 MiB of float64: stays in cache between the multiply and the add
 
 
 class LayerMismatch(ValueError):

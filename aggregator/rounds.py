@@ -8,7 +8,6 @@ sum is only a cache: after a restart it is rebuilt from the database and the blo
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -21,12 +20,13 @@ from datetime import UTC
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import exists, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import sessionmaker
 
 from aggregator.analytics import FieldCombiner, FieldMismatch, UnconfiguredField
-from aggregator.archive import FEDERATED_ANALYTICS, PAYLOAD_KIND_KEY, ParsedArchive, read_archive
+from aggregator.archive import FEDERATED_ANALYTICS, PAYLOAD_KIND_KEY, ParsedArchive, read_archive, same_content
 from aggregator.blobstore import BlobStore
+from aggregator.blobstore_errors import BlobNotFound
 from aggregator.db import Aggregation, Branch, Contribution, Delivery, Leaf, utcnow
 from aggregator.errors import BadRequest, Conflict, Forbidden, NotFound
 from aggregator.fedavg import LayerMismatch, WeightedSum
@@ -37,12 +37,19 @@ logger = logging.getLogger(__name__)
 _FILE_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 
+@dataclass(frozen=True)
+class Contributor:
+    file_id: str
+    weighting: float
+    fingerprint: str  # `ParsedArchive.fingerprint`, stored as the row's content_digest
+
+
 @dataclass
 class OpenAggregation:
     id: str
     round: int
     kind: str | None = None
-    contributors: dict[str, tuple[str, float]] = field(default_factory=dict)
+    contributors: dict[str, Contributor] = field(default_factory=dict)
     accumulator: WeightedSum | FieldCombiner | None = None
     first_upload_at: float | None = None  # wall-clock seconds; starts the branch's round timeout
 
@@ -71,6 +78,8 @@ class AggregationService:
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._open: dict[str, OpenAggregation] = {}
+        # branch -> leaf -> the leaf's contribution to the newest finished aggregation it took part in
+        self._last_finished: dict[str, dict[str, Contributor]] = {}
 
     def read(self, path: Path) -> ParsedArchive:
         return read_archive(path, **self._limits)
@@ -108,15 +117,14 @@ class AggregationService:
             if branch.run_status != "start":
                 raise Conflict(f"run is not started (run status: {branch.run_status})")
             state = self._state(branch)
-            content = content_digest(parsed)
             if leaf.id not in state.contributors:
-                resent = self._resent_contribution(leaf, branch.id, content)
+                resent = self._resent_contribution(leaf, branch.id, parsed)
                 if resent is not None:
                     logger.info("leaf %s sent its last round's archive again; answered with %s", leaf.name, resent)
                     return IngestResult(file_id=resent, completed_aggregation_id=None)
             self._check_compatible(state, parsed, branch)
-            replaced = self._commit_contribution(state, leaf, file_id, parsed, size, digest, content)
-            state.contributors[leaf.id] = (file_id, parsed.weighting)
+            replaced = self._commit_contribution(state, leaf, file_id, parsed, size, digest)
+            state.contributors[leaf.id] = Contributor(file_id, parsed.weighting, parsed.fingerprint)
             state.first_upload_at = state.first_upload_at or time.time()
             if replaced is None:
                 self._fold(state, parsed, branch)
@@ -178,24 +186,43 @@ class AggregationService:
                 finished.append((branch.id, self._finalise(branch, state)))
         return finished
 
-    def _resent_contribution(self, leaf: LeafIdentity, branch_id: str, content: str) -> str | None:
+    def _resent_contribution(self, leaf: LeafIdentity, branch_id: str, parsed: ParsedArchive) -> str | None:
         """The leaf's contribution to the branch's last finished aggregation, if this archive repeats it: a
-        retried upload whose first attempt completed that aggregation must not count in the next one."""
+        retried upload whose first attempt completed that aggregation must not count in the next one.
+        Fingerprints decide "different"; "the same" is confirmed array by array against the stored archive."""
+        previous = self._last_finished_contributions(branch_id).get(leaf.id)
+        if previous is None or previous.fingerprint != parsed.fingerprint:
+            return None
+        try:
+            with self._blobs.open_local(previous.file_id) as path:
+                earlier = self.read(path)
+        except BlobNotFound:
+            return None
+        return previous.file_id if same_content(earlier, parsed) else None
+
+    def _last_finished_contributions(self, branch_id: str) -> dict[str, Contributor]:
+        known = self._last_finished.get(branch_id)
+        if known is not None:
+            return known
+        finished = (Aggregation.branch_id == branch_id, Aggregation.status == "complete")
+        newest = (
+            select(Contribution.leaf_id, func.max(Aggregation.round).label("round"))
+            .join(Aggregation, Aggregation.id == Contribution.aggregation_id)
+            .where(*finished)
+            .group_by(Contribution.leaf_id)
+            .subquery()
+        )
         with self._sessions() as session:
-            previous = session.scalar(
-                select(Contribution)
+            rows = session.execute(
+                select(Contribution.leaf_id, Contribution.id, Contribution.weighting, Contribution.content_digest)
                 .join(Aggregation, Aggregation.id == Contribution.aggregation_id)
-                .where(
-                    Aggregation.branch_id == branch_id,
-                    Aggregation.status == "complete",
-                    Contribution.leaf_id == leaf.id,
-                )
-                .order_by(Aggregation.round.desc())
-                .limit(1)
+                .join(newest, (newest.c.leaf_id == Contribution.leaf_id) & (newest.c.round == Aggregation.round))
+                .where(*finished)
             )
-        if previous is not None and previous.content_digest == content:
-            return previous.id
-        return None
+            known = {leaf_id: Contributor(file_id, weighting, fingerprint)
+                     for leaf_id, file_id, weighting, fingerprint in rows}
+        self._last_finished[branch_id] = known
+        return known
 
     def open_round(self, branch_id: str) -> tuple[int, list[str]]:
         """The open aggregation's round number and the ids of the leaves that have uploaded to it."""
@@ -262,7 +289,9 @@ class AggregationService:
             for contribution in session.scalars(
                 select(Contribution).where(Contribution.aggregation_id == row.id).order_by(Contribution.created_at)
             ):
-                state.contributors[contribution.leaf_id] = (contribution.id, contribution.weighting)
+                state.contributors[contribution.leaf_id] = Contributor(
+                    contribution.id, contribution.weighting, contribution.content_digest
+                )
                 if state.first_upload_at is None:
                     state.first_upload_at = contribution.created_at.replace(tzinfo=UTC).timestamp()
         self._rebuild(state, branch)
@@ -271,8 +300,8 @@ class AggregationService:
 
     def _rebuild(self, state: OpenAggregation, branch: Branch) -> None:
         state.accumulator = None
-        for file_id, _weighting in state.contributors.values():
-            with self._blobs.open_local(file_id) as path:
+        for contributor in state.contributors.values():
+            with self._blobs.open_local(contributor.file_id) as path:
                 self._fold(state, self.read(path), branch)
 
     def _new_accumulator(self, parsed: ParsedArchive, branch: Branch) -> WeightedSum | FieldCombiner:
@@ -316,7 +345,6 @@ class AggregationService:
         parsed: ParsedArchive,
         size: int,
         digest: str,
-        content: str,
     ) -> str | None:
         with self._sessions() as session:
             previous = session.scalar(
@@ -336,7 +364,7 @@ class AggregationService:
                     weighting=parsed.weighting,
                     size=size,
                     digest=digest,
-                    content_digest=content,
+                    content_digest=parsed.fingerprint,
                 )
             )
             session.commit()
@@ -371,23 +399,13 @@ class AggregationService:
             row.missing_leaves = sorted(set(leaf_ids) - set(state.contributors))
             session.add(Aggregation(id=next_state.id, branch_id=branch.id, round=next_state.round))
             session.commit()
+        self._last_finished_contributions(branch.id).update(state.contributors)
         self._open[branch.id] = next_state
         logger.info(
             "branch %s: round %d aggregated from %d leaves into %s",
             branch.id, state.round, len(state.contributors), state.id,
         )
         return state.id
-
-
-def content_digest(parsed: ParsedArchive) -> str:
-    """What an archive says, independent of how it was zipped (the zip holds timestamps)."""
-    digest = hashlib.sha256(f"{parsed.kind}:{parsed.weighting!r}".encode())
-    entries = [(f"layer_{i}", layer) for i, layer in enumerate(parsed.layers)] + sorted(parsed.fields.items())
-    for name, array in entries:
-        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
-        data = np.ascontiguousarray(array)
-        digest.update(memoryview(data.reshape(-1)).cast("B") if data.size else b"")  # no copy of a large layer
-    return digest.hexdigest()
 
 
 def check_file_id(file_id: str) -> None:

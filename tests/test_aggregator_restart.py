@@ -200,3 +200,27 @@ def test_an_aggregation_whose_last_upload_was_committed_before_a_kill_is_finishe
     assert aggregation_id == status["last_aggregation_id"]
     _assert_weighted_mean(late.file_download(aggregation_id), contributions)
     assert _completed_rows(server) == [(1, 3, sum(w for w, _ in contributions))]
+
+
+def test_a_leaf_resending_its_last_rounds_archive_after_a_restart_gets_that_rounds_file_id(
+    server: AggregatorProcess, leaves: list[Credentials], connect, tmp_path: Path
+) -> None:
+    """What each leaf last contributed is read back from the database after a restart: the newest round's."""
+    clients = [connect(leaf) for leaf in leaves]
+    sent: list[tuple[str, str]] = []  # (path, file id) of the last leaf's archive, per round
+    for seed in (3, 4):
+        for index, (client, (weighting, layers)) in enumerate(zip(clients, _contributions(seed), strict=True)):
+            path = client.save_weights(str(tmp_path / f"{seed}-{index}"), weighting, layers)
+            file_id = client.file_upload(path)
+        sent.append((path, file_id))
+        for client in clients:
+            client.queue.get(timeout=15)
+
+    server.kill()
+    server.start()
+    _wait_connected(server, leaves)
+
+    (_, _), (latest_path, latest_id) = sent
+    assert clients[2].file_upload(latest_path) == latest_id
+    assert _status(server, leaves[0].branch_id)["uploads_in_open_aggregation"] == 0
+    assert [row[:2] for row in _completed_rows(server)] == [(1, 3), (2, 3)]

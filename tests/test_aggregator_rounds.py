@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import threading
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +84,82 @@ def test_reupload_replaces_the_leafs_contribution_and_is_not_counted_twice(aggre
     with np.load(second.file_download(aggregation_id), allow_pickle=False) as archive:
         for index, layer in enumerate(expected):
             np.testing.assert_allclose(archive[f"layer_{index}"], layer, rtol=1e-6)
+
+
+def test_a_retried_upload_of_the_archive_that_completed_a_round_is_answered_and_not_counted_again(
+    aggregator, branch, leaf_client, tmp_path
+):
+    """The 201 of the upload that completed round 1 was lost and the leaf sends the archive again: the
+    server answers with the same file id and round 2 stays empty. New parameters are counted."""
+    credentials = branch(leaves=2)
+    first, second = (leaf_client(c) for c in credentials)
+    rng = np.random.default_rng(3)
+    mine = _layers(rng)
+    first.file_upload(first.save_weights(str(tmp_path / "first"), 10.0, _layers(rng)))
+    completing = second.save_weights(str(tmp_path / "second"), 20.0, mine)
+    file_id = second.file_upload(completing)
+    second.queue.get(timeout=10)
+    service, branch_id = aggregator.context.service, credentials[0].branch_id
+
+    assert second.file_upload(completing) == file_id
+    rezipped = tmp_path / "stored.npz"  # the same arrays, zipped without compression
+    np.savez(rezipped, weighting=np.array([20.0]), layer_0=mine[0], layer_1=mine[1])
+    assert rezipped.read_bytes() != Path(completing).read_bytes()
+    assert second.file_upload(str(rezipped)) == file_id
+    assert service.open_round(branch_id) == (2, [])
+
+    assert second.file_upload(second.save_weights(str(tmp_path / "new"), 20.0, _layers(rng))) != file_id
+    assert service.open_round(branch_id) == (2, [credentials[1].id])
+
+
+def _forge_crc32(data: bytes, at: int, target: int) -> bytes:
+    """`data` with its 4 bytes at `at` replaced so that its CRC-32 is `target` (the CRC is affine in the data)."""
+    def with_patch(value: int) -> int:
+        return zlib.crc32(data[:at] + value.to_bytes(4, "little") + data[at + 4 :])
+
+    base = with_patch(0)
+    rows = [(with_patch(1 << bit) ^ base, 1 << bit) for bit in range(32)]  # (effect on the CRC, patch)
+    want, patch = target ^ base, 0
+    for bit in range(32):  # Gaussian elimination over GF(2)
+        pivot = next(i for i in range(bit, 32) if rows[i][0] >> bit & 1)
+        rows[bit], rows[pivot] = rows[pivot], rows[bit]
+        for i in range(32):
+            if i != bit and rows[i][0] >> bit & 1:
+                rows[i] = (rows[i][0] ^ rows[bit][0], rows[i][1] ^ rows[bit][1])
+    for bit in range(32):
+        if want >> bit & 1:
+            patch ^= rows[bit][1]
+    forged = data[:at] + patch.to_bytes(4, "little") + data[at + 4 :]
+    assert zlib.crc32(forged) == target
+    return forged
+
+
+def test_an_archive_whose_crcs_collide_with_the_last_rounds_is_still_counted(aggregator, branch, leaf_client, tmp_path):
+    """The fingerprint (entry CRC-32s and sizes) only proposes a repeat: different values are counted."""
+    credentials = branch(leaves=2)
+    first, second = (leaf_client(c) for c in credentials)
+    rng = np.random.default_rng(4)
+    mine = _layers(rng)
+    first.file_upload(first.save_weights(str(tmp_path / "first"), 10.0, _layers(rng)))
+    saved = second.save_weights(str(tmp_path / "second"), 20.0, mine)
+    file_id = second.file_upload(saved)
+    second.queue.get(timeout=10)
+
+    buffer = io.BytesIO()
+    np.save(buffer, mine[1])
+    npy = buffer.getvalue()
+    header = len(npy) - mine[1].nbytes
+    changed = mine[1].copy()
+    changed[-1] += 1.0  # other values; then the first value is chosen so that the CRC is the old one
+    edited = npy[:header] + changed.tobytes()
+    forged = np.frombuffer(_forge_crc32(edited, header, zlib.crc32(npy))[header:], dtype=mine[1].dtype)
+    assert np.isfinite(forged).all() and not np.array_equal(forged, mine[1])
+    colliding = second.save_weights(str(tmp_path / "colliding"), 20.0, [mine[0], forged.copy()])
+    with zipfile.ZipFile(colliding) as new, zipfile.ZipFile(saved) as old:
+        assert [(i.filename, i.CRC) for i in new.infolist()] == [(i.filename, i.CRC) for i in old.infolist()]
+
+    assert second.file_upload(colliding) != file_id
+    assert aggregator.context.service.open_round(credentials[0].branch_id) == (2, [credentials[1].id])
 
 
 def test_save_analytics_round_pools_count_mean_and_variance_like_numpy(branch, leaf_client, tmp_path):
