@@ -31,13 +31,14 @@ from typing import BinaryIO, Literal
 import numpy as np
 
 from aggregator.errors import BadRequest, PayloadTooLarge
+from aggregator.zip_entry import ZipEntryReader
 
 FEDERATED_LEARNING = "federated_learning"
 FEDERATED_ANALYTICS = "federated_analytics"
 PAYLOAD_KIND_KEY = "__bk_payload_kind__"
 Kind = Literal["federated_learning", "federated_analytics"]
 
-_READ_CHUNK = 1 << 20
+_FINITE_CHECK_BYTES = 256 * 1024
 _ENTRY_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}\.npy$")
 _LAYER_NAME = re.compile(r"^layer_(\d+)$")
 _LAYER_DTYPE_KINDS = frozenset("iuf")
@@ -62,11 +63,11 @@ class ParsedArchive:
 
 
 def read_archive(path: Path, *, max_decompressed_bytes: int, max_entries: int) -> ParsedArchive:
-    entries, fingerprint = _read_entries(
+    entries, non_finite, fingerprint = _read_entries(
         path, max_decompressed_bytes=max_decompressed_bytes, max_entries=max_entries
     )
     kind = _declared_kind(entries)
-    parsed = _analytics(entries) if kind == FEDERATED_ANALYTICS else _learning(entries)
+    parsed = _analytics(entries, non_finite) if kind == FEDERATED_ANALYTICS else _learning(entries, non_finite)
     parsed.fingerprint = fingerprint
     return parsed
 
@@ -89,7 +90,8 @@ def _fingerprint(infos: list[zipfile.ZipInfo]) -> str:
 
 def _read_entries(
     path: Path, *, max_decompressed_bytes: int, max_entries: int
-) -> tuple[dict[str, np.ndarray], str]:
+) -> tuple[dict[str, np.ndarray], set[str], str]:
+    """The arrays by entry name (without .npy), the names of float arrays holding NaN or Inf, the fingerprint."""
     if not zipfile.is_zipfile(path):
         raise BadRequest("not an npz archive")
     try:
@@ -106,8 +108,17 @@ def _read_entries(
                 names.add(info.filename)
             if sum(info.file_size for info in infos) > max_decompressed_bytes:
                 raise PayloadTooLarge(f"archive decompresses to more than {max_decompressed_bytes} bytes")
-            entries = {info.filename.removesuffix(".npy"): _read_npy(archive, info) for info in infos}
-            return entries, _fingerprint(infos)
+            starts = sorted(info.header_offset for info in infos) + [archive.start_dir]
+            data_end = {offset: starts[index + 1] for index, offset in enumerate(starts[:-1])}
+            entries: dict[str, np.ndarray] = {}
+            non_finite: set[str] = set()
+            with open(path, "rb") as handle:
+                for info in infos:
+                    key = info.filename.removesuffix(".npy")
+                    entries[key], finite = _read_npy(handle, info, data_end=data_end[info.header_offset])
+                    if not finite:
+                        non_finite.add(key)
+            return entries, non_finite, _fingerprint(infos)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
         # ValueError: a directory name flagged UTF-8 that is not (zipfile raises UnicodeDecodeError)
         raise BadRequest("not an npz archive") from exc
@@ -170,17 +181,20 @@ def _check_entry(info: zipfile.ZipInfo, seen: set[str]) -> None:
         )
 
 
-def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+def _read_npy(handle: BinaryIO, info: zipfile.ZipInfo, *, data_end: int) -> tuple[np.ndarray, bool]:
+    """The entry's array, and whether it is finite (always True for a non-float dtype)."""
     key = info.filename.removesuffix(".npy")
     try:
-        with archive.open(info) as handle:
-            shape, fortran, dtype = _npy_header(handle)
-            _check_npy_header(key, shape, dtype, data_bytes=info.file_size - handle.tell())
-            return _read_data(handle, shape, fortran, dtype)
-    # BadZipFile: a CRC mismatch; TokenError/SyntaxError: numpy's repair of an old-style header;
-    # RecursionError: a header nested past the parser's limit ("-" * 4000 + "1")
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, SyntaxError, tokenize.TokenError,
-            NotImplementedError, RecursionError) as exc:
+        entry = ZipEntryReader(handle, info, data_end=data_end)
+        shape, fortran, dtype = _npy_header(entry)
+        header_bytes = info.file_size - entry.remaining
+        _check_npy_header(key, shape, dtype, data_bytes=info.file_size - header_bytes)
+        array, finite = _read_data(entry, shape, fortran, dtype)
+        entry.read_to_end()
+        return array, finite
+    # EntryError (a ValueError): bad local header, overlap, truncation or CRC; TokenError/SyntaxError: numpy's
+    # repair of an old-style header; RecursionError: a header nested past the parser's limit ("-" * 4000 + "1")
+    except (ValueError, OSError, EOFError, zlib.error, SyntaxError, tokenize.TokenError, RecursionError) as exc:
         raise BadRequest(f"entry '{key}' is not a valid npy array") from exc
 
 
@@ -199,18 +213,27 @@ def _npy_header(handle: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
     raise ValueError(f"unsupported npy version {version}")
 
 
-def _read_data(handle: BinaryIO, shape: tuple[int, ...], fortran: bool, dtype: np.dtype) -> np.ndarray:
-    """The array's bytes, read straight into a new array (the header is parsed once, never pickled)."""
+def _read_data(
+    entry: ZipEntryReader, shape: tuple[int, ...], fortran: bool, dtype: np.dtype
+) -> tuple[np.ndarray, bool]:
+    """The array's bytes, read straight into a new array (the header is parsed once, never pickled), and
+    whether a float array is finite, checked slice by slice while each slice is still in the cache."""
     flat = np.empty(math.prod(shape), dtype=dtype)
+    finite = True
     if flat.nbytes:
         view, filled = memoryview(flat).cast("B"), 0
+        step = max(_FINITE_CHECK_BYTES // dtype.itemsize, 1) * dtype.itemsize
+        flags = np.empty(step // dtype.itemsize, dtype=bool) if dtype.kind == "f" else None
         while filled < flat.nbytes:
-            # Bounded reads: zipfile's readinto reads (and inflates) the whole request into a new bytes first.
-            count = handle.readinto(view[filled : filled + _READ_CHUNK])
-            if not count:
+            want = min(step, flat.nbytes - filled)
+            if entry.readinto(view[filled : filled + want]) != want:  # the reader fills all it can
                 raise ValueError("truncated npy data")
-            filled += count
-    return flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
+            if flags is not None and finite:
+                values = flat[filled // dtype.itemsize : (filled + want) // dtype.itemsize]
+                finite = bool(np.isfinite(values, out=flags[: values.size]).all())
+            filled += want
+    array = flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
+    return array, finite
 
 
 def _check_npy_header(key: str, shape: tuple[int, ...], dtype: np.dtype, *, data_bytes: int) -> None:
@@ -246,30 +269,30 @@ def _weighting(entries: dict[str, np.ndarray]) -> float:
     return value
 
 
-def _learning(entries: dict[str, np.ndarray]) -> ParsedArchive:
+def _learning(entries: dict[str, np.ndarray], non_finite: set[str]) -> ParsedArchive:
     weighting = _weighting(entries)
-    indexed: dict[int, np.ndarray] = {}
-    for key, array in entries.items():
+    indexed: dict[int, str] = {}
+    for key in entries:
         if key in ("weighting", PAYLOAD_KIND_KEY):
             continue
         match = _LAYER_NAME.match(key)
         if match is None:
             raise BadRequest(f"unexpected entry '{key}' in a federated_learning archive")
-        indexed[int(match.group(1))] = array
+        indexed[int(match.group(1))] = key
     if not indexed:
         raise BadRequest("no layer_* arrays")
     if sorted(indexed) != list(range(len(indexed))):
         raise BadRequest("layers must be numbered layer_0 to layer_N without gaps")
-    layers = [indexed[i] for i in range(len(indexed))]
+    layers = [entries[indexed[i]] for i in range(len(indexed))]
     for index, layer in enumerate(layers):
         if layer.dtype.kind not in _LAYER_DTYPE_KINDS:
             raise BadRequest(f"layer_{index} has unsupported dtype {layer.dtype}")
-        if layer.dtype.kind == "f" and not np.isfinite(layer).all():
+        if indexed[index] in non_finite:
             raise BadRequest(f"layer_{index} contains NaN or Inf")
     return ParsedArchive(kind=FEDERATED_LEARNING, weighting=weighting, layers=layers)
 
 
-def _analytics(entries: dict[str, np.ndarray]) -> ParsedArchive:
+def _analytics(entries: dict[str, np.ndarray], non_finite: set[str]) -> ParsedArchive:
     fields = {k: v for k, v in entries.items() if k not in ("weighting", PAYLOAD_KIND_KEY)}
     if not fields:
         raise BadRequest("no fields in a federated_analytics archive")
@@ -280,6 +303,6 @@ def _analytics(entries: dict[str, np.ndarray]) -> ParsedArchive:
             raise BadRequest(f"field '{key}' must be at least 1-D")
         if array.dtype.kind not in _FIELD_DTYPE_KINDS:
             raise BadRequest(f"field '{key}' has unsupported dtype {array.dtype}")
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
+        if key in non_finite:
             raise BadRequest(f"field '{key}' contains NaN or Inf")
     return ParsedArchive(kind=FEDERATED_ANALYTICS, weighting=0.0, fields=fields)

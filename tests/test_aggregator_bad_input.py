@@ -342,6 +342,11 @@ _WEIGHTING = npy_bytes(np.array([1.0]))
 _LAYER = npy_bytes(np.zeros(3, dtype=np.float32))
 
 
+def _deflated(data: bytes) -> bytes:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -366,9 +371,22 @@ _LAYER = npy_bytes(np.zeros(3, dtype=np.float32))
         (forged_zip([ForgedEntry("weighting.npy", _WEIGHTING, flags=0x800)]).replace(b"weighting", b"weig\xffting"),
          "not an npz archive"),
         (forged_zip([ForgedEntry("weighting.npy", _WEIGHTING, crc=0)]), "entry 'weighting' is not a valid npy array"),
+        (forged_zip([ForgedEntry("weighting.npy", _WEIGHTING), ForgedEntry("layer_0.npy", _LAYER + b"trailing",
+                                                                           crc=zlib.crc32(_LAYER))]),
+         "entry 'layer_0' is not a valid npy array"),
+        (forged_zip([ForgedEntry("weighting.npy", _WEIGHTING), ForgedEntry("layer_0.npy", _deflated(_LAYER), method=8,
+                                                                           declared_size=len(_LAYER), crc=0)]),
+         "entry 'layer_0' is not a valid npy array"),
+        (forged_zip([ForgedEntry("weighting.npy", _WEIGHTING), ForgedEntry("layer_0.npy", _deflated(_LAYER)[:-4],
+                                                                           method=8, declared_size=len(_LAYER),
+                                                                           crc=zlib.crc32(_LAYER))]),
+         "entry 'layer_0' is not a valid npy array"),
+        (forged_zip([ForgedEntry("weighting.npy", _WEIGHTING), ForgedEntry("layer_0.npy", _LAYER)]).replace(
+            b"layer_0.npy", b"layer_9.npy", 1), "entry 'layer_0' is not a valid npy array"),
     ],
     ids=["empty", "garbage", "bare-npy", "txt-entry", "nested-path", "parent-path", "absolute-path",
-         "duplicate-entry", "encrypted", "unknown-method", "lzma", "bad-utf8-name", "bad-crc"],
+         "duplicate-entry", "encrypted", "unknown-method", "lzma", "bad-utf8-name", "bad-crc",
+         "bad-crc-over-bytes-after-the-array", "deflated-bad-crc", "deflated-truncated", "local-name-differs"],
 )
 def test_an_archive_that_is_not_a_plain_zip_of_npy_files_is_400(seeded: Seeded, body: bytes, message: str) -> None:
     response = seeded.upload(body)
