@@ -23,7 +23,6 @@ import struct
 import threading
 import tokenize
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -31,7 +30,7 @@ from typing import BinaryIO, Literal
 import numpy as np
 
 from aggregator.errors import BadRequest, PayloadTooLarge
-from aggregator.zip_entry import ZipEntryReader
+from aggregator.zip_entry import InflateError, ZipEntryReader
 
 FEDERATED_LEARNING = "federated_learning"
 FEDERATED_ANALYTICS = "federated_analytics"
@@ -192,9 +191,10 @@ def _read_npy(handle: BinaryIO, info: zipfile.ZipInfo, *, data_end: int) -> tupl
         array, finite = _read_data(entry, shape, fortran, dtype)
         entry.read_to_end()
         return array, finite
-    # EntryError (a ValueError): bad local header, overlap, truncation or CRC; TokenError/SyntaxError: numpy's
+    # EntryError (a ValueError): bad local header, overlap, truncation or CRC; InflateError: a broken deflate
+    # stream; TokenError/SyntaxError: numpy's
     # repair of an old-style header; RecursionError: a header nested past the parser's limit ("-" * 4000 + "1")
-    except (ValueError, OSError, EOFError, zlib.error, SyntaxError, tokenize.TokenError, RecursionError) as exc:
+    except (ValueError, OSError, EOFError, InflateError, SyntaxError, tokenize.TokenError, RecursionError) as exc:
         raise BadRequest(f"entry '{key}' is not a valid npy array") from exc
 
 
