@@ -4,9 +4,9 @@ An archive is a zip of `.npy` files. Before anything is decompressed, the zip di
 its records are counted before zipfile builds an object for each, then the entries' names, flags,
 compression methods and declared sizes. Each entry's `.npy` header is checked (no object dtype, no
 more elements than the entry's bytes) before its data is read. Only stored and deflated entries are
-read, because zipfile inflates those in bounded steps and never past the declared size, so a
-decompression bomb is refused by the sum of declared sizes alone (its bzip2 and lzma readers
-decompress a whole read at once, whatever the entry declares).
+read: `ZipEntryReader` inflates in bounded steps and never past the declared size, so a decompression
+bomb is refused by the sum of declared sizes alone (bzip2 and lzma are refused outright; zipfile's
+readers for them decompress a whole read at once, whatever the entry declares).
 
 Each archive also gets a fingerprint of what it says, from the zip directory's CRC-32 and size of every
 entry (the CRC covers the entry's `.npy` bytes, not the zip's timestamps): free to compute, so an upload
