@@ -86,20 +86,28 @@ def test_reupload_replaces_the_leafs_contribution_and_is_not_counted_twice(aggre
             np.testing.assert_allclose(archive[f"layer_{index}"], layer, rtol=1e-6)
 
 
+def _first_round_of_two(branch, leaf_client, tmp_path: Path, *, seed: int):  # type: ignore[no-untyped-def]
+    """A branch of two leaves whose first round the second leaf completes: (credentials, that leaf's
+    client, its layers, its archive's path, its file id)."""
+    credentials = branch(leaves=2)
+    first, second = (leaf_client(c) for c in credentials)
+    rng = np.random.default_rng(seed)
+    mine = _layers(rng)
+    first.file_upload(first.save_weights(str(tmp_path / "first"), 10.0, _layers(rng)))
+    path = second.save_weights(str(tmp_path / "second"), 20.0, mine)
+    file_id = second.file_upload(path)
+    second.queue.get(timeout=10)
+    return credentials, second, mine, path, file_id
+
+
 def test_a_retried_upload_of_the_archive_that_completed_a_round_is_answered_and_not_counted_again(
     aggregator, branch, leaf_client, tmp_path
 ):
     """The 201 of the upload that completed round 1 was lost and the leaf sends the archive again: the
     server answers with the same file id and round 2 stays empty. New parameters are counted."""
-    credentials = branch(leaves=2)
-    first, second = (leaf_client(c) for c in credentials)
-    rng = np.random.default_rng(3)
-    mine = _layers(rng)
-    first.file_upload(first.save_weights(str(tmp_path / "first"), 10.0, _layers(rng)))
-    completing = second.save_weights(str(tmp_path / "second"), 20.0, mine)
-    file_id = second.file_upload(completing)
-    second.queue.get(timeout=10)
+    credentials, second, mine, completing, file_id = _first_round_of_two(branch, leaf_client, tmp_path, seed=3)
     service, branch_id = aggregator.context.service, credentials[0].branch_id
+    rng = np.random.default_rng(30)
 
     assert second.file_upload(completing) == file_id
     rezipped = tmp_path / "stored.npz"  # the same arrays, zipped without compression
@@ -136,14 +144,7 @@ def _forge_crc32(data: bytes, at: int, target: int) -> bytes:
 
 def test_an_archive_whose_crcs_collide_with_the_last_rounds_is_still_counted(aggregator, branch, leaf_client, tmp_path):
     """The fingerprint (entry CRC-32s and sizes) only proposes a repeat: different values are counted."""
-    credentials = branch(leaves=2)
-    first, second = (leaf_client(c) for c in credentials)
-    rng = np.random.default_rng(4)
-    mine = _layers(rng)
-    first.file_upload(first.save_weights(str(tmp_path / "first"), 10.0, _layers(rng)))
-    saved = second.save_weights(str(tmp_path / "second"), 20.0, mine)
-    file_id = second.file_upload(saved)
-    second.queue.get(timeout=10)
+    credentials, second, mine, saved, file_id = _first_round_of_two(branch, leaf_client, tmp_path, seed=4)
 
     buffer = io.BytesIO()
     np.save(buffer, mine[1])
