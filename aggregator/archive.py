@@ -186,14 +186,13 @@ def _read_npy(handle: BinaryIO, info: zipfile.ZipInfo, *, data_end: int) -> tupl
     try:
         entry = ZipEntryReader(handle, info, data_end=data_end)
         shape, fortran, dtype = _npy_header(entry)
-        header_bytes = info.file_size - entry.remaining
-        _check_npy_header(key, shape, dtype, data_bytes=info.file_size - header_bytes)
+        _check_npy_header(key, shape, dtype, data_bytes=entry.remaining)
         array, finite = _read_data(entry, shape, fortran, dtype)
         entry.read_to_end()
         return array, finite
     # EntryError (a ValueError): bad local header, overlap, truncation or CRC; InflateError: a broken deflate
-    # stream; TokenError/SyntaxError: numpy's
-    # repair of an old-style header; RecursionError: a header nested past the parser's limit ("-" * 4000 + "1")
+    # stream; TokenError/SyntaxError: numpy's repair of an old-style header; RecursionError: a header nested
+    # past the parser's limit ("-" * 4000 + "1")
     except (ValueError, OSError, EOFError, InflateError, SyntaxError, tokenize.TokenError, RecursionError) as exc:
         raise BadRequest(f"entry '{key}' is not a valid npy array") from exc
 
