@@ -91,13 +91,8 @@ def _read_entries(
     path: Path, *, max_decompressed_bytes: int, max_entries: int
 ) -> tuple[dict[str, np.ndarray], set[str], str]:
     """The arrays by entry name (without .npy), the names of float arrays holding NaN or Inf, the fingerprint."""
-    if not zipfile.is_zipfile(path):
-        raise BadRequest("not an npz archive")
     try:
-        with open(path, "rb") as handle:
-            if _directory_records(handle, stop_after=max_entries) > max_entries:
-                raise PayloadTooLarge(f"archive has more than {max_entries} entries")
-        with zipfile.ZipFile(path) as archive:
+        with open(path, "rb") as handle, _zip_directory(handle, max_entries=max_entries) as archive:
             infos = archive.infolist()
             if len(infos) > max_entries:
                 raise PayloadTooLarge(f"archive has more than {max_entries} entries")
@@ -111,16 +106,25 @@ def _read_entries(
             data_end = {offset: starts[index + 1] for index, offset in enumerate(starts[:-1])}
             entries: dict[str, np.ndarray] = {}
             non_finite: set[str] = set()
-            with open(path, "rb") as handle:
-                for info in infos:
-                    key = info.filename.removesuffix(".npy")
-                    entries[key], finite = _read_npy(handle, info, data_end=data_end[info.header_offset])
-                    if not finite:
-                        non_finite.add(key)
+            for info in infos:
+                key = info.filename.removesuffix(".npy")
+                entries[key], finite = _read_npy(handle, info, data_end=data_end[info.header_offset])
+                if not finite:
+                    non_finite.add(key)
             return entries, non_finite, _fingerprint(infos)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
         # ValueError: a directory name flagged UTF-8 that is not (zipfile raises UnicodeDecodeError)
         raise BadRequest("not an npz archive") from exc
+
+
+def _zip_directory(handle: BinaryIO, *, max_entries: int) -> zipfile.ZipFile:
+    """The archive's directory, read from the open upload (one file handle serves every step) once it is
+    known to be a zip with at most `max_entries` records."""
+    if not zipfile.is_zipfile(handle):
+        raise BadRequest("not an npz archive")
+    if _directory_records(handle, stop_after=max_entries) > max_entries:
+        raise PayloadTooLarge(f"archive has more than {max_entries} entries")
+    return zipfile.ZipFile(handle)
 
 
 def _directory_records(handle: BinaryIO, *, stop_after: int) -> int:

@@ -40,7 +40,6 @@ _FILE_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 @dataclass(frozen=True)
 class Contributor:
     file_id: str
-    weighting: float
     fingerprint: str  # `ParsedArchive.fingerprint`, stored as the row's content_digest
 
 
@@ -124,7 +123,7 @@ class AggregationService:
                     return IngestResult(file_id=resent, completed_aggregation_id=None)
             self._check_compatible(state, parsed, branch)
             replaced = self._commit_contribution(state, leaf, file_id, parsed, size, digest)
-            state.contributors[leaf.id] = Contributor(file_id, parsed.weighting, parsed.fingerprint)
+            state.contributors[leaf.id] = Contributor(file_id, parsed.fingerprint)
             state.first_upload_at = state.first_upload_at or time.time()
             if replaced is None:
                 self._fold(state, parsed, branch)
@@ -214,13 +213,12 @@ class AggregationService:
         )
         with self._sessions() as session:
             rows = session.execute(
-                select(Contribution.leaf_id, Contribution.id, Contribution.weighting, Contribution.content_digest)
+                select(Contribution.leaf_id, Contribution.id, Contribution.content_digest)
                 .join(Aggregation, Aggregation.id == Contribution.aggregation_id)
                 .join(newest, (newest.c.leaf_id == Contribution.leaf_id) & (newest.c.round == Aggregation.round))
                 .where(*finished)
             )
-            known = {leaf_id: Contributor(file_id, weighting, fingerprint)
-                     for leaf_id, file_id, weighting, fingerprint in rows}
+            known = {leaf_id: Contributor(file_id, fingerprint) for leaf_id, file_id, fingerprint in rows}
         self._last_finished[branch_id] = known
         return known
 
@@ -289,9 +287,7 @@ class AggregationService:
             for contribution in session.scalars(
                 select(Contribution).where(Contribution.aggregation_id == row.id).order_by(Contribution.created_at)
             ):
-                state.contributors[contribution.leaf_id] = Contributor(
-                    contribution.id, contribution.weighting, contribution.content_digest
-                )
+                state.contributors[contribution.leaf_id] = Contributor(contribution.id, contribution.content_digest)
                 if state.first_upload_at is None:
                     state.first_upload_at = contribution.created_at.replace(tzinfo=UTC).timestamp()
         self._rebuild(state, branch)
