@@ -14,6 +14,10 @@ differences:
 - It stops after Prefect's client services have sent what they hold, so nothing retries against a stopped
   server. An in-memory server gets no 5 s grace: its database ends with it anyway.
 - On Linux it ends with this process even on SIGKILL.
+- Its WebSockets are not compressed. Every task run sends its state changes over the events socket, and on
+  loopback per-message deflate only costs CPU on both ends: with it, 13% of the samples of the demo's Prefect
+  client thread were in `PerMessageDeflate.encode`; without it, the Prefect floor of `bench/end_to_end.py`
+  used 24–30 s of CPU instead of 33–37 s (two runs each).
 
 Nothing changes when the user configured Prefect: an API URL (a real or Cloud server) means no temporary
 server, and a database URL of their own (`PREFECT_SERVER_DATABASE_CONNECTION_URL`, the older
@@ -79,7 +83,8 @@ class TemporaryPrefectServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parents[1]),
              "--factory", "prefect.server.api.server:create_app",
-             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
+             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on",
+             "--ws-per-message-deflate", "false"],
             env=env,
             preexec_fn=ended_with_this_process(),
         )

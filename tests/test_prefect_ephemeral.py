@@ -98,3 +98,23 @@ def test_the_demo_runs_on_the_ephemeral_server(tmp_path: Path, mode: str, databa
     assert bool(list((tmp_path / "prefect-home").glob("prefect.db*"))) is database_files
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{started.group(1)}/health", timeout=5)
+
+
+def test_the_temporary_servers_event_socket_is_not_compressed(tmp_path: Path) -> None:
+    """Every task run sends its state changes over this socket; on loopback, per-message deflate only costs
+    CPU on both ends. The client offers it, as Prefect's events client does; the server must decline."""
+    from websockets.sync.client import connect
+
+    from fedgrove.prefect_ephemeral import TemporaryPrefectServer
+
+    server = TemporaryPrefectServer(in_memory=True).start()
+    try:
+        server.wait_until_ready()
+        url = server.api_url.replace("http://", "ws://") + "/events/in"
+        with connect(url, compression="deflate", open_timeout=30) as socket:
+            offered = socket.request.headers.get("Sec-WebSocket-Extensions")
+            accepted = socket.response.headers.get("Sec-WebSocket-Extensions")
+    finally:
+        server.stop()
+    assert offered is not None and "permessage-deflate" in offered
+    assert accepted is None
