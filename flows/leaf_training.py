@@ -17,12 +17,12 @@ from typing import Literal
 
 import numpy as np
 from prefect import flow, get_run_logger
-from prefect.artifacts import update_progress_artifact
 from pydantic import BaseModel, Field
 
 from fedgrove.federated_stats import DEFAULT_MIN_RECORDS
 from fedgrove.features import FeatureSelection
 from fedgrove.model import TrainConfig, build_model, get_parameters
+from fedgrove.progress import ProgressReporter
 from fedgrove.settings import LeafSettings
 from fedgrove.simulation import leaf_seed
 from tasks.data import load_leaf_data
@@ -81,6 +81,7 @@ def leaf_training(config: LeafTrainingConfig) -> LeafTrainingResult:
     session = connect_leaf(settings, config.work_dir)
     seed = leaf_seed(config.seed, config.organisation)
     history, digests, round_seconds = [], [], []
+    progress = ProgressReporter(config.progress_artifact_id, logger=logger) if config.progress_artifact_id else None
     try:
         selection = config.selection
         if selection is None:
@@ -104,14 +105,16 @@ def leaf_training(config: LeafTrainingConfig) -> LeafTrainingResult:
             round_seconds.append(time.perf_counter() - round_started)
             if round_number == config.rounds or round_number % 10 == 0:
                 report_performance(session, aggregation_id, asdict(metrics))
-            if config.progress_artifact_id:
-                update_progress_artifact(config.progress_artifact_id, 100.0 * round_number / config.rounds)
+            if progress is not None:
+                progress.report(100.0 * round_number / config.rounds)
             logger.info(
                 "%s round %d/%d: accuracy_test %.3f, loss_test %.4f",
                 config.organisation, round_number, config.rounds, metrics.accuracy_test, metrics.loss_test,
             )
     finally:
         session.close()
+        if progress is not None:
+            progress.close()
     parameters_path = config.work_dir / "final-parameters.npz"
     np.savez(parameters_path, **{f"layer_{i}": layer for i, layer in enumerate(parameters)})
     result = LeafTrainingResult(
