@@ -21,7 +21,11 @@ class ProgressReporter:
     """Report progress (0–100) to one progress artifact; `report` never blocks on the API."""
 
     def __init__(self, artifact_id: str | UUID, *, logger: logging.Logger | logging.LoggerAdapter) -> None:
-        self.artifact_id = UUID(str(artifact_id))
+        try:
+            self.artifact_id = UUID(str(artifact_id))
+        except ValueError:
+            raise ValueError(f"progress artifact id {str(artifact_id)!r} is not a UUID "
+                             "(fix: pass the id that create_progress_artifact returned)") from None
         self.logger = logger
         self._changed = threading.Condition()
         self._latest: float | None = None

@@ -84,5 +84,7 @@ def test_a_failing_api_is_a_warning_and_later_values_are_still_sent(monkeypatch,
 
 @pytest.mark.parametrize("artifact_id", ["not-a-uuid", ""])
 def test_an_artifact_id_that_is_not_a_uuid_is_refused_at_once(artifact_id):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as refused:
         ProgressReporter(artifact_id, logger=LOGGER)
+    assert str(refused.value) == (f"progress artifact id {artifact_id!r} is not a UUID "
+                                  "(fix: pass the id that create_progress_artifact returned)")
