@@ -11,7 +11,9 @@ time, their ratio and difference (the per-round overhead), and peak memory acros
 A second floor, Prefect's own (`_prefect_floor.py`, a fresh process set up as the demo sets up Prefect):
 the same flows and threads with empty task runs, 5 per organisation per round as the demo's leaf has.
 It splits the overhead into what Prefect's engine costs for that many task runs on this machine and what
-the pipeline adds (the official client, the server, files, metrics).
+the pipeline adds (the official client, the server, files, metrics). It also reports the CPU those empty task
+runs cost Prefect's client and its server per round: divided by the cores, that is a lower bound on the time
+per round with this many task runs here, however the work is spread over threads or processes.
 """
 
 from __future__ import annotations
@@ -149,6 +151,11 @@ def main() -> None:
         "prefect_floor_first_flow_s": round(prefect["first_flow_s"], 2),
         "prefect_floor_whole_s": round(prefect["whole_s"], 2),
         "overhead_beyond_prefect_ms": round((per_round - floor - prefect["round_median_s"]) * 1000, 1),
+        "prefect_client_cpu_ms_per_task_run": round(prefect["client_cpu_ms_per_task_run"], 2),
+        "prefect_server_cpu_ms_per_task_run": round(prefect["server_cpu_ms_per_task_run"], 2),
+        "prefect_cpu_ms_per_round": round(prefect["cpu_ms_per_round"], 1),
+        "prefect_leaves_wall_per_round_ms": round(prefect["leaves_wall_per_round_s"] * 1000, 1),
+        "prefect_shortest_round_ms": round(prefect["cpu_ms_per_round"] / (os.cpu_count() or 1), 1),
         "peak_memory_mb": round(peak / 2**20),
         "federated_accuracy_test": summary["federated_mean"]["accuracy_test"],
         "centralised_accuracy_test": summary["centralised"]["accuracy_test"],
@@ -169,6 +176,12 @@ def main() -> None:
         ("Prefect floor: process start to the first flow's body (s)", figures["prefect_floor_first_flow_s"], ""),
         ("Prefect floor: whole run of empty tasks (s)", figures["prefect_floor_whole_s"], ""),
         ("per-round overhead beyond Prefect's floor (ms)", figures["overhead_beyond_prefect_ms"], ""),
+        ("Prefect floor: CPU per task run, its client (this process) / its server (ms)",
+         f"{figures['prefect_client_cpu_ms_per_task_run']} / {figures['prefect_server_cpu_ms_per_task_run']}", ""),
+        ("Prefect floor: the leaf subflows' whole run ÷ rounds (ms)", figures["prefect_leaves_wall_per_round_ms"], ""),
+        ("Prefect floor: their CPU per round, client + server (ms)", figures["prefect_cpu_ms_per_round"], ""),
+        (f"Prefect floor: lower bound on that wall per round = CPU per round ÷ {os.cpu_count()} cores (ms)",
+         figures["prefect_shortest_round_ms"], ""),
     ]
     lines = [
         f"End-to-end demo, {arguments.organisations} organisations × {arguments.rounds} rounds — "
