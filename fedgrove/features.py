@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
 from pydantic import BaseModel, ConfigDict, model_validator
 from scipy.special import log_ndtr
 from scipy.stats import chi2
@@ -62,6 +61,7 @@ class FeatureSelection(BaseModel):
 
 def lrt_statistics(X_standardised: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Per column: LR statistic ``2 * (llf - llnull)`` of the univariate logistic model with a constant."""
+    import statsmodels.api as sm  # only the pooled selection needs it: ~31 MB and ~0.6 s of import
     X = np.asarray(X_standardised, dtype=np.float64)
     y = np.asarray(y)
     if X.ndim != 2 or y.ndim != 1 or len(X) != len(y):

@@ -13,7 +13,6 @@ from prefect.artifacts import create_image_artifact, create_link_artifact, creat
 from fedgrove.artifacts import artifact_store_from_url
 from fedgrove.features import FeatureSelection
 from fedgrove.model import build_model, save_model, set_parameters
-from fedgrove.plotting import plot_results
 from tasks.options import LOCAL, TRANSIENT
 
 OUTPUT_FILES = ("model.pt", "model.json", "result.png", "epochs.csv", "summary.json")
@@ -65,6 +64,7 @@ def write_outputs(
     final = {k: v for k, v in summary["federated_mean"].items()}
     save_model(model, staging / "model.pt", selection=selection, metrics=final)
     epochs.to_csv(staging / "epochs.csv", index=False)
+    from fedgrove.plotting import plot_results  # matplotlib (~25 MB, ~0.5 s) only once training is over
     plot_results(epochs, staging / "result.png")
     (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     store = artifact_store_from_url(artifacts_url)

@@ -52,16 +52,19 @@ def test_training_matches_torch_optim_sgd_bit_for_bit() -> None:
         assert a.tobytes() == b.tobytes()
 
 
-def test_building_and_training_a_model_leaves_torchs_compiler_and_sympy_unimported() -> None:
-    """`torch.optim` imports torch._dynamo and `skip_init` imports sympy (~480 modules, ~80 MB per process
-    together); a leaf needs neither. Checked in a fresh interpreter, since this one may have imported them."""
+def test_the_flows_and_a_trained_model_leave_heavy_modules_they_do_not_need_unimported() -> None:
+    """Memory in every process that runs a leaf: `torch.optim` imports torch._dynamo, `skip_init` imports sympy
+    (~480 modules, ~80 MB together), statsmodels (~31 MB) serves only the pooled selection and matplotlib
+    (~25 MB) only the final plot. Checked in a fresh interpreter, since this one may have imported them."""
     code = (
         "import sys, numpy as np\n"
+        "import flows.federated_training, flows.leaf_training\n"
         "from fedgrove.model import build_model, train_local, evaluate, TrainConfig\n"
         "X = np.random.default_rng(0).random((40, 4)).astype(np.float32); y = (X[:, 0] > 0.5).astype(np.float32)\n"
         "model = build_model(4, seed=0); train_local(model, X, y, config=TrainConfig(), seed=0, epoch=1)\n"
         "evaluate(model, X, y)\n"
-        "print(sorted(m for m in ('torch._dynamo', 'torch._inductor', 'sympy', 'mpmath') if m in sys.modules))\n"
+        "heavy = ('torch._dynamo', 'torch._inductor', 'sympy', 'mpmath', 'statsmodels', 'matplotlib')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]"
