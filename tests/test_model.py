@@ -54,7 +54,7 @@ def test_training_matches_torch_optim_sgd_bit_for_bit() -> None:
 
 def test_the_flows_and_a_trained_model_leave_heavy_modules_they_do_not_need_unimported() -> None:
     """Memory in every process that runs a leaf: `torch.optim` imports torch._dynamo, `skip_init` imports sympy
-    (~480 modules, ~80 MB together), statsmodels (~31 MB) serves only the pooled selection and matplotlib
+    (~800 modules, ~70 MB together), statsmodels (~31 MB) serves only the pooled selection and matplotlib
     (~25 MB) only the final plot. Checked in a fresh interpreter, since this one may have imported them."""
     code = (
         "import sys, numpy as np\n"
