@@ -118,3 +118,57 @@ def test_the_temporary_servers_event_socket_is_not_compressed(tmp_path: Path) ->
         server.stop()
     assert offered is not None and "permessage-deflate" in offered
     assert accepted is None
+
+
+def flow_names(api_url: str) -> list[str]:
+    response = httpx.post(f"{api_url}/flows/filter", json={}, timeout=30)
+    response.raise_for_status()
+    return sorted(flow["name"] for flow in response.json())
+
+
+def test_the_in_memory_database_starts_from_a_migrated_copy_that_holds_no_earlier_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The first start builds `$PREFECT_HOME/fedgrove/prefect-<version>-schema.db` once; every start copies it
+    into a new in-memory database, so what one run wrote is gone at the next."""
+    import prefect
+
+    from fedgrove.prefect_ephemeral import TemporaryPrefectServer
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    template = tmp_path / "prefect-home" / "fedgrove" / f"prefect-{prefect.__version__}-schema.db"
+    names = []
+    for flow_name in ("first-run", "second-run"):
+        server = TemporaryPrefectServer(in_memory=True).start()
+        try:
+            server.wait_until_ready()
+            assert template.is_file()
+            httpx.post(f"{server.api_url}/flows/", json={"name": flow_name}, timeout=30).raise_for_status()
+            names.append(flow_names(server.api_url))
+        finally:
+            server.stop()
+    assert names == [["first-run"], ["second-run"]]
+    assert sorted(p.name for p in template.parent.iterdir()) == [template.name]
+    assert "could not start Prefect's in-memory database" not in capfd.readouterr().err
+
+
+def test_an_unreadable_template_leaves_prefect_to_migrate_the_in_memory_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import prefect
+
+    from fedgrove.prefect_ephemeral import TemporaryPrefectServer
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    template = tmp_path / "prefect-home" / "fedgrove" / f"prefect-{prefect.__version__}-schema.db"
+    template.parent.mkdir(parents=True)
+    template.write_bytes(b"not a database" * 100)
+    server = TemporaryPrefectServer(in_memory=True).start()
+    try:
+        server.wait_until_ready()
+        httpx.post(f"{server.api_url}/flows/", json={"name": "migrated-by-prefect"}, timeout=30).raise_for_status()
+        assert flow_names(server.api_url) == ["migrated-by-prefect"]
+    finally:
+        server.stop()
+    assert ("fedgrove: could not start Prefect's in-memory database from a migrated copy (file is not a "
+            "database); Prefect migrates it instead") in capfd.readouterr().err
