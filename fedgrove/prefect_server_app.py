@@ -10,7 +10,8 @@ then finds its schema at the head revision and has nothing to migrate. It holds 
 in-memory database for the life of the process, which keeps that database alive for Prefect's own connections.
 
 Anything else (a file database, the user's own database) gets Prefect's app unchanged. If the copy cannot be
-made, the server says why on stderr and Prefect migrates the in-memory database itself, as before.
+made, the server says why on stderr and Prefect migrates the in-memory database itself, as before; a
+damaged copy is removed, so the next start builds it again.
 """
 
 from __future__ import annotations
@@ -81,10 +82,14 @@ def create_app() -> FastAPI:
     from prefect.settings import get_current_settings
 
     if os.environ.get(DATABASE_VARIABLE) == IN_MEMORY_URL and _kept_open is None:
+        template = Path(get_current_settings().home) / "fedgrove" / f"prefect-{prefect.__version__}-schema.db"
         try:
-            template = schema_template(Path(get_current_settings().home), prefect.__version__)
-            _kept_open = restore_into_memory(template)
-        except (OSError, sqlite3.Error, subprocess.SubprocessError, SchemaTemplateError) as exc:
-            print(f"fedgrove: could not start Prefect's in-memory database from a migrated copy ({exc}); "
-                  "Prefect migrates it instead", file=sys.stderr)
+            _kept_open = restore_into_memory(schema_template(template.parents[1], prefect.__version__))
+        except sqlite3.Error as exc:  # a damaged copy: the next start builds a new one
+            template.unlink(missing_ok=True)
+            print(f"fedgrove: could not copy {template} into Prefect's in-memory database ({exc}); removed it, "
+                  "the next start builds it again; Prefect migrates the database this time", file=sys.stderr)
+        except (OSError, subprocess.SubprocessError, SchemaTemplateError) as exc:
+            print(f"fedgrove: could not build {template} ({exc}); Prefect migrates its in-memory database "
+                  "instead", file=sys.stderr)
     return create_prefect_app()

@@ -149,10 +149,10 @@ def test_the_in_memory_database_starts_from_a_migrated_copy_that_holds_no_earlie
             server.stop()
     assert names == [["first-run"], ["second-run"]]
     assert sorted(p.name for p in template.parent.iterdir()) == [template.name]
-    assert "could not start Prefect's in-memory database" not in capfd.readouterr().err
+    assert "fedgrove: could not" not in capfd.readouterr().err
 
 
-def test_an_unreadable_template_leaves_prefect_to_migrate_the_in_memory_database(
+def test_a_damaged_template_is_removed_and_prefect_migrates_the_in_memory_database(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     import prefect
@@ -170,5 +170,7 @@ def test_an_unreadable_template_leaves_prefect_to_migrate_the_in_memory_database
         assert flow_names(server.api_url) == ["migrated-by-prefect"]
     finally:
         server.stop()
-    assert ("fedgrove: could not start Prefect's in-memory database from a migrated copy (file is not a "
-            "database); Prefect migrates it instead") in capfd.readouterr().err
+    assert (f"fedgrove: could not copy {template} into Prefect's in-memory database (file is not a database); "
+            "removed it, the next start builds it again; Prefect migrates the database this time"
+            ) in capfd.readouterr().err
+    assert not template.exists()
