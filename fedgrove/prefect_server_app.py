@@ -38,9 +38,13 @@ class SchemaTemplateError(RuntimeError):
     """The migrated template database could not be built."""
 
 
+def template_path(prefect_home: Path, version: str) -> Path:
+    return prefect_home / "fedgrove" / f"prefect-{version}-schema.db"
+
+
 def schema_template(prefect_home: Path, version: str) -> Path:
     """The migrated, empty database for this Prefect version; built (once) if it is not there yet."""
-    template = prefect_home / "fedgrove" / f"prefect-{version}-schema.db"
+    template = template_path(prefect_home, version)
     if template.is_file():
         return template
     template.parent.mkdir(parents=True, exist_ok=True)
@@ -82,9 +86,10 @@ def create_app() -> FastAPI:
     from prefect.settings import get_current_settings
 
     if os.environ.get(DATABASE_VARIABLE) == IN_MEMORY_URL and _kept_open is None:
-        template = Path(get_current_settings().home) / "fedgrove" / f"prefect-{prefect.__version__}-schema.db"
+        home = Path(get_current_settings().home)
+        template = template_path(home, prefect.__version__)
         try:
-            _kept_open = restore_into_memory(schema_template(template.parents[1], prefect.__version__))
+            _kept_open = restore_into_memory(schema_template(home, prefect.__version__))
         except sqlite3.Error as exc:  # a damaged copy: the next start builds a new one
             template.unlink(missing_ok=True)
             print(f"fedgrove: could not copy {template} into Prefect's in-memory database ({exc}); removed it, "
