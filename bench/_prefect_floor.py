@@ -17,12 +17,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
-import os
 import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 STARTED = time.perf_counter()
 
@@ -32,6 +30,7 @@ PREFECT_SERVER = temporary_server_for("memory")
 if PREFECT_SERVER is not None:
     PREFECT_SERVER.start()  # as `fedgrove demo` does: it boots while the rest imports
 
+import psutil  # noqa: E402
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
@@ -58,8 +57,8 @@ def server_cpu_seconds() -> float:
     """CPU seconds Prefect's temporary server process has used (0 when Prefect runs elsewhere)."""
     if PREFECT_SERVER is None or PREFECT_SERVER.process is None:
         return 0.0
-    fields = Path(f"/proc/{PREFECT_SERVER.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    times = psutil.Process(PREFECT_SERVER.process.pid).cpu_times()
+    return times.user + times.system
 
 
 @flow

@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from prefect.settings import Settings
 
 IN_MEMORY_URL = "sqlite+aiosqlite:///file::memory:?cache=shared&uri=true&check_same_thread=false"
-DATABASE_VARIABLES = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
+DATABASE_VARIABLE = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
+DATABASE_VARIABLES = (DATABASE_VARIABLE, "PREFECT_API_DATABASE_CONNECTION_URL")
 
 
 # What Prefect's SubprocessASGIServer sets for its temporary server.
@@ -81,7 +82,7 @@ class TemporaryPrefectServer:
         self.port = free_loopback_port()
         env = {**os.environ, **TEMPORARY_SERVER_ENV}
         if self.in_memory:
-            env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = IN_MEMORY_URL
+            env[DATABASE_VARIABLE] = IN_MEMORY_URL
         import prefect
 
         self.process = subprocess.Popen(

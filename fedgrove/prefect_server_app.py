@@ -25,10 +25,9 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from fedgrove.prefect_ephemeral import IN_MEMORY_URL
+from fedgrove.prefect_ephemeral import DATABASE_VARIABLE, IN_MEMORY_URL
 
 IN_MEMORY_DATABASE = "file::memory:?cache=shared"  # what SQLite opens for IN_MEMORY_URL
-DATABASE_VARIABLE = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
 MIGRATION_TIMEOUT_S = 600
 
 _kept_open: sqlite3.Connection | None = None
