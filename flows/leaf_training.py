@@ -112,9 +112,9 @@ def leaf_training(config: LeafTrainingConfig) -> LeafTrainingResult:
                 config.organisation, round_number, config.rounds, metrics.accuracy_test, metrics.loss_test,
             )
     finally:
-        session.close()
         if progress is not None:
-            progress.close()
+            progress.close()  # never raises, so the session below is closed whatever happens here
+        session.close()
     parameters_path = config.work_dir / "final-parameters.npz"
     np.savez(parameters_path, **{f"layer_{i}": layer for i, layer in enumerate(parameters)})
     result = LeafTrainingResult(
