@@ -95,6 +95,7 @@ def create_app(settings: AggregatorSettings | None = None) -> FastAPI:
         yield
         watcher.cancel()
         context.ingest_pool.shutdown(wait=True)
+        context.service.close()
 
     app = FastAPI(title="fedgrove aggregator", version="0.1.0", lifespan=lifespan)
     app.state.context = context

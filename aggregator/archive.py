@@ -64,8 +64,18 @@ class ParsedArchive:
 
 
 def read_archive(path: Path, *, max_decompressed_bytes: int, max_entries: int) -> ParsedArchive:
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below; open's errors are the archive's
+    except OSError as exc:
+        raise BadRequest("not an npz archive") from exc
+    with handle:
+        return read_archive_from(handle, max_decompressed_bytes=max_decompressed_bytes, max_entries=max_entries)
+
+
+def read_archive_from(handle: BinaryIO, *, max_decompressed_bytes: int, max_entries: int) -> ParsedArchive:
+    """`read_archive` of an open file (which may have been renamed or deleted since it was opened)."""
     entries, non_finite, fingerprint = _read_entries(
-        path, max_decompressed_bytes=max_decompressed_bytes, max_entries=max_entries
+        handle, max_decompressed_bytes=max_decompressed_bytes, max_entries=max_entries
     )
     kind = _declared_kind(entries)
     parsed = _analytics(entries, non_finite) if kind == FEDERATED_ANALYTICS else _learning(entries, non_finite)
@@ -90,11 +100,11 @@ def _fingerprint(infos: list[zipfile.ZipInfo]) -> str:
 
 
 def _read_entries(
-    path: Path, *, max_decompressed_bytes: int, max_entries: int
+    handle: BinaryIO, *, max_decompressed_bytes: int, max_entries: int
 ) -> tuple[dict[str, np.ndarray], set[str], str]:
     """The arrays by entry name (without .npy), the names of float arrays holding NaN or Inf, the fingerprint."""
     try:
-        with open(path, "rb") as handle, _zip_directory(handle, max_entries=max_entries) as archive:
+        with _zip_directory(handle, max_entries=max_entries) as archive:
             infos = archive.infolist()
             if len(infos) > max_entries:
                 raise PayloadTooLarge(f"archive has more than {max_entries} entries")

@@ -15,16 +15,24 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import exists, func, select
+from sqlalchemy import delete, exists, func, insert, select
 from sqlalchemy.orm import sessionmaker
 
 from aggregator.analytics import FieldCombiner, FieldMismatch, UnconfiguredField
-from aggregator.archive import FEDERATED_ANALYTICS, PAYLOAD_KIND_KEY, ParsedArchive, read_archive, same_content
+from aggregator.archive import (
+    FEDERATED_ANALYTICS,
+    PAYLOAD_KIND_KEY,
+    ParsedArchive,
+    read_archive,
+    read_archive_from,
+    same_content,
+)
 from aggregator.blobstore import BlobStore
 from aggregator.blobstore_errors import BlobNotFound
 from aggregator.db import Aggregation, Branch, Contribution, Delivery, Leaf, utcnow
@@ -79,6 +87,8 @@ class AggregationService:
         self._open: dict[str, OpenAggregation] = {}
         # branch -> leaf -> the leaf's contribution to the newest finished aggregation it took part in
         self._last_finished: dict[str, dict[str, Contributor]] = {}
+        # One per ingest thread: each stores its upload while it decodes it.
+        self._store_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store")
 
     def read(self, path: Path) -> ParsedArchive:
         return read_archive(path, **self._limits)
@@ -88,14 +98,20 @@ class AggregationService:
             return self._locks.setdefault(branch_id, threading.Lock())
 
     def read_and_ingest(self, leaf: LeafIdentity, archive_path: Path, *, digest: str) -> IngestResult:
-        return self.ingest(leaf, archive_path, self.read(archive_path), digest=digest)
-
-    def ingest(self, leaf: LeafIdentity, archive_path: Path, parsed: ParsedArchive, *, digest: str) -> IngestResult:
-        # The blob is stored (fsynced and renamed in, or uploaded: the slow part) before the branch lock is
-        # taken, so uploads to one branch overlap their I/O; it is deleted again if the upload is not taken.
+        """Decode an upload and take it. The blob store takes the file (an fsync or an S3 upload: waiting,
+        not CPU, ~10 ms per 3.7 MB here) while the archive is decoded from a handle opened before; the upload
+        is answered once both are done, and a refused archive is deleted from the store again. The blob is
+        stored before the branch lock is taken, so uploads to one branch overlap their I/O."""
         file_id = uuid.uuid4().hex
         size = archive_path.stat().st_size
-        self._blobs.move_file(file_id, archive_path)
+        with open(archive_path, "rb") as handle:  # readable after the store has renamed or deleted the path
+            storing = self._store_pool.submit(self._blobs.move_file, file_id, archive_path)
+            try:
+                parsed = read_archive_from(handle, **self._limits)
+            except BaseException:
+                self._delete_once_stored(storing, file_id)
+                raise
+        storing.result()
         try:
             result = self._ingest_stored(leaf, file_id, size, parsed, digest=digest)
         except BaseException:
@@ -104,6 +120,18 @@ class AggregationService:
         if result.file_id != file_id:
             self._blobs.delete(file_id)
         return result
+
+    def _delete_once_stored(self, storing: Future[None], file_id: str) -> None:
+        try:
+            storing.result()
+        except Exception:
+            logger.debug("storing refused upload %s failed too; nothing to delete", file_id, exc_info=True)
+            return
+        self._blobs.delete(file_id)
+
+    def close(self) -> None:
+        """Wait for blobs being stored; call once no upload is being taken any more."""
+        self._store_pool.shutdown(wait=True)
 
     def _ingest_stored(
         self, leaf: LeafIdentity, file_id: str, size: int, parsed: ParsedArchive, *, digest: str
@@ -342,18 +370,16 @@ class AggregationService:
         size: int,
         digest: str,
     ) -> str | None:
+        # The open state mirrors the database's rows for this aggregation (both change only here, under the
+        # branch lock), so it says which row a re-upload replaces without a query; the unique constraint on
+        # (aggregation, leaf) would refuse a second row if they ever disagreed.
+        previous = state.contributors.get(leaf.id)
+        replaced = previous.file_id if previous is not None else None
         with self._sessions() as session:
-            previous = session.scalar(
-                select(Contribution).where(
-                    Contribution.aggregation_id == state.id, Contribution.leaf_id == leaf.id
-                )
-            )
-            replaced = previous.id if previous is not None else None
-            if previous is not None:
-                session.delete(previous)
-                session.flush()
-            session.add(
-                Contribution(
+            if replaced is not None:
+                session.execute(delete(Contribution).where(Contribution.id == replaced))
+            session.execute(
+                insert(Contribution).values(
                     id=file_id,
                     aggregation_id=state.id,
                     leaf_id=leaf.id,

@@ -21,7 +21,9 @@ Context = Annotated[ServerContext, Depends(get_context)]
 
 
 async def current_leaf(context: Context, authorization: Annotated[str | None, Header()] = None) -> LeafIdentity:
-    return await run_in_threadpool(context.registry.authenticate, authorization)
+    # A leaf seen before is checked here (a hash and a dict lookup); only a first sight reads the database.
+    known = context.registry.authenticate_known(authorization)
+    return known if known is not None else await run_in_threadpool(context.registry.authenticate, authorization)
 
 
 CurrentLeaf = Annotated[LeafIdentity, Depends(current_leaf)]
