@@ -73,7 +73,8 @@ def read_archive(path: Path, *, max_decompressed_bytes: int, max_entries: int) -
 
 
 def read_archive_from(handle: BinaryIO, *, max_decompressed_bytes: int, max_entries: int) -> ParsedArchive:
-    """`read_archive` of an open file (which may have been renamed or deleted since it was opened)."""
+    """`read_archive` of an open file on disk (small entries are mapped, so not a BytesIO); it may have been
+    renamed or deleted since it was opened."""
     entries, non_finite, fingerprint = _read_entries(
         handle, max_decompressed_bytes=max_decompressed_bytes, max_entries=max_entries
     )

@@ -130,6 +130,7 @@ class Registry:
         leaf_id, token = _bearer_credentials(authorization)
         known = self._known_leaves.get(leaf_id)
         return None if known is None else _checked(token, known)
+
     def _read_leaf(self, leaf_id: str) -> tuple[str, LeafIdentity] | None:
         with self._sessions() as session:
             leaf = session.get(Leaf, leaf_id)
