@@ -17,6 +17,7 @@ from aggregator.api import admin, branch_config, files, performance, run, ws
 from aggregator.api.context import ServerContext
 from aggregator.api.limits import UploadSizeLimit
 from aggregator.blobstore import blob_store_from_url
+from aggregator.blobstore_errors import BlobStoreUnavailable
 from aggregator.config import AggregatorSettings
 from aggregator.db import make_engine, make_session_factory
 from aggregator.errors import ApiError
@@ -113,6 +114,12 @@ def create_app(settings: AggregatorSettings | None = None) -> FastAPI:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()))
         return JSONResponse({"error": f"invalid request: {where}: {first.get('msg', '')}"}, status_code=400)
+
+    @app.exception_handler(BlobStoreUnavailable)
+    async def blob_store_unavailable(_request: Request, exc: BlobStoreUnavailable) -> JSONResponse:
+        # The store's own message names bucket and endpoint: for the operator's log, not for the leaves.
+        logger.error("blob store unavailable, request refused with 503: %s", exc)
+        return JSONResponse({"error": "blob store unavailable; try again later"}, status_code=503)
 
     @app.exception_handler(Exception)
     async def internal_error(_request: Request, exc: Exception) -> JSONResponse:

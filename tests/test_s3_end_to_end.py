@@ -14,6 +14,7 @@ from aggregator.fedavg import weighted_mean
 from aggregator.server import ServerThread
 from flows.federated_training import FederatedTrainingConfig, federated_training
 from tests.aggregator_fixtures import wait_until_connected
+from tests.upload_helpers import branch_state, npz_bytes, upload
 
 
 def test_aggregator_on_an_s3_blob_store_hands_the_official_client_presigned_downloads(s3_env, s3_server, tmp_path):
@@ -48,6 +49,36 @@ def test_aggregator_on_an_s3_blob_store_hands_the_official_client_presigned_down
                 client.close()
     stored = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_env).get("Contents", [])}
     assert f"blobs/{aggregation_id}" in stored and len(stored) == 3  # two uploads and the aggregate
+
+
+def test_an_upload_the_s3_store_cannot_take_is_503_leaves_nothing_and_is_taken_once_the_store_is_back(
+    s3_env, s3_server, tmp_path, caplog
+):
+    """The store takes an upload while the archive is decoded: when the store fails and the archive is
+    good, the upload is refused as a whole (no row, no scratch file, no object) and can simply be sent
+    again."""
+    settings = AggregatorSettings(
+        data_dir=tmp_path / "aggregator", port=0, blob_url=f"s3://{s3_env}/blobs", _env_file=None
+    )
+    body = npz_bytes({"weighting": np.array(2.0), "layer_0": np.ones((3, 4), np.float32)})
+    with ServerThread(settings) as server:
+        _tree, branch_id, credentials = server.context.registry.create_branch(tree="t", branch="s3", leaves=2)
+        s3_server.client().delete_bucket(Bucket=s3_env)
+
+        refused = upload(server.url, credentials[0], body)
+
+        assert (refused.status_code, refused.json()) == (503, {"error": "blob store unavailable; try again later"})
+        assert f"bucket '{s3_env}'" in caplog.text  # the operator's log names what is missing
+        assert server.context.service.open_round(branch_id) == (1, [])
+        assert branch_state(server, branch_id).scratch == frozenset()
+
+        s3_server.make_bucket(s3_env)
+        taken = upload(server.url, credentials[0], body)
+
+        assert taken.status_code == 201
+        assert server.context.service.open_round(branch_id) == (1, [credentials[0].id])
+    stored = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_env).get("Contents", [])}
+    assert stored == {f"blobs/{taken.json()['data']['file_id']}"}
 
 
 @pytest.mark.slow
