@@ -115,11 +115,23 @@ class AggregationService:
         try:
             result = self._ingest_stored(leaf, file_id, size, parsed, digest=digest)
         except BaseException:
-            self._blobs.delete(file_id)
+            if not self._committed(file_id):
+                self._blobs.delete(file_id)
             raise
         if result.file_id != file_id:
             self._blobs.delete(file_id)
         return result
+
+    def _committed(self, file_id: str) -> bool:
+        """Whether the upload's row was committed before a later step failed (finishing the aggregation it
+        completed, say, with the store down): its blob then belongs to the open aggregation and must stay.
+        True also when the database cannot be asked: a stray blob is better than a row without one."""
+        try:
+            with self._sessions() as session:
+                return session.get(Contribution, file_id) is not None
+        except Exception:
+            logger.exception("could not tell whether upload %s was committed; its blob is kept", file_id)
+            return True
 
     def _delete_once_stored(self, storing: Future[None], file_id: str) -> None:
         try:

@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sqlalchemy import select
+
+from aggregator.blobstore_errors import BlobStoreUnavailable
+from aggregator.config import AggregatorSettings
+from aggregator.db import Aggregation
 from aggregator.fedavg import weighted_mean
+from aggregator.server import ServerThread
+from tests.upload_helpers import branch_state, npz_bytes, upload
 
 
 def _layers(rng: np.random.Generator) -> list[np.ndarray]:
@@ -205,3 +212,34 @@ def test_save_fields_are_combined_by_the_branch_operation(operation, branch, lea
     }[operation]
     with np.load(clients[0].file_download(aggregation_id), allow_pickle=False) as archive:
         np.testing.assert_array_equal(archive["spacing"], expected)
+
+
+def test_an_upload_whose_aggregation_cannot_be_finished_keeps_its_contribution(tmp_path, monkeypatch):
+    """The upload that completes an aggregation is committed before the aggregate is written. When writing
+    it fails (the blob store down), that upload's row and blob stay, and the aggregation is finished at the
+    next start-up: nothing is lost."""
+    settings = AggregatorSettings(data_dir=tmp_path / "aggregator", port=0, _env_file=None)
+    contributions = [(3.0, [np.full((2, 2), 1.0, np.float32)]), (1.0, [np.full((2, 2), 5.0, np.float32)])]
+    bodies = [npz_bytes({"weighting": np.array(w), "layer_0": layers[0]}) for w, layers in contributions]
+
+    def store_down(*_args: object) -> None:
+        raise BlobStoreUnavailable("injected: the store is down")
+
+    with ServerThread(settings) as server:
+        _tree, branch_id, leaves = server.context.registry.create_branch(tree="t", branch="b", leaves=2)
+        assert upload(server.url, leaves[0], bodies[0]).status_code == 201
+        monkeypatch.setattr(server.context.service, "_finalise", store_down)
+
+        refused = upload(server.url, leaves[1], bodies[1])
+
+        assert (refused.status_code, refused.json()) == (503, {"error": "blob store unavailable; try again later"})
+        state = branch_state(server, branch_id)
+        assert state.open_round == (1, sorted(leaf.id for leaf in leaves))
+        assert len(state.blobs) == 2 and state.blobs == state.referenced
+
+    with ServerThread(settings) as restarted:
+        with restarted.context.sessions() as session:
+            finished = session.scalars(select(Aggregation).where(Aggregation.status == "complete")).all()
+        assert [aggregation.contributors for aggregation in finished] == [2]
+        with restarted.context.blobs.open_local(finished[0].id) as path, np.load(path, allow_pickle=False) as aggregate:
+            np.testing.assert_allclose(aggregate["layer_0"], weighted_mean(contributions)[0], rtol=1e-6)
