@@ -388,7 +388,9 @@ def _deflated(data: bytes) -> bytes:
          "duplicate-entry", "encrypted", "unknown-method", "lzma", "bad-utf8-name", "bad-crc",
          "bad-crc-over-bytes-after-the-array", "deflated-bad-crc", "deflated-truncated", "local-name-differs"],
 )
-def test_an_archive_that_is_not_a_plain_zip_of_npy_files_is_400(seeded: Seeded, entry_reading: str, body: bytes, message: str) -> None:
+def test_an_archive_that_is_not_a_plain_zip_of_npy_files_is_400(
+    seeded: Seeded, entry_reading: str, body: bytes, message: str
+) -> None:
     response = seeded.upload(body)
 
     _refused(response, 400, message)
