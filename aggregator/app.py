@@ -69,17 +69,23 @@ def build_context(settings: AggregatorSettings) -> ServerContext:
 
 
 async def finish_overdue_rounds(context: ServerContext, interval_s: float = 0.5) -> None:
-    """Close rounds whose branch timeout has passed with a quorum of uploads, and notify the leaves."""
+    """Close rounds whose branch timeout has passed with a quorum of uploads, finish full rounds whose
+    aggregate could not be stored before, and notify the leaves."""
     while True:
         await asyncio.sleep(interval_s)
         try:
-            finished = await run_in_threadpool(context.service.finalise_overdue)
+            retried = await run_in_threadpool(context.service.retry_unfinished)
+            timed_out = await run_in_threadpool(context.service.finalise_overdue)
         except Exception:
             logger.exception("checking round timeouts failed; trying again")
             continue
-        for branch_id, aggregation_id in finished:
+        for branch_id, aggregation_id in retried:
+            logger.info("branch %s: stored aggregate %s of a round that had reached its target", branch_id,
+                        aggregation_id)
+        for branch_id, aggregation_id in timed_out:
             logger.info("branch %s: round timed out; aggregated %s from the leaves that uploaded", branch_id,
                         aggregation_id)
+        for branch_id, aggregation_id in retried + timed_out:
             await context.connections.notify_aggregation(branch_id, aggregation_id)
 
 

@@ -43,6 +43,8 @@ from aggregator.registry import LeafIdentity
 logger = logging.getLogger(__name__)
 
 _FILE_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+FIRST_FINISH_RETRY_S = 1.0
+LAST_FINISH_RETRY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ class AggregationService:
         self._open: dict[str, OpenAggregation] = {}
         # branch -> leaf -> the leaf's contribution to the newest finished aggregation it took part in
         self._last_finished: dict[str, dict[str, Contributor]] = {}
+        # branch -> (when to try again, the wait after that): rounds that reached their target but whose
+        # aggregate could not be stored; `retry_unfinished` finishes them once the store is back.
+        self._unfinished: dict[str, tuple[float, float]] = {}
         # One per ingest thread: each stores its upload while it decodes it.
         self._store_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store")
 
@@ -176,7 +181,11 @@ class AggregationService:
             )
             completed = None
             if len(state.contributors) >= branch.aggregation_target:
-                completed = self._finalise(branch, state)
+                try:
+                    completed = self._finalise(branch, state)
+                except Exception:
+                    self._retry_later(branch.id, FIRST_FINISH_RETRY_S)
+                    raise
             return IngestResult(file_id=file_id, completed_aggregation_id=completed)
 
     def recover(self) -> list[tuple[str, str]]:
@@ -193,8 +202,41 @@ class AggregationService:
             with self._lock(branch.id):
                 state = self._state(branch)
                 if state.contributors and len(state.contributors) >= branch.aggregation_target:
-                    finished.append((branch.id, self._finalise(branch, state)))
+                    try:
+                        finished.append((branch.id, self._finalise(branch, state)))
+                    except Exception as exc:
+                        self._retry_later(branch.id, FIRST_FINISH_RETRY_S, exc)
         return finished
+
+    def retry_unfinished(self, now: float | None = None) -> list[tuple[str, str]]:
+        """Finish the rounds that reached their target but whose aggregate could not be stored (the blob
+        store was down): their leaves are then notified without any of them uploading again. Returns
+        (branch, aggregation) for each one finished; one still failing is tried again later, up to a
+        minute apart."""
+        now = time.time() if now is None else now
+        finished = []
+        for branch_id, (due_at, wait_s) in list(self._unfinished.items()):
+            if now < due_at:
+                continue
+            with self._lock(branch_id):
+                with self._sessions() as session:
+                    branch = session.get(Branch, branch_id)
+                state = self._open.get(branch_id)
+                if branch is None or state is None or len(state.contributors) < branch.aggregation_target:
+                    self._unfinished.pop(branch_id, None)  # finished meanwhile (a leaf uploaded again)
+                    continue
+                try:
+                    finished.append((branch_id, self._finalise(branch, state)))
+                except Exception as exc:
+                    self._retry_later(branch_id, min(wait_s * 2, LAST_FINISH_RETRY_S), exc)
+        return finished
+
+    def _retry_later(self, branch_id: str, wait_s: float, error: Exception | None = None) -> None:
+        """Call with the branch's lock held."""
+        self._unfinished[branch_id] = (time.time() + wait_s, wait_s)
+        if error is not None:
+            logger.warning("branch %s: its round reached its target but the aggregate could not be stored "
+                           "(%s); trying again in %.0f s", branch_id, error, wait_s)
 
     def _clear_scratch(self) -> None:
         leftovers = [path for path in self._scratch.iterdir() if path.is_file()]
@@ -435,6 +477,7 @@ class AggregationService:
             session.commit()
         self._last_finished_contributions(branch.id).update(state.contributors)
         self._open[branch.id] = next_state
+        self._unfinished.pop(branch.id, None)
         logger.info(
             "branch %s: round %d aggregated from %d leaves into %s",
             branch.id, state.round, len(state.contributors), state.id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -17,6 +18,7 @@ from aggregator.blobstore_errors import BlobStoreUnavailable
 from aggregator.config import AggregatorSettings
 from aggregator.db import Aggregation
 from aggregator.fedavg import weighted_mean
+from aggregator.rounds import AggregationService
 from aggregator.server import ServerThread
 from tests.upload_helpers import branch_state, npz_bytes, upload
 
@@ -216,8 +218,8 @@ def test_save_fields_are_combined_by_the_branch_operation(operation, branch, lea
 
 def test_an_upload_whose_aggregation_cannot_be_finished_keeps_its_contribution(tmp_path, monkeypatch):
     """The upload that completes an aggregation is committed before the aggregate is written. When writing
-    it fails (the blob store down), that upload's row and blob stay, and the aggregation is finished at the
-    next start-up: nothing is lost."""
+    it fails (the blob store down), that upload's row and blob stay, and the aggregation is finished after
+    a restart, even one while the store is still down for a moment: nothing is lost."""
     settings = AggregatorSettings(data_dir=tmp_path / "aggregator", port=0, _env_file=None)
     contributions = [(3.0, [np.full((2, 2), 1.0, np.float32)]), (1.0, [np.full((2, 2), 5.0, np.float32)])]
     bodies = [npz_bytes({"weighting": np.array(w), "layer_0": layers[0]}) for w, layers in contributions]
@@ -237,9 +239,63 @@ def test_an_upload_whose_aggregation_cannot_be_finished_keeps_its_contribution(t
         assert state.open_round == (1, sorted(leaf.id for leaf in leaves))
         assert len(state.blobs) == 2 and state.blobs == state.referenced
 
-    with ServerThread(settings) as restarted:
-        with restarted.context.sessions() as session:
-            finished = session.scalars(select(Aggregation).where(Aggregation.status == "complete")).all()
+    monkeypatch.undo()
+    finalise = AggregationService._finalise
+    failures: list[str] = []
+
+    def store_down_once(self: AggregationService, *args: object) -> str:
+        if not failures:
+            failures.append("injected")
+            raise BlobStoreUnavailable("injected: the store is still down at start-up")
+        return finalise(self, *args)
+
+    monkeypatch.setattr(AggregationService, "_finalise", store_down_once)
+    with ServerThread(settings) as restarted:  # starts although the round it recovers cannot be finished yet
+        deadline = time.monotonic() + 10
+        while True:
+            with restarted.context.sessions() as session:
+                finished = session.scalars(select(Aggregation).where(Aggregation.status == "complete")).all()
+            if finished or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert failures == ["injected"]
         assert [aggregation.contributors for aggregation in finished] == [2]
         with restarted.context.blobs.open_local(finished[0].id) as path, np.load(path, allow_pickle=False) as aggregate:
             np.testing.assert_allclose(aggregate["layer_0"], weighted_mean(contributions)[0], rtol=1e-6)
+
+
+def test_a_full_round_whose_aggregate_could_not_be_stored_is_finished_once_the_store_is_back(
+    aggregator, branch, leaf_client, tmp_path, monkeypatch
+):
+    """Writing the aggregate fails once (the store down) for the upload that completes the round: that
+    upload is refused with a 503, and the server itself finishes the round about a second later and
+    notifies both leaves, without either of them uploading again."""
+    credentials = branch(leaves=2)
+    clients = [leaf_client(c) for c in credentials]
+    contributions = [(3.0, _layers(np.random.default_rng(1))), (1.0, _layers(np.random.default_rng(2)))]
+    service = aggregator.context.service
+    finalise = service._finalise
+    failures: list[str] = []
+
+    def store_down_once(*args: object) -> str:
+        if not failures:
+            failures.append("injected")
+            raise BlobStoreUnavailable("injected: the store is down")
+        return finalise(*args)
+
+    monkeypatch.setattr(service, "_finalise", store_down_once)
+    paths = [client.save_weights(str(tmp_path / f"leaf-{i}"), weighting, layers)
+             for i, (client, (weighting, layers)) in enumerate(zip(clients, contributions, strict=True))]
+    clients[0].file_upload(paths[0])
+    with pytest.raises(Exception, match="blob store unavailable; try again later"):
+        clients[1].file_upload(paths[1])
+
+    notified = [client.queue.get(timeout=10) for client in clients]
+
+    assert failures == ["injected"]
+    assert notified[0] == notified[1]
+    with np.load(clients[0].file_download(notified[0]), allow_pickle=False) as aggregate:
+        for index, expected in enumerate(weighted_mean(contributions)):
+            np.testing.assert_allclose(aggregate[f"layer_{index}"], expected, rtol=1e-6)
+    state = branch_state(aggregator, credentials[0].branch_id)
+    assert state.open_round == (2, [])
