@@ -209,10 +209,10 @@ class AggregationService:
         return finished
 
     def retry_unfinished(self, now: float | None = None) -> list[tuple[str, str]]:
-        """Finish the rounds that reached their target but whose aggregate could not be stored (the blob
-        store was down): their leaves are then notified without any of them uploading again. Returns
-        (branch, aggregation) for each one finished; one still failing is tried again later, up to a
-        minute apart."""
+        """Finish the rounds that were due (target reached, or timed out with a quorum) but whose aggregate
+        could not be stored (the blob store was down): their leaves are then notified without any of them
+        uploading again. Returns (branch, aggregation) for each one finished; one still failing is tried
+        again later, up to a minute apart."""
         now = time.time() if now is None else now
         finished = []
         for branch_id, (due_at, wait_s) in list(self._unfinished.items()):
@@ -222,7 +222,7 @@ class AggregationService:
                 with self._sessions() as session:
                     branch = session.get(Branch, branch_id)
                 state = self._open.get(branch_id)
-                if branch is None or state is None or len(state.contributors) < branch.aggregation_target:
+                if branch is None or state is None or not self._due(branch, state, now):
                     self._unfinished.pop(branch_id, None)  # finished meanwhile (a leaf uploaded again)
                     continue
                 try:
@@ -235,8 +235,23 @@ class AggregationService:
         """Call with the branch's lock held."""
         self._unfinished[branch_id] = (time.time() + wait_s, wait_s)
         if error is not None:
-            logger.warning("branch %s: its round reached its target but the aggregate could not be stored "
-                           "(%s); trying again in %.0f s", branch_id, error, wait_s)
+            logger.warning("branch %s: its round is due but the aggregate could not be stored (%s); trying "
+                           "again in %.0f s", branch_id, error, wait_s)
+
+    @staticmethod
+    def _due(branch: Branch, state: OpenAggregation, now: float) -> bool:
+        """Whether the open aggregation is to be finished: every leaf of the target has uploaded, or the
+        branch's round timeout has passed since the first upload with at least `min_leaves` uploaded.
+
+        Only model averaging times out: a federated-analytics aggregation (pooled counts, sums, Newton
+        sums) over a subset of the leaves would be a different statistic, so it always waits for all."""
+        uploaded = len(state.contributors)
+        if uploaded and uploaded >= branch.aggregation_target:
+            return True
+        if branch.round_timeout_s is None or state.first_upload_at is None or state.kind == FEDERATED_ANALYTICS:
+            return False
+        quorum = branch.min_leaves or branch.aggregation_target
+        return now - state.first_upload_at >= branch.round_timeout_s and uploaded >= quorum
 
     def _clear_scratch(self) -> None:
         leftovers = [path for path in self._scratch.iterdir() if path.is_file()]
@@ -247,24 +262,23 @@ class AggregationService:
 
     def finalise_overdue(self, now: float | None = None) -> list[tuple[str, str]]:
         """Finish the open aggregation of every branch whose round timeout has passed since its first
-        upload, if at least `min_leaves` have uploaded (else it keeps waiting, as BranchKey does).
-
-        Only model averaging times out: a federated-analytics aggregation (pooled counts, sums, Newton
-        sums) over a subset of the leaves would be a different statistic, so it always waits for all."""
+        upload, if at least `min_leaves` have uploaded (else it keeps waiting, as BranchKey does); see
+        `_due`. A branch whose aggregate could not be stored is left to `retry_unfinished`."""
         now = time.time() if now is None else now
         with self._sessions() as session:
             branches = list(session.scalars(select(Branch).where(Branch.round_timeout_s.is_not(None))))
         finished = []
         for branch in branches:
+            if branch.id in self._unfinished:
+                continue
             with self._lock(branch.id):
                 state = self._state(branch)
-                quorum = branch.min_leaves or branch.aggregation_target
-                started = state.first_upload_at
-                if started is None or now - started < branch.round_timeout_s or len(state.contributors) < quorum:
+                if not self._due(branch, state, now):
                     continue
-                if state.kind == FEDERATED_ANALYTICS:
-                    continue
-                finished.append((branch.id, self._finalise(branch, state)))
+                try:
+                    finished.append((branch.id, self._finalise(branch, state)))
+                except Exception as exc:
+                    self._retry_later(branch.id, FIRST_FINISH_RETRY_S, exc)
         return finished
 
     def _resent_contribution(self, leaf: LeafIdentity, branch_id: str, parsed: ParsedArchive) -> str | None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from aggregator.blobstore_errors import BlobStoreUnavailable
 from aggregator.db import Aggregation
 from aggregator.fedavg import weighted_mean
 from tasks.federation import AggregationTimeout, LeafSession, wait_for_aggregation
@@ -39,6 +40,36 @@ def test_after_the_round_timeout_a_quorum_is_aggregated_and_the_missing_leaf_rec
         assert row.contributors == 2
     _upload(clients[2], tmp_path, "late", 5.0, 9.0)
     assert aggregator.context.service.open_round(credentials[0].branch_id) == (2, [credentials[2].id])
+
+
+def test_a_timed_out_round_whose_aggregate_could_not_be_stored_is_finished_when_the_store_is_back(
+    aggregator, branch, leaf_client, tmp_path, monkeypatch, caplog
+):
+    credentials = branch(leaves=3, round_timeout_s=0.3, min_leaves=2)
+    clients = [leaf_client(c) for c in credentials]
+    service = aggregator.context.service
+    finalise = service._finalise
+    failures: list[str] = []
+
+    def store_down_once(*args: object) -> str:
+        if not failures:
+            failures.append("injected")
+            raise BlobStoreUnavailable("injected: the store is down")
+        return finalise(*args)
+
+    monkeypatch.setattr(service, "_finalise", store_down_once)
+    first = _upload(clients[0], tmp_path, "a", 10.0, 1.0)
+    second = _upload(clients[1], tmp_path, "b", 30.0, 3.0)
+
+    aggregation_id = clients[0].queue.get(timeout=10)
+
+    assert failures == ["injected"]
+    assert [client.queue.get(timeout=5) for client in clients[1:]] == [aggregation_id, aggregation_id]
+    with np.load(clients[0].file_download(aggregation_id), allow_pickle=False) as archive:
+        np.testing.assert_allclose(archive["layer_0"], weighted_mean([(10.0, first), (30.0, second)])[0])
+    warnings = [r.getMessage() for r in caplog.records if r.name == "aggregator.rounds" and r.levelname == "WARNING"]
+    assert warnings == [f"branch {credentials[0].branch_id}: its round is due but the aggregate could not be "
+                        "stored (injected: the store is down); trying again in 1 s"]
 
 
 def test_below_the_quorum_the_round_keeps_waiting_after_the_timeout(aggregator, branch, leaf_client, tmp_path):
