@@ -20,6 +20,7 @@ from aggregator.db import Aggregation
 from aggregator.fedavg import weighted_mean
 from aggregator.rounds import AggregationService
 from aggregator.server import ServerThread
+from tests.store_faults import finalise_fails_once
 from tests.upload_helpers import branch_state, npz_bytes, upload
 
 
@@ -240,16 +241,7 @@ def test_an_upload_whose_aggregation_cannot_be_finished_keeps_its_contribution(t
         assert len(state.blobs) == 2 and state.blobs == state.referenced
 
     monkeypatch.undo()
-    finalise = AggregationService._finalise
-    failures: list[str] = []
-
-    def store_down_once(self: AggregationService, *args: object) -> str:
-        if not failures:
-            failures.append("injected")
-            raise BlobStoreUnavailable("injected: the store is still down at start-up")
-        return finalise(self, *args)
-
-    monkeypatch.setattr(AggregationService, "_finalise", store_down_once)
+    failures = finalise_fails_once(AggregationService, monkeypatch, "injected: still down at start-up")
     with ServerThread(settings) as restarted:  # starts although the round it recovers cannot be finished yet
         deadline = time.monotonic() + 10
         while True:
@@ -258,7 +250,7 @@ def test_an_upload_whose_aggregation_cannot_be_finished_keeps_its_contribution(t
             if finished or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        assert failures == ["injected"]
+        assert len(failures) == 1
         assert [aggregation.contributors for aggregation in finished] == [2]
         with restarted.context.blobs.open_local(finished[0].id) as path, np.load(path, allow_pickle=False) as aggregate:
             np.testing.assert_allclose(aggregate["layer_0"], weighted_mean(contributions)[0], rtol=1e-6)
@@ -273,17 +265,7 @@ def test_a_full_round_whose_aggregate_could_not_be_stored_is_finished_once_the_s
     credentials = branch(leaves=2)
     clients = [leaf_client(c) for c in credentials]
     contributions = [(3.0, _layers(np.random.default_rng(1))), (1.0, _layers(np.random.default_rng(2)))]
-    service = aggregator.context.service
-    finalise = service._finalise
-    failures: list[str] = []
-
-    def store_down_once(*args: object) -> str:
-        if not failures:
-            failures.append("injected")
-            raise BlobStoreUnavailable("injected: the store is down")
-        return finalise(*args)
-
-    monkeypatch.setattr(service, "_finalise", store_down_once)
+    failures = finalise_fails_once(aggregator.context.service, monkeypatch, "injected: the store is down")
     paths = [client.save_weights(str(tmp_path / f"leaf-{i}"), weighting, layers)
              for i, (client, (weighting, layers)) in enumerate(zip(clients, contributions, strict=True))]
     clients[0].file_upload(paths[0])
@@ -292,7 +274,7 @@ def test_a_full_round_whose_aggregate_could_not_be_stored_is_finished_once_the_s
 
     notified = [client.queue.get(timeout=10) for client in clients]
 
-    assert failures == ["injected"]
+    assert len(failures) == 1
     assert notified[0] == notified[1]
     with np.load(clients[0].file_download(notified[0]), allow_pickle=False) as aggregate:
         for index, expected in enumerate(weighted_mean(contributions)):

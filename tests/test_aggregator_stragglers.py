@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from aggregator.blobstore_errors import BlobStoreUnavailable
 from aggregator.db import Aggregation
 from aggregator.fedavg import weighted_mean
+from tests.store_faults import finalise_fails_once
 from tasks.federation import AggregationTimeout, LeafSession, wait_for_aggregation
 
 
@@ -47,23 +47,13 @@ def test_a_timed_out_round_whose_aggregate_could_not_be_stored_is_finished_when_
 ):
     credentials = branch(leaves=3, round_timeout_s=0.3, min_leaves=2)
     clients = [leaf_client(c) for c in credentials]
-    service = aggregator.context.service
-    finalise = service._finalise
-    failures: list[str] = []
-
-    def store_down_once(*args: object) -> str:
-        if not failures:
-            failures.append("injected")
-            raise BlobStoreUnavailable("injected: the store is down")
-        return finalise(*args)
-
-    monkeypatch.setattr(service, "_finalise", store_down_once)
+    failures = finalise_fails_once(aggregator.context.service, monkeypatch, "injected: the store is down")
     first = _upload(clients[0], tmp_path, "a", 10.0, 1.0)
     second = _upload(clients[1], tmp_path, "b", 30.0, 3.0)
 
     aggregation_id = clients[0].queue.get(timeout=10)
 
-    assert failures == ["injected"]
+    assert len(failures) == 1
     assert [client.queue.get(timeout=5) for client in clients[1:]] == [aggregation_id, aggregation_id]
     with np.load(clients[0].file_download(aggregation_id), allow_pickle=False) as archive:
         np.testing.assert_allclose(archive["layer_0"], weighted_mean([(10.0, first), (30.0, second)])[0])
