@@ -180,7 +180,7 @@ class AggregationService:
                 leaf.name, file_id, state.round, branch.id, len(state.contributors), branch.aggregation_target,
             )
             completed = None
-            if len(state.contributors) >= branch.aggregation_target:
+            if self._complete(branch, state):
                 try:
                     completed = self._finalise(branch, state)
                 except Exception:
@@ -201,11 +201,10 @@ class AggregationService:
         for branch in branches:
             with self._lock(branch.id):
                 state = self._state(branch)
-                if state.contributors and len(state.contributors) >= branch.aggregation_target:
-                    try:
-                        finished.append((branch.id, self._finalise(branch, state)))
-                    except Exception as exc:
-                        self._retry_later(branch.id, FIRST_FINISH_RETRY_S, exc)
+                if self._complete(branch, state):
+                    aggregation_id = self._finish_or_retry_later(branch, state, FIRST_FINISH_RETRY_S)
+                    if aggregation_id is not None:
+                        finished.append((branch.id, aggregation_id))
         return finished
 
     def retry_unfinished(self, now: float | None = None) -> list[tuple[str, str]]:
@@ -225,11 +224,19 @@ class AggregationService:
                 if branch is None or state is None or not self._due(branch, state, now):
                     self._unfinished.pop(branch_id, None)  # finished meanwhile (a leaf uploaded again)
                     continue
-                try:
-                    finished.append((branch_id, self._finalise(branch, state)))
-                except Exception as exc:
-                    self._retry_later(branch_id, min(wait_s * 2, LAST_FINISH_RETRY_S), exc)
+                aggregation_id = self._finish_or_retry_later(branch, state, min(wait_s * 2, LAST_FINISH_RETRY_S))
+                if aggregation_id is not None:
+                    finished.append((branch_id, aggregation_id))
         return finished
+
+    def _finish_or_retry_later(self, branch: Branch, state: OpenAggregation, wait_s: float) -> str | None:
+        """`_finalise`; or, when the aggregate cannot be stored, None and another try in `wait_s`. Call with
+        the branch's lock held."""
+        try:
+            return self._finalise(branch, state)
+        except Exception as exc:
+            self._retry_later(branch.id, wait_s, exc)
+            return None
 
     def _retry_later(self, branch_id: str, wait_s: float, error: Exception | None = None) -> None:
         """Call with the branch's lock held."""
@@ -239,15 +246,20 @@ class AggregationService:
                            "again in %.0f s", branch_id, error, wait_s)
 
     @staticmethod
-    def _due(branch: Branch, state: OpenAggregation, now: float) -> bool:
-        """Whether the open aggregation is to be finished: every leaf of the target has uploaded, or the
-        branch's round timeout has passed since the first upload with at least `min_leaves` uploaded.
+    def _complete(branch: Branch, state: OpenAggregation) -> bool:
+        """Whether every leaf of the branch's aggregation target has uploaded to the open aggregation."""
+        return bool(state.contributors) and len(state.contributors) >= branch.aggregation_target
+
+    @classmethod
+    def _due(cls, branch: Branch, state: OpenAggregation, now: float) -> bool:
+        """Whether the open aggregation is to be finished: it is `_complete`, or the branch's round timeout
+        has passed since the first upload with at least `min_leaves` uploaded.
 
         Only model averaging times out: a federated-analytics aggregation (pooled counts, sums, Newton
         sums) over a subset of the leaves would be a different statistic, so it always waits for all."""
-        uploaded = len(state.contributors)
-        if uploaded and uploaded >= branch.aggregation_target:
+        if cls._complete(branch, state):
             return True
+        uploaded = len(state.contributors)
         if branch.round_timeout_s is None or state.first_upload_at is None or state.kind == FEDERATED_ANALYTICS:
             return False
         quorum = branch.min_leaves or branch.aggregation_target
@@ -275,10 +287,9 @@ class AggregationService:
                 state = self._state(branch)
                 if not self._due(branch, state, now):
                     continue
-                try:
-                    finished.append((branch.id, self._finalise(branch, state)))
-                except Exception as exc:
-                    self._retry_later(branch.id, FIRST_FINISH_RETRY_S, exc)
+                aggregation_id = self._finish_or_retry_later(branch, state, FIRST_FINISH_RETRY_S)
+                if aggregation_id is not None:
+                    finished.append((branch.id, aggregation_id))
         return finished
 
     def _resent_contribution(self, leaf: LeafIdentity, branch_id: str, parsed: ParsedArchive) -> str | None:
