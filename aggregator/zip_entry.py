@@ -154,7 +154,7 @@ class ZipEntryReader(io.RawIOBase):
         return filled
 
     def _inflate_some(self) -> bytes:
-        """Up to CHUNK inflated bytes; empty once the stream or its compressed bytes have ended."""
+        """Up to CHUNK inflated bytes; empty once the stream has ended or nothing more can come out of it."""
         assert self._inflater is not None
         while not self._inflater.eof:
             if self._inflater.unconsumed_tail:
@@ -166,8 +166,12 @@ class ZipEntryReader(io.RawIOBase):
                 self._compressed_left -= count
                 data = memoryview(self._input)[:count]
             else:
-                return b""
+                # Every compressed byte is in, but zlib may still hold output the CHUNK cap kept back (the
+                # rest of a long match, as in a layer of zeros): drain it.
+                data = b""
             out = self._inflater.decompress(data, CHUNK)
             if out:
                 return out
+            if not data:
+                return b""
         return b""

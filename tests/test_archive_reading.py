@@ -93,3 +93,17 @@ def test_a_whole_entry_is_refused_when_its_stream_inflates_past_the_declared_siz
         reader = ZipEntryReader(handle, info, data_end=path.stat().st_size)
         with pytest.raises(zip_entry.EntryError, match="broken deflate stream"):
             reader.read_whole()
+
+
+@pytest.mark.parametrize("mib", [11, 16, 12])
+def test_a_large_constant_layer_is_read_to_its_last_byte(tmp_path: Path, mib: int) -> None:
+    """A zero-initialised layer over the whole-entry size is streamed. Deflate packs it so densely that the
+    last compressed bytes are consumed while zlib still holds output it could not return under the 64 KiB
+    cap; the reader must drain that instead of calling the entry truncated (11 and 16 MiB were refused)."""
+    layer = np.zeros(mib * 2**20 // 4, dtype=np.float32)
+    path = _saved(tmp_path / "zeros.npz", True, weighting=np.array(3.0), layer_0=layer)
+
+    parsed = read_archive(path, **LIMITS)
+
+    assert parsed.weighting == 3.0
+    np.testing.assert_array_equal(parsed.layers[0], layer)
