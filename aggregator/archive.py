@@ -38,10 +38,11 @@ FEDERATED_ANALYTICS = "federated_analytics"
 PAYLOAD_KIND_KEY = "__bk_payload_kind__"
 Kind = Literal["federated_learning", "federated_analytics"]
 
-_FINITE_CHECK_BYTES = 256 * 1024
+_SLICE_BYTES = 256 * 1024  # a streamed entry is read and checked this much at a time
 _HEADER_PREFIX_BYTES = 12 + 10_000  # magic, version and length, then numpy's largest header by default
 _ENTRY_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}\.npy$")
-_LAYER_NAME = re.compile(r"^layer_(\d+)$")
+_LAYER_NAME = re.compile(r"^layer_(0|[1-9][0-9]*)$")  # one name per index: no layer_01 beside layer_1
+_LAYER_LIKE_NAME = re.compile(r"^layer_[0-9]+$")
 _LAYER_DTYPE_KINDS = frozenset("iuf")
 _FIELD_DTYPE_KINDS = frozenset("biufUS")
 _METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})  # what np.savez and savez_compressed write
@@ -61,6 +62,7 @@ class ParsedArchive:
     layers: list[np.ndarray] = field(default_factory=list)
     fields: dict[str, np.ndarray] = field(default_factory=dict)
     fingerprint: str = ""  # sha256 hex of the entries' names, CRC-32s and sizes
+    magnitude: float = 0.0  # the largest |value| in any layer: bounds what the archive adds to a sum
 
 
 def read_archive(path: Path, *, max_decompressed_bytes: int, max_entries: int) -> ParsedArchive:
@@ -75,11 +77,11 @@ def read_archive(path: Path, *, max_decompressed_bytes: int, max_entries: int) -
 def read_archive_from(handle: BinaryIO, *, max_decompressed_bytes: int, max_entries: int) -> ParsedArchive:
     """`read_archive` of an open file on disk (small entries are mapped, so not a BytesIO); it may have been
     renamed or deleted since it was opened."""
-    entries, non_finite, fingerprint = _read_entries(
+    entries, magnitudes, fingerprint = _read_entries(
         handle, max_decompressed_bytes=max_decompressed_bytes, max_entries=max_entries
     )
     kind = _declared_kind(entries)
-    parsed = _analytics(entries, non_finite) if kind == FEDERATED_ANALYTICS else _learning(entries, non_finite)
+    parsed = _analytics(entries, magnitudes) if kind == FEDERATED_ANALYTICS else _learning(entries, magnitudes)
     parsed.fingerprint = fingerprint
     return parsed
 
@@ -102,8 +104,8 @@ def _fingerprint(infos: list[zipfile.ZipInfo]) -> str:
 
 def _read_entries(
     handle: BinaryIO, *, max_decompressed_bytes: int, max_entries: int
-) -> tuple[dict[str, np.ndarray], set[str], str]:
-    """The arrays by entry name (without .npy), the names of float arrays holding NaN or Inf, the fingerprint."""
+) -> tuple[dict[str, np.ndarray], dict[str, float], str]:
+    """The arrays by entry name (without .npy), each one's `_magnitude`, the fingerprint."""
     try:
         with _zip_directory(handle, max_entries=max_entries) as archive:
             infos = archive.infolist()
@@ -118,13 +120,11 @@ def _read_entries(
             starts = sorted(info.header_offset for info in infos) + [archive.start_dir]
             data_end = {offset: starts[index + 1] for index, offset in enumerate(starts[:-1])}
             entries: dict[str, np.ndarray] = {}
-            non_finite: set[str] = set()
+            magnitudes: dict[str, float] = {}
             for info in infos:
                 key = info.filename.removesuffix(".npy")
-                entries[key], finite = _read_npy(handle, info, data_end=data_end[info.header_offset])
-                if not finite:
-                    non_finite.add(key)
-            return entries, non_finite, _fingerprint(infos)
+                entries[key], magnitudes[key] = _read_npy(handle, info, data_end=data_end[info.header_offset])
+            return entries, magnitudes, _fingerprint(infos)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
         # ValueError: a directory name flagged UTF-8 that is not (zipfile raises UnicodeDecodeError)
         raise BadRequest("not an npz archive") from exc
@@ -198,7 +198,7 @@ def _check_entry(info: zipfile.ZipInfo, seen: set[str]) -> None:
 
 
 def _read_npy(handle: BinaryIO, info: zipfile.ZipInfo, *, data_end: int) -> tuple[np.ndarray, bool]:
-    """The entry's array, and whether it is finite (always True for a non-float dtype)."""
+    """The entry's array and its `_magnitude`."""
     key = info.filename.removesuffix(".npy")
     try:
         entry = ZipEntryReader(handle, info, data_end=data_end)
@@ -206,9 +206,9 @@ def _read_npy(handle: BinaryIO, info: zipfile.ZipInfo, *, data_end: int) -> tupl
             return _array_in_buffer(key, entry.read_whole())
         shape, fortran, dtype = _npy_header(entry)
         _check_npy_header(key, shape, dtype, data_bytes=entry.remaining)
-        array, finite = _read_data(entry, shape, fortran, dtype)
+        array, magnitude = _read_data(entry, shape, fortran, dtype)
         entry.read_to_end()
-        return array, finite
+        return array, magnitude
     # EntryError (a ValueError): bad local header, overlap, truncation or CRC; InflateError: a broken deflate
     # stream; TokenError/SyntaxError: numpy's repair of an old-style header; RecursionError: a header nested
     # past the parser's limit ("-" * 4000 + "1")
@@ -231,8 +231,8 @@ def _npy_header(handle: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
     raise ValueError(f"unsupported npy version {version}")
 
 
-def _array_in_buffer(key: str, whole: bytearray) -> tuple[np.ndarray, bool]:
-    """The array of a whole `.npy` entry, as a view of `whole` (no copy), and whether it is finite."""
+def _array_in_buffer(key: str, whole: bytearray) -> tuple[np.ndarray, float]:
+    """The array of a whole `.npy` entry, as a view of `whole` (no copy), and its `_magnitude`."""
     header = io.BytesIO(memoryview(whole)[:_HEADER_PREFIX_BYTES])
     shape, fortran, dtype = _npy_header(header)
     offset = header.tell()
@@ -243,43 +243,39 @@ def _array_in_buffer(key: str, whole: bytearray) -> tuple[np.ndarray, bool]:
     # frombuffer refuses a zero-size dtype (b"" strings); such an array has no bytes to take
     flat = np.frombuffer(whole, dtype, count, offset) if dtype.itemsize else np.empty(count, dtype)
     array = flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
-    return array, _is_finite(flat)
+    return array, _magnitude(flat)
 
 
-def _is_finite(flat: np.ndarray) -> bool:
-    """Whether a float array holds no NaN or Inf (always True for other dtypes), checked slice by slice."""
-    if flat.dtype.kind != "f" or not flat.size:
-        return True
-    step = max(_FINITE_CHECK_BYTES // flat.dtype.itemsize, 1)
-    flags = np.empty(min(step, flat.size), dtype=bool)
-    for start in range(0, flat.size, step):
-        values = flat[start : start + step]
-        if not np.isfinite(values, out=flags[: values.size]).all():
-            return False
-    return True
+def _magnitude(values: np.ndarray) -> float:
+    """The largest |value| of a numeric array: `math.inf` if it holds NaN or Inf (max and min propagate
+    both, so they check finiteness in the same passes), 0.0 when empty or not numeric."""
+    if values.dtype.kind not in _LAYER_DTYPE_KINDS or not values.size:
+        return 0.0
+    high, low = float(values.max()), float(values.min())
+    if not (math.isfinite(high) and math.isfinite(low)):
+        return math.inf
+    return max(abs(high), abs(low))
 
 
 def _read_data(
     entry: ZipEntryReader, shape: tuple[int, ...], fortran: bool, dtype: np.dtype
 ) -> tuple[np.ndarray, bool]:
     """The array's bytes, read straight into a new array (the header is parsed once, never pickled), and
-    whether a float array is finite, checked slice by slice while each slice is still in the cache."""
+    its `_magnitude`, taken slice by slice while each slice is still in the cache."""
     flat = np.empty(math.prod(shape), dtype=dtype)
-    finite = True
+    magnitude = 0.0
     if flat.nbytes:
         view, filled = memoryview(flat).cast("B"), 0
-        step = max(_FINITE_CHECK_BYTES // dtype.itemsize, 1) * dtype.itemsize
-        flags = np.empty(step // dtype.itemsize, dtype=bool) if dtype.kind == "f" else None
+        step = max(_SLICE_BYTES // dtype.itemsize, 1) * dtype.itemsize
         while filled < flat.nbytes:
             want = min(step, flat.nbytes - filled)
             if entry.readinto(view[filled : filled + want]) != want:  # the reader fills all it can
                 raise ValueError("truncated npy data")
-            if flags is not None and finite:
-                values = flat[filled // dtype.itemsize : (filled + want) // dtype.itemsize]
-                finite = bool(np.isfinite(values, out=flags[: values.size]).all())
+            values = flat[filled // dtype.itemsize : (filled + want) // dtype.itemsize]
+            magnitude = max(magnitude, _magnitude(values))
             filled += want
     array = flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
-    return array, finite
+    return array, magnitude
 
 
 def _check_npy_header(key: str, shape: tuple[int, ...], dtype: np.dtype, *, data_bytes: int) -> None:
@@ -315,13 +311,16 @@ def _weighting(entries: dict[str, np.ndarray]) -> float:
     return value
 
 
-def _learning(entries: dict[str, np.ndarray], non_finite: set[str]) -> ParsedArchive:
+def _learning(entries: dict[str, np.ndarray], magnitudes: dict[str, float]) -> ParsedArchive:
     weighting = _weighting(entries)
     indexed: dict[int, str] = {}
     for key in entries:
         if key in ("weighting", PAYLOAD_KIND_KEY):
             continue
         match = _LAYER_NAME.match(key)
+        if match is None and _LAYER_LIKE_NAME.match(key):
+            raise BadRequest(f"entry '{key}' is not a layer name: layers are layer_0, layer_1, ... without "
+                             "leading zeros")
         if match is None:
             raise BadRequest(f"unexpected entry '{key}' in a federated_learning archive")
         indexed[int(match.group(1))] = key
@@ -333,22 +332,23 @@ def _learning(entries: dict[str, np.ndarray], non_finite: set[str]) -> ParsedArc
     for index, layer in enumerate(layers):
         if layer.dtype.kind not in _LAYER_DTYPE_KINDS:
             raise BadRequest(f"layer_{index} has unsupported dtype {layer.dtype}")
-        if indexed[index] in non_finite:
+        if not math.isfinite(magnitudes[indexed[index]]):
             raise BadRequest(f"layer_{index} contains NaN or Inf")
-    return ParsedArchive(kind=FEDERATED_LEARNING, weighting=weighting, layers=layers)
+    magnitude = max(magnitudes[key] for key in indexed.values())
+    return ParsedArchive(kind=FEDERATED_LEARNING, weighting=weighting, layers=layers, magnitude=magnitude)
 
 
-def _analytics(entries: dict[str, np.ndarray], non_finite: set[str]) -> ParsedArchive:
+def _analytics(entries: dict[str, np.ndarray], magnitudes: dict[str, float]) -> ParsedArchive:
     fields = {k: v for k, v in entries.items() if k not in ("weighting", PAYLOAD_KIND_KEY)}
     if not fields:
         raise BadRequest("no fields in a federated_analytics archive")
     for key, array in fields.items():
-        if _LAYER_NAME.match(key):
+        if _LAYER_LIKE_NAME.match(key):
             raise BadRequest(f"unexpected entry '{key}' in a federated_analytics archive")
         if array.ndim == 0:
             raise BadRequest(f"field '{key}' must be at least 1-D")
         if array.dtype.kind not in _FIELD_DTYPE_KINDS:
             raise BadRequest(f"field '{key}' has unsupported dtype {array.dtype}")
-        if key in non_finite:
+        if not math.isfinite(magnitudes[key]):
             raise BadRequest(f"field '{key}' contains NaN or Inf")
     return ParsedArchive(kind=FEDERATED_ANALYTICS, weighting=0.0, fields=fields)

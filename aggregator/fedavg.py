@@ -3,6 +3,10 @@
 `WeightedSum` keeps a float64 running sum of weighting × layer and the total weighting, so memory is
 one model's size whatever the number of leaves, and finishing an aggregation is a single division.
 `weighted_mean` is the same arithmetic over a list, for tests and benchmarks.
+
+Every value a leaf sends is finite, but weighting × value, or the sum of many, can still pass float64's
+range (a weighting of 1e308): one leaf would turn the aggregate into Inf and NaN. `check` refuses such a
+contribution before anything is folded, from a bound kept as it goes: Σ weighting × largest |value|.
 """
 
 from __future__ import annotations
@@ -13,10 +17,21 @@ import numpy as np
 
 
 _CHUNK = 1 << 18  # 2 MiB of float64: stays in cache between the multiply and the add
+_FLOAT64_MAX = float(np.finfo(np.float64).max)
 
 
 class LayerMismatch(ValueError):
     """A contribution's layers do not match the aggregation's (count, shape or dtype)."""
+
+
+class SumOverflow(ValueError):
+    """Adding a contribution could take the float64 sum or the total weighting past float64's range."""
+
+
+def largest_magnitude(layers: Sequence[np.ndarray]) -> float:
+    """The largest |value| over all layers (0.0 for none or empty ones)."""
+    peaks = [max(abs(float(layer.max())), abs(float(layer.min()))) for layer in layers if layer.size]
+    return max(peaks, default=0.0)
 
 
 def describe_mismatch(expected: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> str | None:
@@ -38,17 +53,28 @@ class WeightedSum:
         self.sums = [np.zeros(layer.shape, dtype=np.float64) for layer in template]
         self.total_weight = 0.0
         self.count = 0
+        self.bound = 0.0  # Σ weighting × largest |value|: no element of the sums can be larger
         # One float64 buffer for every add: a new one each time cost the server fresh pages per upload.
         self._buffer = np.empty(min(_CHUNK, max((layer.size for layer in template), default=0)), dtype=np.float64)
 
-    def check(self, layers: Sequence[np.ndarray]) -> None:
+    def check(self, layers: Sequence[np.ndarray], *, weighting: float, magnitude: float) -> None:
+        """LayerMismatch or SumOverflow if the contribution cannot be added; `magnitude` is its largest
+        |value| (`largest_magnitude`)."""
         expected = [np.empty(shape, dtype) for shape, dtype in zip(self.shapes, self.dtypes, strict=True)]
         problem = describe_mismatch(expected, layers)
         if problem:
             raise LayerMismatch(problem)
+        fix = "send a smaller weighting (the number of samples the leaf trained on)"
+        if not self.total_weight + weighting <= _FLOAT64_MAX:
+            raise SumOverflow(f"weighting {weighting:g} would take the aggregation's total weighting past "
+                              f"{_FLOAT64_MAX:.4g}; {fix}")
+        if not self.bound + weighting * magnitude <= _FLOAT64_MAX:
+            raise SumOverflow(f"weighting {weighting:g} × the archive's largest value {magnitude:g} could take the "
+                              f"aggregation's float64 sum past {_FLOAT64_MAX:.4g}; {fix}")
 
-    def add(self, weighting: float, layers: Sequence[np.ndarray]) -> None:
-        self.check(layers)
+    def add(self, weighting: float, layers: Sequence[np.ndarray], *, magnitude: float | None = None) -> None:
+        magnitude = largest_magnitude(layers) if magnitude is None else magnitude
+        self.check(layers, weighting=weighting, magnitude=magnitude)
         buffer = self._buffer
         for running, layer in zip(self.sums, layers, strict=True):
             flat_sum, flat_layer = running.reshape(-1), layer.reshape(-1)
@@ -58,6 +84,7 @@ class WeightedSum:
                 scaled = np.multiply(flat_layer[start:stop], weighting, dtype=np.float64, out=buffer[: stop - start])
                 flat_sum[start:stop] += scaled
         self.total_weight += weighting
+        self.bound += weighting * magnitude
         self.count += 1
 
     def mean(self) -> list[np.ndarray]:

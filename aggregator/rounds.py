@@ -37,7 +37,7 @@ from aggregator.blobstore import BlobStore
 from aggregator.blobstore_errors import BlobNotFound
 from aggregator.db import Aggregation, Branch, Contribution, Delivery, Leaf, utcnow
 from aggregator.errors import BadRequest, Conflict, Forbidden, NotFound
-from aggregator.fedavg import LayerMismatch, WeightedSum
+from aggregator.fedavg import LayerMismatch, SumOverflow, WeightedSum
 from aggregator.registry import LeafIdentity
 
 logger = logging.getLogger(__name__)
@@ -418,25 +418,27 @@ class AggregationService:
         return WeightedSum(parsed.layers)
 
     def _check_compatible(self, state: OpenAggregation, parsed: ParsedArchive, branch: Branch) -> None:
-        if state.accumulator is None:
-            self._new_accumulator(parsed, branch)
-            return
-        if state.kind != parsed.kind:
+        accumulator = state.accumulator
+        if accumulator is None:
+            accumulator = self._new_accumulator(parsed, branch)
+        elif state.kind != parsed.kind:
             raise Conflict(f"archive is {parsed.kind}; the open aggregation is {state.kind}")
         try:
-            if isinstance(state.accumulator, WeightedSum):
-                state.accumulator.check(parsed.layers)
+            if isinstance(accumulator, WeightedSum):
+                accumulator.check(parsed.layers, weighting=parsed.weighting, magnitude=parsed.magnitude)
             else:
-                state.accumulator.check(parsed.fields)
+                accumulator.check(parsed.fields)
         except (LayerMismatch, FieldMismatch) as exc:
             raise Conflict(str(exc)) from exc
+        except SumOverflow as exc:
+            raise BadRequest(str(exc)) from exc
 
     def _fold(self, state: OpenAggregation, parsed: ParsedArchive, branch: Branch) -> None:
         if state.accumulator is None:
             state.accumulator = self._new_accumulator(parsed, branch)
             state.kind = parsed.kind
         if isinstance(state.accumulator, WeightedSum):
-            state.accumulator.add(parsed.weighting, parsed.layers)
+            state.accumulator.add(parsed.weighting, parsed.layers, magnitude=parsed.magnitude)
         else:
             state.accumulator.add(parsed.fields)
 

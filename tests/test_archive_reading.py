@@ -15,6 +15,7 @@ import pytest
 
 from aggregator import zip_entry
 from aggregator.archive import FEDERATED_ANALYTICS, PAYLOAD_KIND_KEY, read_archive
+from aggregator.errors import BadRequest
 from aggregator.zip_entry import WHOLE_ENTRY_BYTES, ZipEntryReader
 
 LIMITS = {"max_decompressed_bytes": 1 << 30, "max_entries": 100}
@@ -107,3 +108,33 @@ def test_a_large_constant_layer_is_read_to_its_last_byte(tmp_path: Path, mib: in
 
     assert parsed.weighting == 3.0
     np.testing.assert_array_equal(parsed.layers[0], layer)
+
+
+def _with_an_outlier(rng_seed: int) -> dict[str, np.ndarray]:
+    layer = np.random.default_rng(rng_seed).uniform(-7.0, 3.0, 1_000_000).astype(np.float32)  # 16 slices streamed
+    layer[-3] = -7.5
+    return {"layer_0": layer, "layer_1": np.arange(5, dtype=np.int16) * -9}
+
+
+def test_both_paths_give_the_largest_magnitude_over_all_layers(tmp_path: Path, entry_reading: str) -> None:
+    path = _saved(tmp_path / "weights.npz", True, weighting=np.array(2.0), **_with_an_outlier(3))
+
+    assert read_archive(path, **LIMITS).magnitude == 36.0  # layer_1's -36 beats layer_0's -7.5
+
+    smaller = {**_with_an_outlier(3), "layer_1": np.arange(5, dtype=np.int16)}
+    assert read_archive(_saved(tmp_path / "smaller.npz", True, weighting=np.array(2.0), **smaller), **LIMITS).magnitude == 7.5
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("where", [0, 500_000, -1], ids=["first", "middle", "last"])
+def test_both_paths_find_nan_or_inf_anywhere_in_a_layer(
+    tmp_path: Path, entry_reading: str, bad: float, where: int
+) -> None:
+    arrays = _with_an_outlier(4)
+    arrays["layer_0"][where] = bad
+    path = _saved(tmp_path / "weights.npz", True, weighting=np.array(2.0), **arrays)
+
+    with pytest.raises(BadRequest) as refused:
+        read_archive(path, **LIMITS)
+
+    assert refused.value.message == "layer_0 contains NaN or Inf"
