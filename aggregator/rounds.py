@@ -24,7 +24,7 @@ import numpy as np
 from sqlalchemy import delete, exists, func, insert, select
 from sqlalchemy.orm import sessionmaker
 
-from aggregator.analytics import FieldCombiner, FieldMismatch, UnconfiguredField
+from aggregator.analytics import FieldCombiner, FieldMismatch, FieldOverflow, UnconfiguredField
 from aggregator.archive import (
     FEDERATED_ANALYTICS,
     PAYLOAD_KIND_KEY,
@@ -430,7 +430,7 @@ class AggregationService:
                 accumulator.check(parsed.fields)
         except (LayerMismatch, FieldMismatch) as exc:
             raise Conflict(str(exc)) from exc
-        except SumOverflow as exc:
+        except (SumOverflow, FieldOverflow) as exc:
             raise BadRequest(str(exc)) from exc
 
     def _fold(self, state: OpenAggregation, parsed: ParsedArchive, branch: Branch) -> None:

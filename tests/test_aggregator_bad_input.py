@@ -574,6 +574,52 @@ def test_an_analytics_archive_into_a_learning_aggregation_is_409(seeded: Seeded)
     seeded.assert_unchanged()
 
 
+_ANALYTICS = {"weighting": np.array([0.0]), "__bk_payload_kind__": np.array("federated_analytics")}
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "status", "message"),
+    [
+        (np.array([100], np.int8), np.array([100], np.int8), 400,
+         "field 'age_n': the sum across leaves would not fit its dtype int8; send it in a wider dtype "
+         "(save_analytics sends float64 sums and int64 counts)"),
+        (np.array([2**62], np.int64), np.array([2**62], np.int64), 400,
+         "field 'age_n': the sum across leaves would not fit its dtype int64; send it in a wider dtype "
+         "(save_analytics sends float64 sums and int64 counts)"),
+        (np.array([60000], np.float16), np.array([60000], np.float16), 400,
+         "field 'age_n': the sum across leaves would not fit its dtype float16; send it in a wider dtype "
+         "(save_analytics sends float64 sums and int64 counts)"),
+        (np.array([100], np.int8), np.array([1000], np.int64), 409,
+         "field 'age_n' has shape (1,) and dtype int64; the open aggregation expects shape (1,) and dtype int8"),
+    ],
+    ids=["int8-wraps", "int64-wraps", "float16-to-inf", "other-dtype"],
+)
+def test_an_analytics_sum_that_would_not_fit_or_changes_dtype_is_refused(
+    server: ServerThread, first: np.ndarray, second: np.ndarray, status: int, message: str
+) -> None:
+    """These were taken (201) and gave -56, a negative count, Inf and 76."""
+    leaves = _new_branch(server, 2)
+    assert upload(server.url, leaves[0], npz_bytes({**_ANALYTICS, "age_n": first})).status_code == 201
+
+    response = upload(server.url, leaves[1], npz_bytes({**_ANALYTICS, "age_n": second}))
+
+    _refused(response, status, message)
+    state = branch_state(server, leaves[0].branch_id)
+    assert state.open_round == (1, [leaves[0].id])
+    assert state.blobs == state.referenced and state.scratch == frozenset()
+
+
+def test_a_boolean_field_to_be_summed_is_400(server: ServerThread) -> None:
+    """numpy's sum of booleans is a logical or: True + True gave True, not 2."""
+    (leaf, _other) = _new_branch(server, 2)
+
+    response = upload(server.url, leaf, npz_bytes({**_ANALYTICS, "age_n": np.array([True])}))
+
+    _refused(response, 400, "field 'age_n' holds booleans, which cannot be summed; send counts as integers, or "
+                            "combine it with min, max or must_match")
+    assert branch_state(server, leaf.branch_id).open_round == (1, [])
+
+
 # --- size limits ----------------------------------------------------------------------------------
 
 
