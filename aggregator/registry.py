@@ -68,7 +68,7 @@ class Registry:
             raise BadRequest(f"leaves must be at least 1, got {leaves}")
         if not 1 <= target <= leaves:
             raise BadRequest(f"target must be between 1 and the number of leaves ({leaves}), got {target}")
-        names = leaf_names or [f"{branch}-leaf-{i + 1}" for i in range(leaves)]
+        names = leaf_names or default_leaf_names(branch, leaves)
         if len(names) != leaves or len(set(names)) != leaves:
             raise BadRequest("leaf names must be unique, one per leaf")
         for operation in [analytics_default_op, *(analytics_ops or {}).values()]:
@@ -187,3 +187,8 @@ def _checked(token: str, known: tuple[str, LeafIdentity] | None) -> LeafIdentity
     if not token_matches(token, stored) or identity is None:
         raise Unauthorized("invalid credentials")
     return identity
+
+
+def default_leaf_names(branch: str, leaves: int) -> list[str]:
+    """The names a branch's leaves get when none are given: <branch>-leaf-1, <branch>-leaf-2, ..."""
+    return [f"{branch}-leaf-{i + 1}" for i in range(leaves)]

@@ -97,11 +97,17 @@ def branch_create(
 
     Session tokens are shown once (and written to --env-dir); the server keeps only their hashes."""
     from aggregator.admin_client import AdminApiError
+    from aggregator.registry import default_leaf_names
     from fedgrove.settings import write_leaf_env
 
     if leaf_name and len(leaf_name) != leaves:
         _fail(f"expected one --leaf-name per leaf ({leaves}), got {len(leaf_name)} (fix: repeat --leaf-name "
               "for every leaf, or leave it out)")
+    if env_dir is not None:
+        for name in leaf_name or default_leaf_names(branch, max(leaves, 0)):
+            if (env_dir / f"{name}.env").exists():
+                _fail(f"{env_dir / f'{name}.env'} exists and may hold another branch's credentials; nothing was "
+                      "created (fix: choose another --env-dir, or move the file away)")
     # "sum": the Newton sums of federated preprocessing are hand-made fields the server adds up.
     options = {
         "leaf_names": leaf_name or None,
@@ -123,12 +129,14 @@ def branch_create(
     if as_json:
         print(json.dumps(created))
         return
-    table = Table(title=f"branch {branch} ({created['branch_id']}) in tree {tree} ({created['tree_id']})")
-    for column in ("name", "id", "session_token"):
-        table.add_column(column)
-    for leaf in created["leaves"]:
-        table.add_row(leaf["name"], leaf["id"], leaf["session_token"])
-    console.print(table)
+    # Plain lines, not a table: a table fits the terminal by cutting ids and tokens short, and a token cut
+    # short is lost (the server keeps only its hash).
+    print(f"branch {branch} ({created['branch_id']}) in tree {tree} ({created['tree_id']})")
+    rows = [("name", "id", "session_token")] + [(leaf["name"], leaf["id"], leaf["session_token"])
+                                                for leaf in created["leaves"]]
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    for row in rows:
+        print("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip())
     console.print("Session tokens are shown only now; the server stores their hashes.")
     if env_dir is not None:
         console.print(f"Wrote one .env per leaf to {env_dir}")
