@@ -57,6 +57,7 @@ class AggregatorProcess:
             self._process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir, env=self.env,
                 preexec_fn=ended_with_this_process(),
+                start_new_session=True,  # a terminal's Ctrl-C reaches the run, which stops this server after it
             )
         try:
             self._wait_healthy(timeout_s)

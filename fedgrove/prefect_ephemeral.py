@@ -92,6 +92,7 @@ class TemporaryPrefectServer:
              "--ws-per-message-deflate", "false"],
             env=env,
             preexec_fn=ended_with_this_process(),
+            start_new_session=True,  # a terminal's Ctrl-C reaches the run, which stops this server after it
         )
         return self
 
