@@ -73,6 +73,33 @@ def _json_string_body(size: int, prefix: bytes = b'{"tree": "') -> Iterator[byte
     yield b'"}'
 
 
+@pytest.mark.parametrize("path", ["/admin/v1/branches", "/admin/v1/branches/{branch_id}/run"])
+def test_an_admin_request_without_credentials_is_401_before_its_body_is_read(aggregator, branch, path) -> None:
+    (leaf,) = branch(leaves=1)
+    branches = _count(aggregator, Branch)
+
+    with PeakRss() as memory:
+        response = httpx.post(aggregator.url + path.format(branch_id=leaf.branch_id), timeout=60,
+                              content=_json_string_body(64 * MIB), headers={"content-type": "application/json"})
+
+    _refused(response, 401, "missing credentials")
+    assert memory.growth < 16 * MIB
+    assert _count(aggregator, Branch) == branches
+    assert _run_status(aggregator, leaf.branch_id) == ("start", 1)
+
+
+@pytest.mark.parametrize("path", ["/admin/v1/branches", "/admin/v1/branches/{branch_id}/run"])
+def test_an_admin_request_with_malformed_json_and_no_credentials_is_401_not_400(aggregator, branch, path) -> None:
+    (leaf,) = branch(leaves=1)
+
+    response = httpx.post(aggregator.url + path.format(branch_id=leaf.branch_id), content=b"{" * 10,
+                          headers={"content-type": "application/json"})
+
+    _refused(response, 401, "missing credentials")
+    assert _count(aggregator, Branch) == 1
+    assert _run_status(aggregator, leaf.branch_id) == ("start", 1)
+
+
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
 @pytest.mark.parametrize("route", ["create-branch", "run-status", "performance"])
 def test_a_body_over_the_small_limit_is_413_and_not_held_in_memory(aggregator, branch, route, declared) -> None:
@@ -148,5 +175,112 @@ def test_a_body_that_stops_arriving_is_408_and_leaves_no_scratch_file(aggregator
     state = branch_state(aggregator, leaves[0].branch_id)
     assert (state.open_round, state.blobs, state.scratch) == ((1, []), frozenset(), frozenset())
     assert _count(aggregator, PerformanceRecord) == 0
+
+
+# --- JSON the server could not store or answer with -----------------------------------------------
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("data", '"\\ud800"'),
+    ("data", '{"\\udfff": 1}'),
+    ("data", '[[{"loss": "a\\ud800b"}]]'),
+    ("aggregation_id", '"\\ud800"'),
+    ("branch_id", '"\\ud800"'),
+])
+def test_metrics_with_a_lone_surrogate_are_400_and_not_stored(aggregator, branch, field, value) -> None:
+    (leaf,) = branch(leaves=1)
+    body = {"mode": '"train"', "branch_id": json.dumps(leaf.branch_id), "data": '"ok"', field: value}  # JSON texts
+
+    response = httpx.post(aggregator.url + PERFORMANCE, headers=auth_headers(leaf),
+                          content="{" + ", ".join(f'"{key}": {text}' for key, text in body.items()) + "}")
+
+    _refused(response, 400, f"{field} {SURROGATE}")
+    metrics = _metrics(aggregator, leaf.branch_id)
+    assert (metrics.status_code, metrics.json()) == (200, {"metrics": []})
+
+
+def test_a_field_name_with_a_lone_surrogate_is_400(aggregator, branch) -> None:
+    (leaf,) = branch(leaves=1)
+
+    response = httpx.post(aggregator.url + PERFORMANCE, headers=auth_headers(leaf),
+                          content=f'{{"mode": "train", "branch_id": "{leaf.branch_id}", "\\ud800": 1}}')
+
+    _refused(response, 400, "a field name of the body is not valid UTF-8 text (it holds a lone UTF-16 surrogate); "
+                            "send UTF-8 text")
+    assert _count(aggregator, PerformanceRecord) == 0
+
+
+def test_metrics_text_spelling_a_lone_surrogate_are_stored_and_shown_as_text(aggregator, branch) -> None:
+    (leaf,) = branch(leaves=1)
+    data = '{"\\ud800": 1}'  # valid UTF-8 text, which parses to an object no JSON answer can hold
+
+    response = httpx.post(aggregator.url + PERFORMANCE, headers=auth_headers(leaf),
+                          json={"mode": "train", "branch_id": leaf.branch_id, "data": data})
+
+    assert response.status_code == 201, response.text
+    metrics = _metrics(aggregator, leaf.branch_id)
+    assert metrics.status_code == 200, metrics.text
+    assert [row["data"] for row in metrics.json()["metrics"]] == [data]
+
+
+def test_metrics_without_a_branch_id_are_400_naming_it(aggregator, branch) -> None:
+    (leaf,) = branch(leaves=1)
+
+    response = httpx.post(aggregator.url + PERFORMANCE, headers=auth_headers(leaf), json={"mode": "train"})
+
+    _refused(response, 400, "missing branch_id: send the id of the leaf's branch")
+    assert _count(aggregator, PerformanceRecord) == 0
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ('"model_config": {"a": ' + "[" * 300 + "]" * 300 + "}",
+     "model_config nests deeper than 32 levels; send a flatter value"),
+    ('"model_config": {"a": ' + "[" * 32 + "]" * 32 + "}",
+     "model_config nests deeper than 32 levels; send a flatter value"),
+    ('"model_config": {"x": "\\ud800"}', f"model_config {SURROGATE}"),
+    ('"model_config": {"lr": NaN}', "model_config holds NaN, Infinity or a number too large for JSON; "
+                                    "send finite numbers"),
+    ('"model_config": {"lr": 1e400}', "model_config holds NaN, Infinity or a number too large for JSON; "
+                                      "send finite numbers"),
+    ('"round_timeout_s": Infinity', "round_timeout_s holds NaN, Infinity or a number too large for JSON; "
+                                    "send finite numbers"),
+    ('"round_timeout_s": NaN', "round_timeout_s holds NaN, Infinity or a number too large for JSON; "
+                               "send finite numbers"),
+], ids=["300-deep", "33-deep", "surrogate", "nan", "overflow", "infinite-timeout", "nan-timeout"])
+def test_a_branch_whose_config_leaves_could_not_read_is_400_and_not_created(aggregator, extra, message) -> None:
+    body = json.dumps(_new_branch_body())[:-1] + ", " + extra + "}"
+
+    response = httpx.post(aggregator.url + "/admin/v1/branches", headers=_admin(aggregator), content=body)
+
+    _refused(response, 400, message)
+    assert _count(aggregator, Branch) == 0
+
+
+def test_a_model_config_32_levels_deep_is_created_and_served_to_the_leaves(aggregator) -> None:
+    model_config = {"a": json.loads("[" * 31 + "]" * 31), "lr": 0.01, "name": "résumé ✓"}
+    created = httpx.post(aggregator.url + "/admin/v1/branches", headers=_admin(aggregator),
+                         json=_new_branch_body(model_config=model_config, round_timeout_s=1e300))
+    assert created.status_code == 201, created.text
+    (leaf,) = created.json()["leaves"]
+
+    config = httpx.get(f"{aggregator.url}/api/v1/config/branch/{leaf['branch_id']}",
+                       headers={"Authorization": f"Bearer {leaf['id']}:{leaf['session_token']}"})
+
+    assert config.status_code == 200, config.text
+    assert config.json()["data"]["model_config"] == model_config
+    assert config.json()["data"]["service"]["config"]["round_timeout_s"] == 1e300
+
+
+def test_a_run_status_change_with_a_bad_body_is_400_and_changes_nothing(aggregator, branch) -> None:
+    (leaf,) = branch(leaves=1)
+    url = f"{aggregator.url}/admin/v1/branches/{leaf.branch_id}/run"
+
+    _refused(httpx.post(url, headers=_admin(aggregator), content=b"{"), 400, "body is not JSON")
+    _refused(httpx.post(url, headers=_admin(aggregator), json=["stop"]), 400, "body is not a JSON object")
+    _refused(httpx.post(url, headers=_admin(aggregator), json={"status": "go"}), 400,
+             "invalid request: body.status: Input should be 'start', 'pause' or 'stop'")
+    assert _run_status(aggregator, leaf.branch_id) == ("start", 1)
+    assert httpx.post(url, headers=_admin(aggregator), json={"status": "pause"}).json() == {
+        "run_status": "pause", "run_number": 1}
 
 
