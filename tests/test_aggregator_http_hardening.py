@@ -11,6 +11,7 @@ Memory is measured with `PeakRss`: the server runs in a thread of the test proce
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import uuid
 from collections.abc import Iterator
@@ -19,9 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import func, select
+from websockets.sync.client import connect
 
 from aggregator.config import AggregatorSettings
 from aggregator.db import Branch, PerformanceRecord
+from aggregator.registry import LeafCredentials
 from aggregator.server import ServerThread
 from tests.upload_helpers import MIB, PeakRss, StreamedUpload, auth_headers, branch_state, chunks, upload_headers
 
@@ -284,3 +287,26 @@ def test_a_run_status_change_with_a_bad_body_is_400_and_changes_nothing(aggregat
         "run_status": "pause", "run_number": 1}
 
 
+# --- WebSocket ------------------------------------------------------------------------------------
+
+
+def _ws_url(server: ServerThread, leaf: LeafCredentials) -> str:
+    data = httpx.post(f"{server.url}/api/v1/ws/ticket", headers=auth_headers(leaf)).json()["data"]
+    return (f"{server.url.replace('http://', 'ws://')}/api/v1/ws"
+            f"?ticket={data['ticket_id']}&request_id={data['request_id']}")
+
+
+def test_a_binary_frame_from_a_leaf_is_ignored_and_the_socket_keeps_serving(aggregator, branch, caplog) -> None:
+    (leaf,) = branch(leaves=1)
+    caplog.set_level(logging.INFO)
+
+    with connect(_ws_url(aggregator, leaf), open_timeout=10) as websocket:
+        websocket.send(b"\x00\xff")
+        websocket.send("and a text frame")
+        paused = httpx.post(f"{aggregator.url}/admin/v1/branches/{leaf.branch_id}/run", headers=_admin(aggregator),
+                            json={"status": "pause"})
+        assert paused.status_code == 200, paused.text
+
+        assert json.loads(websocket.recv(timeout=10)) == {"message_type": "run_status",
+                                                          "body": {"run_status": "pause"}}
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
