@@ -104,7 +104,15 @@ def create_app(settings: AggregatorSettings | None = None) -> FastAPI:
         context.ingest_pool.shutdown(wait=True)
         context.service.close()
 
-    app = FastAPI(title="fedgrove aggregator", version="0.1.0", lifespan=lifespan)
+    docs = settings.serve_api_docs
+    app = FastAPI(
+        title="fedgrove aggregator",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.state.context = context
 
     @app.exception_handler(ApiError)

@@ -35,6 +35,9 @@ class AggregatorSettings(BaseSettings):
     admin_token: SecretStr | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    serve_api_docs: bool = Field(
+        default=False, description="serve /docs, /redoc and /openapi.json (the admin API's too): local development only"
+    )
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -310,3 +310,20 @@ def test_a_binary_frame_from_a_leaf_is_ignored_and_the_socket_keeps_serving(aggr
         assert json.loads(websocket.recv(timeout=10)) == {"message_type": "run_status",
                                                           "body": {"run_status": "pause"}}
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+# --- API schema -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"])
+def test_the_api_schema_and_its_pages_are_not_served(aggregator, path) -> None:
+    _refused(httpx.get(aggregator.url + path), 404, "not found")
+
+
+@pytest.mark.parametrize("aggregator_settings", [{"serve_api_docs": True}], indirect=True)
+def test_the_api_schema_is_served_when_the_setting_asks_for_it(aggregator) -> None:
+    schema = httpx.get(aggregator.url + "/openapi.json")
+
+    assert schema.status_code == 200
+    assert "/admin/v1/branches" in schema.json()["paths"]
+    assert httpx.get(aggregator.url + "/docs").status_code == 200
