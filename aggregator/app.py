@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 
 from aggregator.api import admin, branch_config, files, performance, run, ws
 from aggregator.api.context import ServerContext
-from aggregator.api.limits import UploadSizeLimit
+from aggregator.api.limits import BodyLimits
 from aggregator.blobstore import blob_store_from_url
 from aggregator.blobstore_errors import BlobStoreUnavailable
 from aggregator.config import AggregatorSettings
@@ -104,7 +104,15 @@ def create_app(settings: AggregatorSettings | None = None) -> FastAPI:
         context.ingest_pool.shutdown(wait=True)
         context.service.close()
 
-    app = FastAPI(title="fedgrove aggregator", version="0.1.0", lifespan=lifespan)
+    docs = settings.serve_api_docs
+    app = FastAPI(
+        title="fedgrove aggregator",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.state.context = context
 
     @app.exception_handler(ApiError)
@@ -138,5 +146,11 @@ def create_app(settings: AggregatorSettings | None = None) -> FastAPI:
 
     for module in (run, branch_config, files, performance, ws, admin):
         app.include_router(module.router)
-    app.add_middleware(UploadSizeLimit, max_bytes=settings.max_upload_bytes, paths=("/api/v1/file/upload",))
+    app.add_middleware(
+        BodyLimits,
+        max_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+        upload_paths=("/api/v1/file/upload",),
+        idle_timeout_s=settings.body_idle_timeout_s,
+    )
     return app

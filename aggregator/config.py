@@ -23,6 +23,10 @@ class AggregatorSettings(BaseSettings):
         default=None, description="s3://bucket/prefix or a folder; default <data_dir>/blobs"
     )
     max_upload_bytes: int = 256 * MIB
+    max_body_bytes: int = Field(default=MIB, description="limit of every request body but an upload's")
+    body_idle_timeout_s: float = Field(
+        default=60, gt=0, description="a request body that sends nothing for this long is answered with 408"
+    )
     max_archive_bytes: int = 1024 * MIB
     max_archive_entries: int = 4096
     download_url_ttl_s: int = 300
@@ -31,6 +35,9 @@ class AggregatorSettings(BaseSettings):
     admin_token: SecretStr | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    serve_api_docs: bool = Field(
+        default=False, description="serve /docs, /redoc and /openapi.json (the admin API's too): local development only"
+    )
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from aggregator.api.deps import AdminOnly, Context
+from aggregator.api.json_body import MAX_DEPTH, is_text, json_body, nesting_depth
 from aggregator.db import Aggregation, PerformanceRecord
 from aggregator.rounds import leaf_names
 
+# Bodies come from `json_body`, not from body-model parameters: those FastAPI reads before the admin check.
 router = APIRouter(prefix="/admin/v1", dependencies=[AdminOnly])
 
 
@@ -35,7 +37,7 @@ class RunStatusChange(BaseModel):
 
 
 @router.post("/branches", status_code=201)
-async def create_branch(request: CreateBranch, context: Context) -> dict:
+async def create_branch(request: Annotated[CreateBranch, Depends(json_body(CreateBranch))], context: Context) -> dict:
     tree_id, branch_id, credentials = await run_in_threadpool(
         lambda: context.registry.create_branch(
             tree=request.tree,
@@ -88,7 +90,9 @@ async def branch_status(branch_id: str, context: Context) -> dict:
 
 
 @router.post("/branches/{branch_id}/run")
-async def change_run_status(branch_id: str, change: RunStatusChange, context: Context) -> dict:
+async def change_run_status(
+    branch_id: str, change: Annotated[RunStatusChange, Depends(json_body(RunStatusChange))], context: Context
+) -> dict:
     branch = await run_in_threadpool(context.registry.set_run_status, branch_id, change.status)
     await context.connections.notify_run_status(branch_id, change.status)
     return {"run_status": branch.run_status, "run_number": branch.run_number}
@@ -118,26 +122,13 @@ async def branch_metrics(branch_id: str, context: Context) -> dict:
     return {"metrics": await run_in_threadpool(read)}
 
 
-MAX_DEPTH = 32
-
-
-def nesting_depth(value: object, limit: int = MAX_DEPTH) -> int:
-    """How deep lists and objects nest (counting stops past `limit`)."""
-    depth, level = 0, [value]
-    while level and depth <= limit:
-        depth += 1
-        level = [
-            child
-            for item in level
-            for child in (item.values() if isinstance(item, dict) else item if isinstance(item, list) else ())
-        ]
-    return depth
-
-
 def _parsed(data: str) -> object:
-    """A leaf's reported metrics as JSON when they are JSON of sane depth, else the text as sent."""
+    """A leaf's reported metrics as JSON when they are JSON of sane depth and text, else the text as sent (rows
+    stored before lone surrogates were refused may hold "\\ud800" escapes)."""
     try:
         parsed = json.loads(data)
     except (ValueError, RecursionError):
         return data
-    return parsed if nesting_depth(parsed) <= MAX_DEPTH else data
+    if nesting_depth(parsed) > MAX_DEPTH or not is_text(json.dumps(parsed, ensure_ascii=False)):
+        return data
+    return parsed

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from aggregator.api.deps import Context, CurrentLeaf, require_branch
+from aggregator.api.json_body import json_object
 from aggregator.db import PerformanceRecord
 from aggregator.errors import BadRequest
 
@@ -17,16 +18,14 @@ MODES = ("train", "test", "non-federated")
 
 @router.post("/api/v1/performance/analysis", status_code=201)
 async def post_performance(request: Request, leaf: CurrentLeaf, context: Context) -> dict:
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
-        raise BadRequest("body is not JSON") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("body is not a JSON object")
+    body = await json_object(request)
     mode = body.get("mode")
     if mode not in MODES:
         raise BadRequest(f"mode must be one of {', '.join(MODES)}")
-    require_branch(leaf, str(body.get("branch_id", "")))
+    branch_id = body.get("branch_id")
+    if branch_id in (None, ""):
+        raise BadRequest("missing branch_id: send the id of the leaf's branch")
+    require_branch(leaf, str(branch_id))
     data = body.get("data", "")
     if not isinstance(data, str):
         data = json.dumps(data)

@@ -37,7 +37,8 @@ async def notifications(websocket: WebSocket, ticket: str = "", request_id: str 
         pending = await run_in_threadpool(context.service.pending_for, leaf)
         if pending is not None:
             await context.connections.send_aggregation(connection, pending)
-        async for _ in websocket.iter_text():
+        # Leaves have nothing to say: whatever they send, text or binary, is read and dropped until they go.
+        while (await websocket.receive())["type"] != "websocket.disconnect":
             pass
     except WebSocketDisconnect:
         pass

@@ -1,0 +1,98 @@
+"""JSON request bodies: read only once the caller is authenticated, refused before anything is stored when the
+server could not write them back.
+
+FastAPI reads and parses a route's body model before it runs the route's dependencies, so a body model is
+parsed for callers without credentials too; admin routes take their body from `json_body` instead, a
+dependency that runs after the router's admin check. Python's json also reads what the server can neither
+store nor answer with: lone UTF-16 surrogates ("\\ud800" is a valid JSON escape but no UTF-8 text), and NaN,
+Infinity and numbers too large for a float (not JSON at all; they come back as null, or not at all).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+from aggregator.errors import BadRequest
+
+MAX_DEPTH = 32
+Model = TypeVar("Model", bound=BaseModel)
+
+
+async def json_object(request: Request) -> dict:
+    """The body as a JSON object whose every string (keys included) is UTF-8 text; BadRequest otherwise."""
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
+        raise BadRequest("body is not JSON") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("body is not a JSON object")
+    for field, value in body.items():
+        if not is_text(field):
+            raise BadRequest("a field name of the body is not valid UTF-8 text (it holds a lone UTF-16 surrogate); "
+                             "send UTF-8 text")
+        if not all(is_text(scalar) for scalar in _scalars(value) if isinstance(scalar, str)):
+            raise BadRequest(f"{field[:64]} is not valid UTF-8 text (it holds a lone UTF-16 surrogate); "
+                             "send UTF-8 text")
+    return body
+
+
+def json_body(model: type[Model]) -> Callable[[Request], Awaitable[Model]]:
+    """A dependency: the body as `model`, every field strict JSON (finite numbers, at most MAX_DEPTH levels)."""
+
+    async def read(request: Request) -> Model:
+        body = await json_object(request)
+        for field, value in body.items():
+            if not all(math.isfinite(scalar) for scalar in _scalars(value) if isinstance(scalar, float)):
+                raise BadRequest(f"{field[:64]} holds NaN, Infinity or a number too large for JSON; "
+                                 "send finite numbers")
+            if nesting_depth(value) > MAX_DEPTH:
+                raise BadRequest(f"{field[:64]} nests deeper than {MAX_DEPTH} levels; send a flatter value")
+        try:
+            return model.model_validate(body)
+        except ValidationError as exc:  # answered as FastAPI answers a body model it cannot read
+            raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]) \
+                from exc
+
+    return read
+
+
+def is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def nesting_depth(value: object, limit: int = MAX_DEPTH) -> int:
+    """How deep lists and objects nest, a scalar counting as one level (counting stops past `limit`)."""
+    depth, level = 0, [value]
+    while level and depth <= limit:
+        depth += 1
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item if isinstance(item, list) else ())
+        ]
+    return depth
+
+
+def _scalars(value: object) -> Iterator[object]:
+    """Every key and scalar of a JSON value, however deep (without recursion)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        else:
+            yield item
