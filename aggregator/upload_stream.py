@@ -19,7 +19,7 @@ from typing import BinaryIO
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from aggregator.api.limits import UploadTooLarge
+from aggregator.api.limits import BodyTooLarge
 from aggregator.errors import BadRequest
 
 FILE_PART = b"file"
@@ -138,7 +138,7 @@ async def receive_file_part(request: Request, directory: Path) -> ReceivedFile:
         if receiver.target is None or not receiver.complete:
             raise BadRequest("missing file part")
         receiver.target.close()
-    except (BadRequest, UploadTooLarge):
+    except (BadRequest, BodyTooLarge):
         receiver.discard()
         raise
     except Exception as exc:  # python-multipart's errors (no common base worth naming) and `_Malformed`

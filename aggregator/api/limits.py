@@ -27,8 +27,6 @@ class BodyStalled(Exception):
     """Raised from `receive` when no chunk of the body arrived within the idle timeout; answered with 408."""
 
 
-UploadTooLarge = BodyTooLarge  # the name aggregator/upload_stream.py imports
-
 
 class BodyLimits:
     def __init__(
