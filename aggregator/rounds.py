@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 _FILE_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 FIRST_FINISH_RETRY_S = 1.0
 LAST_FINISH_RETRY_S = 60.0
+SET_ASIDE = "set_aside"  # an aggregation status: uploads of a stopped run, kept but never averaged
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,32 @@ class AggregationService:
                 if aggregation_id is not None:
                     finished.append((branch_id, aggregation_id))
         return finished
+
+    def set_aside_open_round(self, branch_id: str) -> int:
+        """When a run is stopped: the uploads in the open aggregation belong to the run that ended, and the
+        next run (a `start` after `stop` is a new run number) must not average them into its first aggregate.
+        They are kept, rows and blobs, in an aggregation marked `set_aside`, and a fresh one is opened.
+        Returns how many uploads were set aside. A round that is due but waiting for the blob store is
+        finished work, not set aside."""
+        with self._lock(branch_id):
+            with self._sessions() as session:
+                branch = session.get(Branch, branch_id)
+            if branch is None:
+                raise NotFound(f"branch {branch_id} not found")
+            state = self._state(branch)
+            if not state.contributors or branch_id in self._unfinished:
+                return 0
+            next_state = OpenAggregation(id=uuid.uuid4().hex, round=state.round + 1)  # (branch, round) is unique
+            with self._sessions() as session:
+                row = session.get(Aggregation, state.id)
+                row.status = SET_ASIDE
+                row.contributors = len(state.contributors)
+                session.add(Aggregation(id=next_state.id, branch_id=branch_id, round=next_state.round))
+                session.commit()
+            self._open[branch_id] = next_state
+        logger.info("branch %s: run stopped; %d upload(s) of round %d set aside in %s",
+                    branch_id, len(state.contributors), state.round, state.id)
+        return len(state.contributors)
 
     def _finish_or_retry_later(self, branch: Branch, state: OpenAggregation, wait_s: float) -> str | None:
         """`_finalise`; or, when the aggregate cannot be stored, None and another try in `wait_s`. Call with

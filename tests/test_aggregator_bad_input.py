@@ -220,7 +220,15 @@ def test_an_upload_while_the_run_is_not_started_is_409(seeded: Seeded, status: s
     response = seeded.upload(_archive())
 
     _refused(response, 409, f"run is not started (run status: {status})")
-    seeded.assert_unchanged()
+    if status == "pause":
+        seeded.assert_unchanged()
+        return
+    # A stop sets the stopped run's upload aside (kept, never averaged) and opens a fresh round; the refused
+    # upload added nothing to either.
+    state = branch_state(seeded.server, seeded.branch_id)
+    assert state.open_round == (2, [])
+    assert seeded.accepted_file_id in state.blobs and state.blobs == state.referenced
+    assert state.scratch == frozenset()
 
 
 # --- integrity headers ----------------------------------------------------------------------------

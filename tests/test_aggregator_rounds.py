@@ -9,6 +9,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -281,3 +282,41 @@ def test_a_full_round_whose_aggregate_could_not_be_stored_is_finished_once_the_s
             np.testing.assert_allclose(aggregate[f"layer_{index}"], expected, rtol=1e-6)
     state = branch_state(aggregator, credentials[0].branch_id)
     assert state.open_round == (2, [])
+
+
+def _run(aggregator: ServerThread, branch_id: str, status: str) -> dict:
+    response = httpx.post(f"{aggregator.url}/admin/v1/branches/{branch_id}/run", json={"status": status},
+                          headers={"Authorization": f"Bearer {aggregator.context.admin_token}"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_stopped_runs_uploads_are_set_aside_and_the_next_run_averages_only_its_own(
+    aggregator, branch, leaf_client, tmp_path
+):
+    """An upload made before `stop` belonged to the run that ended: the next run's first aggregate must not
+    average it in (it did). It is kept, row and blob, but never averaged. A pause keeps the round as it is."""
+    credentials = branch(leaves=2)
+    first, second = (leaf_client(c) for c in credentials)
+    branch_id = credentials[0].branch_id
+    stale = (9.0, [np.full((4, 7), 100.0, np.float32), np.full(7, 100.0, np.float32)])
+    fresh = [(3.0, _layers(np.random.default_rng(1))), (1.0, _layers(np.random.default_rng(2)))]
+    first.file_upload(first.save_weights(str(tmp_path / "stale"), *stale))
+    _run(aggregator, branch_id, "pause")
+    _run(aggregator, branch_id, "start")
+    assert aggregator.context.service.open_round(branch_id) == (1, [credentials[0].id])
+
+    _run(aggregator, branch_id, "stop")
+
+    assert _run(aggregator, branch_id, "start") == {"run_status": "start", "run_number": 2}
+    assert aggregator.context.service.open_round(branch_id) == (2, [])
+    state = branch_state(aggregator, branch_id)
+    assert state.blobs == state.referenced  # the set-aside upload's blob is still there, and accounted for
+    _upload_all([first, second], tmp_path, fresh)
+    aggregation_id = first.queue.get(timeout=10)
+    with np.load(first.file_download(aggregation_id), allow_pickle=False) as archive:
+        for index, expected in enumerate(weighted_mean(fresh)):
+            np.testing.assert_allclose(archive[f"layer_{index}"], expected, rtol=1e-6)
+    with aggregator.context.sessions() as session:
+        statuses = sorted(session.scalars(select(Aggregation.status).where(Aggregation.branch_id == branch_id)))
+    assert statuses == ["complete", "open", "set_aside"]

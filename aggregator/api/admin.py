@@ -94,6 +94,8 @@ async def change_run_status(
     branch_id: str, change: Annotated[RunStatusChange, Depends(json_body(RunStatusChange))], context: Context
 ) -> dict:
     branch = await run_in_threadpool(context.registry.set_run_status, branch_id, change.status)
+    if change.status == "stop":
+        await run_in_threadpool(context.service.set_aside_open_round, branch_id)
     await context.connections.notify_run_status(branch_id, change.status)
     return {"run_status": branch.run_status, "run_number": branch.run_number}
 
