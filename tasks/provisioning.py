@@ -12,6 +12,7 @@ sums) that the server must add up; a hosted branch needs the same setting in its
 
 from __future__ import annotations
 
+import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,7 +74,9 @@ def federation(
         with AdminClient(host, token, verify=settings.verify_ssl) as admin:
             created = admin.create_branch(
                 tree="fedgrove-demo",
-                branch=f"run-{run_id}",
+                # A run id may be used again (askanna.yml's fixed one, run twice in one checkout) and the
+                # embedded aggregator's branches outlive a run: each run gets a branch of its own.
+                branch=f"run-{run_id}-{secrets.token_hex(3)}",
                 leaves=len(organisations),
                 leaf_names=organisations,
                 **{"analytics_default_op": "sum", **(branch_options or {})},
