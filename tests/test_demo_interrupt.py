@@ -31,6 +31,12 @@ def _wait_for(log: Path, text: str, timeout_s: float) -> None:
     raise AssertionError(f"'{text}' not in the demo's output within {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
+def _as_in_a_terminal() -> None:
+    """SIGINT handled by default, as in a terminal: a suite started in the background (`.ci/run &`) inherits
+    it ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_ends_the_demo_and_its_servers(tmp_path: Path) -> None:
     log = tmp_path / "demo.log"
     environment = {key: value for key, value in os.environ.items()
@@ -40,6 +46,7 @@ def test_ctrl_c_ends_the_demo_and_its_servers(tmp_path: Path) -> None:
             [sys.executable, "-m", "fedgrove.cli", "demo", "--organisations", "2", "--rounds", "50",
              "--out", str(tmp_path / "runs")],
             stdout=output, stderr=subprocess.STDOUT, cwd=tmp_path, env=environment, start_new_session=True,
+            preexec_fn=_as_in_a_terminal,
         )
     try:
         _wait_for(log, RUNNING_MARK, timeout_s=180)
