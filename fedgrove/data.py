@@ -57,7 +57,7 @@ def split_dataset(
     The test set is a stratified, seeded ``test_fraction`` of ``frame``. The rest is split into
     ``organisations`` disjoint partitions that together cover it: ``iid`` = stratified folds; ``dirichlet``
     = label skew, each class's records divided by Dirichlet(``alpha``) proportions, redrawn (seeded) until
-    every organisation has at least ``min_records`` records.
+    every organisation has at least ``min_records`` records. An iid split too thin for ``min_records`` raises.
     """
     if TARGET_COLUMN not in frame.columns:
         raise ValueError(f"expected a {TARGET_COLUMN!r} column, got columns {list(frame.columns)} "
@@ -71,7 +71,7 @@ def split_dataset(
     )
     labels = train[TARGET_COLUMN].to_numpy()
     if split == "iid":
-        positions = _iid_positions(labels, organisations=organisations, seed=seed)
+        positions = _iid_positions(labels, organisations=organisations, seed=seed, min_records=min_records)
     elif split == "dirichlet":
         positions = _dirichlet_positions(
             labels, organisations=organisations, alpha=alpha, seed=seed, min_records=min_records
@@ -83,7 +83,12 @@ def split_dataset(
     return test, partitions
 
 
-def _iid_positions(labels: np.ndarray, *, organisations: int, seed: int) -> list[np.ndarray]:
+def _iid_positions(labels: np.ndarray, *, organisations: int, seed: int, min_records: int) -> list[np.ndarray]:
+    smallest_share = len(labels) // organisations  # stratified folds differ in size by at most one record
+    if smallest_share < min_records:
+        raise ValueError(f"expected every organisation to get >= {min_records} records, but an iid split of "
+                         f"{len(labels)} training records over {organisations} organisations gives the smallest "
+                         f"{smallest_share} (fix: use fewer organisations, or lower min_records)")
     if organisations == 1:
         return [np.arange(len(labels))]
     smallest = int(np.bincount(labels).min())

@@ -121,7 +121,9 @@ def federated_training(config: FederatedTrainingConfig = FederatedTrainingConfig
     work = settings.work_dir / "runs" / run_id
     organisations = organisation_names(config.organisations)
     paths = prepare_partitions(
-        work / "data", organisations=config.organisations, split=config.split, alpha=config.alpha, seed=config.seed
+        work / "data", organisations=config.organisations, split=config.split, alpha=config.alpha, seed=config.seed,
+        # a leaf with fewer records refuses federated preprocessing, and the others would wait for it in vain
+        min_records=config.min_records if config.preprocessing == "federated" else 1,
     )
     selection: FeatureSelection | None = None
     if config.preprocessing == "pooled":

@@ -29,11 +29,13 @@ class LeafData:
 
 @task(name="split-data", **LOCAL)
 def prepare_partitions(
-    directory: Path, *, organisations: int, split: str, alpha: float, seed: int
+    directory: Path, *, organisations: int, split: str, alpha: float, seed: int, min_records: int = 1
 ) -> dict[str, Path]:
-    """Write `test.csv` and one `<organisation>.csv` per organisation; returns name -> path."""
+    """Write `test.csv` and one `<organisation>.csv` per organisation, each with at least `min_records`
+    records; returns name -> path."""
     test, partitions = split_dataset(
-        load_dataset(), organisations=organisations, split=split, alpha=alpha, seed=seed  # type: ignore[arg-type]
+        load_dataset(), organisations=organisations, split=split, alpha=alpha, seed=seed,  # type: ignore[arg-type]
+        min_records=min_records,
     )
     return write_partitions(test, partitions, directory)
 

@@ -98,6 +98,19 @@ def test_dirichlet_split_that_never_reaches_min_records_raises_after_bounded_tri
         split_dataset(FRAME, organisations=5, split="dirichlet", alpha=0.01, min_records=80)
 
 
+def test_an_iid_split_too_thin_for_min_records_raises_naming_the_fix() -> None:
+    """50 organisations get 9 records each; their leaves refused federated preprocessing only once the run
+    had started, and the other leaves then waited 3 x 120 s for them."""
+    with pytest.raises(ValueError) as caught:
+        split_dataset(FRAME, organisations=50, split="iid", min_records=10)
+    assert str(caught.value) == (
+        "expected every organisation to get >= 10 records, but an iid split of 455 training records over 50 "
+        "organisations gives the smallest 9 (fix: use fewer organisations, or lower min_records)"
+    )
+    _, partitions = split_dataset(FRAME, organisations=45, split="iid", min_records=10)
+    assert min(len(p) for p in partitions.values()) == 10
+
+
 def test_unknown_split_raises() -> None:
     with pytest.raises(ValueError, match=r"^expected split 'iid' or 'dirichlet', got 'random'$"):
         split_dataset(FRAME, organisations=5, split="random")  # type: ignore[arg-type]
