@@ -31,6 +31,7 @@ from typing import BinaryIO, Literal
 import numpy as np
 
 from aggregator.errors import BadRequest, PayloadTooLarge
+from aggregator.fedavg import magnitude
 from aggregator.zip_entry import InflateError, ZipEntryReader
 
 FEDERATED_LEARNING = "federated_learning"
@@ -105,7 +106,7 @@ def _fingerprint(infos: list[zipfile.ZipInfo]) -> str:
 def _read_entries(
     handle: BinaryIO, *, max_decompressed_bytes: int, max_entries: int
 ) -> tuple[dict[str, np.ndarray], dict[str, float], str]:
-    """The arrays by entry name (without .npy), each one's `_magnitude`, the fingerprint."""
+    """The arrays by entry name (without .npy), each one's `magnitude`, the fingerprint."""
     try:
         with _zip_directory(handle, max_entries=max_entries) as archive:
             infos = archive.infolist()
@@ -197,8 +198,8 @@ def _check_entry(info: zipfile.ZipInfo, seen: set[str]) -> None:
         )
 
 
-def _read_npy(handle: BinaryIO, info: zipfile.ZipInfo, *, data_end: int) -> tuple[np.ndarray, bool]:
-    """The entry's array and its `_magnitude`."""
+def _read_npy(handle: BinaryIO, info: zipfile.ZipInfo, *, data_end: int) -> tuple[np.ndarray, float]:
+    """The entry's array and its `magnitude`."""
     key = info.filename.removesuffix(".npy")
     try:
         entry = ZipEntryReader(handle, info, data_end=data_end)
@@ -206,9 +207,9 @@ def _read_npy(handle: BinaryIO, info: zipfile.ZipInfo, *, data_end: int) -> tupl
             return _array_in_buffer(key, entry.read_whole())
         shape, fortran, dtype = _npy_header(entry)
         _check_npy_header(key, shape, dtype, data_bytes=entry.remaining)
-        array, magnitude = _read_data(entry, shape, fortran, dtype)
+        array, largest = _read_data(entry, shape, fortran, dtype)
         entry.read_to_end()
-        return array, magnitude
+        return array, largest
     # EntryError (a ValueError): bad local header, overlap, truncation or CRC; InflateError: a broken deflate
     # stream; TokenError/SyntaxError: numpy's repair of an old-style header; RecursionError: a header nested
     # past the parser's limit ("-" * 4000 + "1")
@@ -232,7 +233,7 @@ def _npy_header(handle: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
 
 
 def _array_in_buffer(key: str, whole: bytearray) -> tuple[np.ndarray, float]:
-    """The array of a whole `.npy` entry, as a view of `whole` (no copy), and its `_magnitude`."""
+    """The array of a whole `.npy` entry, as a view of `whole` (no copy), and its `magnitude`."""
     header = io.BytesIO(memoryview(whole)[:_HEADER_PREFIX_BYTES])
     shape, fortran, dtype = _npy_header(header)
     offset = header.tell()
@@ -243,27 +244,16 @@ def _array_in_buffer(key: str, whole: bytearray) -> tuple[np.ndarray, float]:
     # frombuffer refuses a zero-size dtype (b"" strings); such an array has no bytes to take
     flat = np.frombuffer(whole, dtype, count, offset) if dtype.itemsize else np.empty(count, dtype)
     array = flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
-    return array, _magnitude(flat)
-
-
-def _magnitude(values: np.ndarray) -> float:
-    """The largest |value| of a numeric array: `math.inf` if it holds NaN or Inf (max and min propagate
-    both, so they check finiteness in the same passes), 0.0 when empty or not numeric."""
-    if values.dtype.kind not in _LAYER_DTYPE_KINDS or not values.size:
-        return 0.0
-    high, low = float(values.max()), float(values.min())
-    if not (math.isfinite(high) and math.isfinite(low)):
-        return math.inf
-    return max(abs(high), abs(low))
+    return array, magnitude(flat)
 
 
 def _read_data(
     entry: ZipEntryReader, shape: tuple[int, ...], fortran: bool, dtype: np.dtype
-) -> tuple[np.ndarray, bool]:
+) -> tuple[np.ndarray, float]:
     """The array's bytes, read straight into a new array (the header is parsed once, never pickled), and
-    its `_magnitude`, taken slice by slice while each slice is still in the cache."""
+    its `magnitude`, taken slice by slice while each slice is still in the cache."""
     flat = np.empty(math.prod(shape), dtype=dtype)
-    magnitude = 0.0
+    largest = 0.0
     if flat.nbytes:
         view, filled = memoryview(flat).cast("B"), 0
         step = max(_SLICE_BYTES // dtype.itemsize, 1) * dtype.itemsize
@@ -272,10 +262,10 @@ def _read_data(
             if entry.readinto(view[filled : filled + want]) != want:  # the reader fills all it can
                 raise ValueError("truncated npy data")
             values = flat[filled // dtype.itemsize : (filled + want) // dtype.itemsize]
-            magnitude = max(magnitude, _magnitude(values))
+            largest = max(largest, magnitude(values))
             filled += want
     array = flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
-    return array, magnitude
+    return array, largest
 
 
 def _check_npy_header(key: str, shape: tuple[int, ...], dtype: np.dtype, *, data_bytes: int) -> None:
@@ -334,8 +324,8 @@ def _learning(entries: dict[str, np.ndarray], magnitudes: dict[str, float]) -> P
             raise BadRequest(f"layer_{index} has unsupported dtype {layer.dtype}")
         if not math.isfinite(magnitudes[indexed[index]]):
             raise BadRequest(f"layer_{index} contains NaN or Inf")
-    magnitude = max(magnitudes[key] for key in indexed.values())
-    return ParsedArchive(kind=FEDERATED_LEARNING, weighting=weighting, layers=layers, magnitude=magnitude)
+    largest = max(magnitudes[key] for key in indexed.values())
+    return ParsedArchive(kind=FEDERATED_LEARNING, weighting=weighting, layers=layers, magnitude=largest)
 
 
 def _analytics(entries: dict[str, np.ndarray], magnitudes: dict[str, float]) -> ParsedArchive:

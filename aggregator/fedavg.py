@@ -11,6 +11,7 @@ contribution before anything is folded, from a bound kept as it goes: Σ weighti
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,10 +29,20 @@ class SumOverflow(ValueError):
     """Adding a contribution could take the float64 sum or the total weighting past float64's range."""
 
 
+def magnitude(values: np.ndarray) -> float:
+    """The largest |value| of a numeric array: `math.inf` if it holds NaN or Inf (max and min propagate
+    both, so they check finiteness in the same passes), 0.0 when empty or not numeric."""
+    if values.dtype.kind not in "iuf" or not values.size:
+        return 0.0
+    high, low = float(values.max()), float(values.min())
+    if not (math.isfinite(high) and math.isfinite(low)):
+        return math.inf
+    return max(abs(high), abs(low))
+
+
 def largest_magnitude(layers: Sequence[np.ndarray]) -> float:
-    """The largest |value| over all layers (0.0 for none or empty ones)."""
-    peaks = [max(abs(float(layer.max())), abs(float(layer.min()))) for layer in layers if layer.size]
-    return max(peaks, default=0.0)
+    """The largest `magnitude` over all layers (0.0 for none)."""
+    return max((magnitude(layer) for layer in layers), default=0.0)
 
 
 def describe_mismatch(expected: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> str | None:
