@@ -61,35 +61,40 @@ class FieldCombiner:
         self.count = 0
 
     def check(self, fields: Mapping[str, np.ndarray]) -> None:
+        """FieldMismatch or FieldOverflow if `fields` cannot be added; changes nothing."""
+        self._combined(fields)
+
+    def add(self, fields: Mapping[str, np.ndarray]) -> None:
+        self.values = self._combined(fields)
+        self.count += 1
+
+    def _combined(self, fields: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every field's value once `fields` are added, computed without changing the running values."""
         if set(fields) != set(self.operations):
             missing = sorted(set(self.operations) - set(fields))
             extra = sorted(set(fields) - set(self.operations))
             raise FieldMismatch(f"fields differ from the open aggregation's: missing {missing}, unexpected {extra}")
+        combined: dict[str, np.ndarray] = {}
         for name, array in fields.items():
             if array.shape != self.shapes[name] or array.dtype != self.dtypes[name]:
                 raise FieldMismatch(
                     f"field '{name}' has shape {array.shape} and dtype {array.dtype}; "
                     f"the open aggregation expects shape {self.shapes[name]} and dtype {self.dtypes[name]}"
                 )
-            if self.operations[name] == "must_match" and name in self.values:
-                if not np.array_equal(self.values[name], array):
-                    raise FieldMismatch(f"field '{name}' must match across leaves")
-            if self.operations[name] == "sum" and name in self.values:
-                self._sum(name, array)
-
-    def add(self, fields: Mapping[str, np.ndarray]) -> None:
-        self.check(fields)
-        for name, array in fields.items():
             operation = self.operations[name]
             if name not in self.values:
-                self.values[name] = _widened(array)
+                combined[name] = _widened(array)
             elif operation == "sum":
-                self.values[name] = self._sum(name, array)
+                combined[name] = self._sum(name, array)
             elif operation == "min":
-                self.values[name] = np.minimum(self.values[name], array)
+                combined[name] = np.minimum(self.values[name], array)
             elif operation == "max":
-                self.values[name] = np.maximum(self.values[name], array)
-        self.count += 1
+                combined[name] = np.maximum(self.values[name], array)
+            elif not np.array_equal(self.values[name], array):
+                raise FieldMismatch(f"field '{name}' must match across leaves")
+            else:
+                combined[name] = self.values[name]
+        return combined
 
     def _sum(self, name: str, array: np.ndarray) -> np.ndarray:
         """The running sum of `name` with `array` added, in 64 bits; FieldOverflow if it would not fit the
