@@ -9,12 +9,12 @@ import zipfile
 import zlib
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 from sqlalchemy import select
 
+from aggregator.admin_client import AdminClient
 from aggregator.blobstore_errors import BlobStoreUnavailable
 from aggregator.config import AggregatorSettings
 from aggregator.db import Aggregation
@@ -285,10 +285,8 @@ def test_a_full_round_whose_aggregate_could_not_be_stored_is_finished_once_the_s
 
 
 def _run(aggregator: ServerThread, branch_id: str, status: str) -> dict:
-    response = httpx.post(f"{aggregator.url}/admin/v1/branches/{branch_id}/run", json={"status": status},
-                          headers={"Authorization": f"Bearer {aggregator.context.admin_token}"})
-    assert response.status_code == 200, response.text
-    return response.json()
+    with AdminClient(aggregator.url, aggregator.context.admin_token) as admin:  # raises on any error status
+        return admin.set_run_status(branch_id, status)
 
 
 def test_a_stopped_runs_uploads_are_set_aside_and_the_next_run_averages_only_its_own(
