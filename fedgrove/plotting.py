@@ -1,4 +1,4 @@
-"""The demo's one picture: does federation beat each organisation alone, and how close is it to centralised?
+"""A run's one picture: does federation beat each site alone, and how close is it to centralised?
 
 Why this module exists: the run's result is judged by eye from ``result.png`` (test accuracy and test loss
 per epoch). It draws on a bare ``matplotlib.figure.Figure`` (Agg canvas), so it needs no display and does
@@ -14,9 +14,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 RESULT_FILE = "result.png"
-REQUIRED_COLUMNS = ("mode", "organisation", "epoch", "accuracy", "loss", "accuracy_test", "loss_test")
-MODES = ("federated", "local_only", "centralised")
-_STYLE = {"federated": "-", "local_only": "--"}
+REQUIRED_COLUMNS = ("mode", "site", "epoch", "accuracy_test", "loss_test")
+MODES = ("federated", "federated_pooled", "alone", "centralised")
+_STYLE = {"federated": "-", "alone": "--"}
+_WHOLE = {"federated_pooled": ("tab:red", "federated, all sites' test records"),
+          "centralised": ("black", "centralised (one process held all the data)")}
 
 
 def plot_results(epochs: pd.DataFrame, path: str | Path) -> Path:
@@ -30,11 +32,12 @@ def plot_results(epochs: pd.DataFrame, path: str | Path) -> Path:
 
 
 def build_figure(epochs: pd.DataFrame) -> Figure:
-    """Two panels (test accuracy, test loss): per organisation federated solid and alone dashed, centralised black."""
+    """Two panels (test accuracy, test loss): per site federated solid and alone dashed; the federation pooled
+    over every site's test records in bold red; centralised in bold black where it was trained."""
     missing = [c for c in REQUIRED_COLUMNS if c not in epochs.columns]
     if missing:
         raise ValueError(f"expected columns {list(REQUIRED_COLUMNS)}, missing {missing} "
-                         "(fix: build the frame with fedgrove.simulation.metrics_frame)")
+                         "(fix: build the frame with fedgrove.run_summary.epochs_frame)")
     unknown = sorted(set(epochs["mode"]) - set(MODES))
     if unknown:
         raise ValueError(f"expected mode values in {list(MODES)}, got {unknown}")
@@ -42,22 +45,23 @@ def build_figure(epochs: pd.DataFrame) -> Figure:
         raise ValueError("expected at least one row of epoch metrics, got an empty frame")
     figure = Figure(figsize=(11, 4.5), layout="constrained")
     panels = figure.subplots(1, 2)
-    organisations = list(dict.fromkeys(epochs.loc[epochs["mode"] != "centralised", "organisation"]))
-    colours = {org: f"C{i % 10}" for i, org in enumerate(organisations)}
+    sites = list(dict.fromkeys(epochs.loc[~epochs["mode"].isin(list(_WHOLE)), "site"]))
+    colours = {site: f"C{i % 10}" for i, site in enumerate(sites)}
     for axis, column, title in zip(panels, ("accuracy_test", "loss_test"), ("Test accuracy", "Test loss"),
                                    strict=True):
-        for (mode, org), rows in epochs.sort_values("epoch").groupby(["mode", "organisation"], sort=True):
-            if mode == "centralised":
-                axis.plot(rows["epoch"], rows[column], color="black", linewidth=2, label=f"{mode}:{org}")
+        for (mode, site), rows in epochs.sort_values("epoch").groupby(["mode", "site"], sort=True):
+            if mode in _WHOLE:
+                axis.plot(rows["epoch"], rows[column], color=_WHOLE[mode][0], linewidth=2.2, label=f"{mode}:{site}")
             else:
-                axis.plot(rows["epoch"], rows[column], color=colours[org], linestyle=_STYLE[mode], alpha=0.85,
-                          label=f"{mode}:{org}")
+                axis.plot(rows["epoch"], rows[column], color=colours[site], linestyle=_STYLE[mode], alpha=0.7,
+                          linewidth=1, label=f"{mode}:{site}")
         axis.set_title(title)
         axis.set_xlabel("epoch (round)")
         axis.grid(alpha=0.3)
-    handles = [Line2D([], [], color=colours[o], label=o) for o in organisations]
+    handles = [Line2D([], [], color=colours[s], label=s) for s in sites]
     handles += [Line2D([], [], color="grey", linestyle="-", label="with federation"),
-                Line2D([], [], color="grey", linestyle="--", label="alone"),
-                Line2D([], [], color="black", linewidth=2, label="centralised")]
+                Line2D([], [], color="grey", linestyle="--", label="alone")]
+    handles += [Line2D([], [], color=colour, linewidth=2.2, label=text) for mode, (colour, text) in _WHOLE.items()
+                if mode in set(epochs["mode"])]
     panels[1].legend(handles=handles, fontsize="small")
     return figure

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
+from collections.abc import Callable
 from uuid import UUID
 
 from prefect.artifacts import update_progress_artifact
@@ -66,3 +67,35 @@ class ProgressReporter:
                                         self.artifact_id, percent, exc)
             if closing and percent is None:
                 return
+
+
+RoundListener = Callable[[str, str, int, int], None]
+_listeners: list[RoundListener] = []
+_listeners_lock = threading.Lock()
+
+
+def add_round_listener(listener: RoundListener) -> Callable[[], None]:
+    """Call `listener(run_id, site, round, rounds)` whenever an in-process leaf finishes a round (the CLI's
+    progress bar); returns a function that removes it."""
+    with _listeners_lock:
+        _listeners.append(listener)
+
+    def remove() -> None:
+        with _listeners_lock:
+            if listener in _listeners:
+                _listeners.remove(listener)
+
+    return remove
+
+
+def round_finished(run_id: str, site: str, round_number: int, rounds: int) -> None:
+    """Tell this process's listeners; a listener that fails is dropped (progress is decoration)."""
+    with _listeners_lock:
+        listeners = list(_listeners)
+    for listener in listeners:
+        try:
+            listener(run_id, site, round_number, rounds)
+        except Exception:
+            with _listeners_lock:
+                if listener in _listeners:
+                    _listeners.remove(listener)

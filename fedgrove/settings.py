@@ -30,6 +30,15 @@ class PipelineSettings(BaseSettings):
     )
     aggregation_timeout_s: float = 120.0
     verify_ssl: bool = True
+    site_data: str | None = Field(
+        default=None,
+        description="this site's own data source (sites mode, `fedgrove leaf`): a path, an s3:// URL, or JSON "
+        'such as {"sql": {"url_env": "HOSPITAL_DB", "query": "select * from patients"}}',
+    )
+    spec: Path | None = Field(
+        default=None, description="the spec file the weekly coordinator runs when its run passes none"
+    )
+    verbose: bool = Field(default=False, description="show what the SDKs print (downloads, notices)")
     prefect_ephemeral_database: Literal["memory", "file"] = Field(
         default="memory",
         description="database of Prefect's temporary server when no Prefect API is configured "

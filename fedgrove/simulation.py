@@ -1,139 +1,105 @@
-"""The federated floor without server or Prefect, and the baselines it is judged against.
+"""The federation of a spec in one process: no server, no Prefect, no client. The reference the pipeline
+must equal, and the floor the benchmarks measure against.
 
-Why this module exists: it is the reference the real system must match. ``fedavg_in_memory`` runs the same
-rounds as the flows (every leaf starts a round from the global parameters, trains ``local_epochs`` with
-``train_local``, the aggregate is the sample-count-weighted mean accumulated in float64), with no I/O.
-``train_alone`` is the "each organisation alone" and the "centralised" baseline, built from the same
-functions, so the three curves differ only in who sees which data.
+Why this module exists: it runs exactly what the leaves run (the same preprocessing protocol, driven in
+lockstep with the server replaced by a sum; the same local fit and measurement functions; FedAvg weighted
+by training records), so a difference between it and a real run is a bug in the plumbing. It also trains
+the baselines: each site alone, and the centralised model on every site's training records.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
-import torch
 
-from fedgrove.model import (
-    TrainConfig,
-    build_model,
-    evaluate,
-    get_parameters,
-    set_parameters,
-    to_tensor,
-    train_local,
-)
-
-Arrays = tuple[np.ndarray, np.ndarray]
+from fedgrove.federated_preprocessing import preprocessing_protocol
+from fedgrove.lockstep import run_in_lockstep
+from fedgrove.metrics import RoundMetrics
+from fedgrove.results import SiteResult, parameter_digest
+from fedgrove.site_table import SiteTable, site_seed
+from fedgrove.site_training import SiteArrays, fit, initial_parameters, measure, site_arrays, train_alone
+from fedgrove.spec import FederationSpec
 
 
-@dataclass(frozen=True, slots=True)
-class EpochMetrics:
-    """Metrics after one epoch (one round): on the organisation's own data and on the shared test set."""
-
-    epoch: int
-    accuracy: float
-    loss: float
-    accuracy_test: float
-    loss_test: float
-
-
-def leaf_seed(seed: int, organisation: str) -> int:
-    """A leaf's shuffling seed: stable across processes and machines (unlike ``hash``), distinct per leaf."""
-    digest = hashlib.sha256(f"{seed}:{organisation}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
-
-
-def weighted_average(results: Sequence[tuple[Sequence[np.ndarray], int]]) -> list[np.ndarray]:
-    """FedAvg: per layer, the mean of the leaves' arrays weighted by sample count (float64 sums, float32 out)."""
+def weighted_average(results: Sequence[tuple[Sequence[np.ndarray], float]]) -> list[np.ndarray]:
+    """FedAvg: per layer, the mean of the sites' arrays weighted by their weighting (float64 sums, float32 out)."""
     if not results:
-        raise ValueError("expected at least one (parameters, sample count) pair, got none")
-    total = sum(count for _, count in results)
-    if total <= 0 or any(count < 0 for _, count in results):
-        raise ValueError(f"expected non-negative sample counts with a positive sum, got "
-                         f"{[count for _, count in results]}")
+        raise ValueError("expected at least one (parameters, weighting) pair, got none")
+    total = float(sum(weight for _, weight in results))
+    if total <= 0 or any(weight < 0 for _, weight in results):
+        raise ValueError(f"expected non-negative weightings with a positive sum, got {[w for _, w in results]}")
     layers = len(results[0][0])
     if any(len(params) != layers for params, _ in results):
-        raise ValueError(f"expected every leaf to send {layers} arrays, got "
-                         f"{[len(params) for params, _ in results]}")
+        raise ValueError(f"expected every site to send {layers} arrays, got {[len(p) for p, _ in results]}")
     averaged = []
     for index in range(layers):
         acc = np.zeros(np.shape(results[0][0][index]), dtype=np.float64)
-        for params, count in results:
-            acc += np.asarray(params[index], dtype=np.float64) * count
+        for params, weight in results:
+            acc += np.asarray(params[index], dtype=np.float64) * weight
         averaged.append((acc / total).astype(np.float32))
     return averaged
 
 
-Tensors = tuple[torch.Tensor, torch.Tensor]
+@dataclass(frozen=True)
+class Simulation:
+    results: list[SiteResult]
+    centralised: list[RoundMetrics] | None
+    parameters: list[np.ndarray]
 
 
-def _metrics(epoch: int, model: torch.nn.Module, own: Tensors, test: Tensors) -> EpochMetrics:
-    accuracy, loss = evaluate(model, *own)
-    accuracy_test, loss_test = evaluate(model, *test)
-    return EpochMetrics(epoch, accuracy, loss, accuracy_test, loss_test)
+def pooled_arrays(arrays: Sequence[SiteArrays]) -> SiteArrays:
+    """Every site's training records together, and every site's test records together."""
+    first = arrays[0]
+    return SiteArrays(
+        X=np.concatenate([a.X for a in arrays]), y=np.concatenate([a.y for a in arrays]),
+        X_test=np.concatenate([a.X_test for a in arrays]), y_test=np.concatenate([a.y_test for a in arrays]),
+        imputed=first.imputed,
+    )
 
 
-def train_alone(
-    X: np.ndarray,
-    y: np.ndarray,
-    X_test: np.ndarray,
-    y_test: np.ndarray,
-    *,
-    epochs: int,
-    config: TrainConfig,
-    seed: int,
-) -> list[EpochMetrics]:
-    """Train one model on ``(X, y)`` only; one epoch = one ``train_local`` call, as one federated round."""
-    model = build_model(X.shape[1], seed=seed)
-    own, test = (to_tensor(X), to_tensor(y)), (to_tensor(X_test), to_tensor(y_test))
-    history = []
-    for epoch in range(1, epochs + 1):
-        train_local(model, *own, config=config, seed=seed, epoch=epoch)
-        history.append(_metrics(epoch, model, own, test))
-    return history
-
-
-def fedavg_in_memory(
-    partitions: Mapping[str, Arrays],
-    X_test: np.ndarray,
-    y_test: np.ndarray,
-    *,
-    rounds: int,
-    config: TrainConfig,
-    seed: int,
-) -> dict[str, list[EpochMetrics]]:
-    """FedAvg over ``partitions`` (organisation -> (X, y)); per organisation, metrics of each round's aggregate.
-
-    All leaves start from ``build_model(k, seed=seed)``; leaf ``org`` shuffles with ``leaf_seed(seed, org)``.
-    """
-    if not partitions:
-        raise ValueError("expected at least one organisation, got none")
-    data = {org: (to_tensor(X), to_tensor(y)) for org, (X, y) in partitions.items()}
-    test = (to_tensor(X_test), to_tensor(y_test))
-    model = build_model(X_test.shape[1], seed=seed)
-    global_params = get_parameters(model)
-    history: dict[str, list[EpochMetrics]] = {org: [] for org in data}
-    for epoch in range(1, rounds + 1):
-        results = []
-        for org, (X, y) in data.items():
-            set_parameters(model, global_params)
-            train_local(model, X, y, config=config, seed=leaf_seed(seed, org), epoch=epoch)
-            results.append((get_parameters(model), len(y)))
-        global_params = weighted_average(results)
-        set_parameters(model, global_params)
-        accuracy_test, loss_test = evaluate(model, *test)
-        for org, own in data.items():
-            accuracy, loss = evaluate(model, *own)
-            history[org].append(EpochMetrics(epoch, accuracy, loss, accuracy_test, loss_test))
-    return history
-
-
-def metrics_frame(mode: str, history: Mapping[str, Sequence[EpochMetrics]]) -> pd.DataFrame:
-    """Long frame (``mode``, ``organisation``, ``epoch``, metrics…) as ``plot_results`` expects."""
-    rows = [{"mode": mode, "organisation": org, **asdict(m)} for org, ms in history.items() for m in ms]
-    columns = ["mode", "organisation", *EpochMetrics.__dataclass_fields__]
-    return pd.DataFrame(rows, columns=columns)
+def simulate(
+    spec: FederationSpec, tables: Mapping[str, SiteTable], *, baselines: bool = True, centralised: bool = True
+) -> Simulation:
+    """Run the spec over the sites' tables (site name -> its table, as the leaves prepare it)."""
+    roster = spec.roster()
+    if sorted(tables) != roster:
+        raise ValueError(f"expected tables for the spec's sites {roster}, got {sorted(tables)}")
+    agreed, _steps = run_in_lockstep(
+        {site: preprocessing_protocol(spec=spec, site=site, table=tables[site]) for site in roster}
+    )
+    preprocessing = agreed[roster[0]].preprocessing
+    arrays = {site: site_arrays(tables[site], preprocessing) for site in roster}
+    n_inputs = len(preprocessing.input_names)
+    parameters = initial_parameters(spec, n_inputs)
+    history: dict[str, list[RoundMetrics]] = {site: [] for site in roster}
+    digests: list[str] = []
+    for epoch in range(1, spec.train.rounds + 1):
+        updates = [
+            (fit(parameters, arrays[site].X, arrays[site].y, spec=spec, seed=site_seed(spec.train.seed, site),
+                 epoch=epoch), float(arrays[site].records))
+            for site in roster
+        ]
+        parameters = weighted_average(updates)
+        digests.append(parameter_digest(parameters))
+        for site in roster:
+            history[site].append(measure(parameters, arrays[site], spec=spec, epoch=epoch))
+    results = [
+        SiteResult(
+            site=site,
+            records=arrays[site].records,
+            test_records=len(arrays[site].y_test),
+            unlabelled=tables[site].unlabelled,
+            preprocessing=preprocessing,
+            federated=history[site],
+            alone=train_alone(arrays[site], spec=spec, seed=site_seed(spec.train.seed, site)) if baselines else [],
+            parameter_digests=digests,
+            imputed=arrays[site].imputed.imputed,
+        )
+        for site in roster
+    ]
+    central = None
+    if centralised:
+        central = train_alone(pooled_arrays([arrays[site] for site in roster]), spec=spec, seed=spec.train.seed)
+    return Simulation(results=results, centralised=central, parameters=parameters)

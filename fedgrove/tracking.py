@@ -28,13 +28,10 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from enum import Enum
 from pathlib import PurePath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Secret, SecretBytes, SecretStr
-
-if TYPE_CHECKING:  # not at run time: fedgrove.simulation imports torch
-    from fedgrove.simulation import EpochMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -64,19 +61,19 @@ _variables = _Outbox()
 _timeout_installed = False
 
 
-def track_round(metrics: EpochMetrics, *, leaf_name: str) -> None:
-    """Record one round of one leaf; inside an AskAnna run, push it before returning."""
+TRACKED_METRICS = ("accuracy", "loss", "accuracy_test", "loss_test")
+"""The four metrics of the BranchKey–AskAnna guide, per epoch and leaf."""
+
+
+def track_round(metrics: Mapping[str, float | None], *, epoch: int, leaf_name: str) -> None:
+    """Record one round of one leaf (`TRACKED_METRICS` of `metrics`; an undefined value is left out); inside
+    an AskAnna run, push it before returning."""
     import askanna  # imported late: it reads the nearest .env and configures itself on import
     from askanna.sdk.track import metric_collector
 
-    values = {
-        "accuracy": metrics.accuracy,
-        "loss": metrics.loss,
-        "accuracy_test": metrics.accuracy_test,
-        "loss_test": metrics.loss_test,
-    }
+    values = {name: metrics[name] for name in TRACKED_METRICS if metrics.get(name) is not None}
     with _collect_lock, _local_file_written_at_exit(metric_collector):
-        askanna.track_metrics(values, label={"epoch": metrics.epoch, "leaf": leaf_name})
+        askanna.track_metrics(values, label={"epoch": epoch, "leaf": leaf_name})
         _metrics.tracked += 1
         mine = _metrics.tracked
     if metric_collector.run_suuid:

@@ -1,138 +1,158 @@
-"""`leaf-training`: one organisation's side of federated training, run where its data lives.
+"""`leaf-training`: one site's side of a federated run, run where its data lives.
 
-Without a `selection` in its config, the leaf first standardises and selects features together with the
-other leaves of its branch (`tasks.preprocessing`: sums only, no record leaves the organisation).
-
-Credentials come from the environment or the `.env` file named in the config (never from a parameter):
-the flow's parameters are shown in the Prefect UI and stored with every run.
+The coordinator sends an `assignment` (the spec without any site's source, the site's name, the run id);
+everything that is the site's own (its data source, scratch folder, credentials, artifact store) comes from
+the site: its worker's environment, or its own deployment's `site` parameter. A `site` parameter that
+differs from the deployment's own, i.e. one set by whoever started the run, is refused, as are
+site-owned keys inside the assignment. Credentials never travel as parameters: Prefect shows parameters
+in its UI and stores them with every run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
-from dataclasses import asdict
-from pathlib import Path
-from typing import Literal
+from typing import Any
 
-import numpy as np
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fedgrove.federated_stats import DEFAULT_MIN_RECORDS
-from fedgrove.features import FeatureSelection
-from fedgrove.model import TrainConfig, build_model, get_parameters
-from fedgrove.progress import ProgressReporter
-from fedgrove.settings import LeafSettings
-from fedgrove.simulation import leaf_seed
-from tasks.data import load_leaf_data
-from tasks.outputs import publish_leaf_result
-from tasks.federation import connect_leaf, load_aggregate, report_performance, upload_parameters, wait_for_aggregation
-from tasks.preprocessing import federated_feature_selection, read_training_records
-from tasks.training import evaluate_and_track, fit_local
+from fedgrove.client_output import route_sdk_output_to_debug_log
+from fedgrove.progress import ProgressReporter, round_finished
+from fedgrove.results import SiteResult, parameter_digest
+from fedgrove.settings import LeafSettings, PipelineSettings
+from fedgrove.site_config import SiteConfig, shared_artifacts_url, site_config_from_environment
+from fedgrove.site_training import initial_parameters
+from fedgrove.spec import FederationSpec
+from tasks.exchange import connect_leaf, load_aggregate, report_performance, upload_parameters, wait_for_aggregation
+from tasks.preprocessing import agree_preprocessing, read_site_data
+from tasks.site_results import publish_site_result
+from tasks.training import evaluate_and_track, fit_local, prepare_inputs, train_alone_task
+
+SITE_OWNED_KEYS = ("data", "sql", "data_path", "test_path", "work_dir", "env_file", "artifacts", "base_dir")
+REPORT_EVERY_ROUNDS = 10
 
 
-class LeafTrainingConfig(BaseModel):
-    organisation: str
-    data_path: Path
-    test_path: Path
-    selection: FeatureSelection | None = Field(
-        default=None, description="shared standardisation and features; None: select them federatedly (LRT)"
-    )
-    features: int = Field(default=4, ge=1, le=30, description="how many features federated selection keeps")
-    min_records: int = Field(
-        default=DEFAULT_MIN_RECORDS, ge=1, description="fewer training records: refuse federated preprocessing"
-    )
-    rounds: int = Field(default=50, ge=1)
-    train: TrainConfig = TrainConfig()
-    seed: int = 0
-    env_file: Path | None = Field(default=None, description="this leaf's credentials (.env); default: environment")
-    work_dir: Path = Path(".fedgrove/leaf")
+class SiteOwnedParameter(ValueError):
+    """A parameter tried to set what only the site sets."""
+
+
+class LeafAssignment(BaseModel):
+    """What the coordinator tells a site: what to train and under which run. Nothing the site owns."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: FederationSpec
+    site: str = Field(description="this site's name, one of the spec's sites")
+    run_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
     aggregation_timeout_s: float = Field(default=120.0, gt=0)
     progress_artifact_id: str | None = None
-    run_id: str = Field(default="leaf", pattern=r"^[A-Za-z0-9._-]{1,64}$")
-    artifacts: str | None = Field(default=None, description="artifact store for this leaf's result (no secrets)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_site_owned_keys(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            owned = [key for key in SITE_OWNED_KEYS if key in value]
+            if owned:
+                raise ValueError(
+                    f"parameter {', '.join(repr(k) for k in owned)} sets what only the site sets (its data source, "
+                    "scratch folder, credentials and artifact store are set at the site: FEDGROVE_SITE_DATA and "
+                    "friends in its worker's environment, or its own deployment's `site` parameter)"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _spec_names_no_source(self) -> LeafAssignment:
+        if self.site not in self.spec.sites:
+            raise ValueError(f"site {self.site!r} is not one of the spec's sites {self.spec.roster()}")
+        with_source = [name for name, source in self.spec.sites.items() if source is not None]
+        if with_source:
+            raise ValueError(f"parameter 'spec.sites' sets the data source of {', '.join(with_source)}; only a site "
+                             "sets its own (fix: send spec.shared(), the site names alone)")
+        return self
 
 
-class LeafTrainingResult(BaseModel):
-    organisation: str
-    leaf_name: str
-    records: int
-    history: list[dict[str, float]]
-    parameter_digests: list[str]
-    round_seconds: list[float]
-    parameters_path: Path
-    selection: FeatureSelection
-    preprocessing: Literal["federated", "pooled"]
+def refuse_site_config_from_caller(site: SiteConfig | None) -> None:
+    """In a deployment run, `site` must be the deployment's own parameter, not the caller's."""
+    from prefect.runtime import deployment, flow_run
+
+    if deployment.id is None:
+        return  # called in-process by a coordinator on this machine: it is the site
+    given = (flow_run.parameters or {}).get("site")
+    own = (deployment.parameters or {}).get("site")
+    if site is not None and _normalised(given) != _normalised(own):
+        raise SiteOwnedParameter(
+            "parameter 'site' was set by whoever started this run, not by this site's own deployment; a site's "
+            "data source, scratch folder and credentials are set only at the site (fix: start the run with the "
+            "assignment alone)"
+        )
 
 
-def parameter_digest(parameters: list[np.ndarray]) -> str:
-    digest = hashlib.sha256()
-    for layer in parameters:
-        digest.update(str((layer.shape, layer.dtype.str)).encode())
-        digest.update(np.ascontiguousarray(layer).tobytes())
-    return digest.hexdigest()
+def _normalised(value: Any) -> Any:
+    return SiteConfig.model_validate(value).model_dump(mode="json") if value is not None else None
 
 
 @flow(name="leaf-training")
-def leaf_training(config: LeafTrainingConfig) -> LeafTrainingResult:
+def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) -> SiteResult:
     logger = get_run_logger()
-    settings = LeafSettings.load(config.env_file)
-    session = connect_leaf(settings, config.work_dir)
-    seed = leaf_seed(config.seed, config.organisation)
+    refuse_site_config_from_caller(site)
+    spec, name = assignment.spec, assignment.site
+    config = site or site_config_from_environment(name)
+    settings = PipelineSettings()
+    if not settings.verbose:
+        route_sdk_output_to_debug_log()
+    credentials = LeafSettings.load(config.env_file)
+    work_dir = (config.work_dir or settings.work_dir).resolve() / "leaves" / assignment.run_id / name
+    session = connect_leaf(credentials, work_dir)
+    progress = ProgressReporter(assignment.progress_artifact_id, logger=logger) \
+        if assignment.progress_artifact_id else None
     history, digests, round_seconds = [], [], []
-    progress = ProgressReporter(config.progress_artifact_id, logger=logger) if config.progress_artifact_id else None
     try:
-        selection = config.selection
-        if selection is None:
-            selection = federated_feature_selection(
-                session, read_training_records(config.data_path), k=config.features,
-                min_records=config.min_records, timeout_s=config.aggregation_timeout_s,
-            )
-        data = load_leaf_data(config.data_path, config.test_path, selection)
-        parameters = get_parameters(build_model(len(selection.features), seed=config.seed))
-        for round_number in range(1, config.rounds + 1):
-            round_started = time.perf_counter()
-            local = fit_local(parameters, data, config=config.train, seed=seed, round_number=round_number)
-            upload_parameters(session, local, weighting=float(data.records), round_number=round_number)
-            aggregation_id = wait_for_aggregation(
-                session, round_number=round_number, timeout_s=config.aggregation_timeout_s
-            )
+        reading = read_site_data(spec, site=name, source=config.data, base_dir=config.base_dir)
+        agreed = agree_preprocessing(session, reading, spec=spec, site=name, timeout_s=assignment.aggregation_timeout_s)
+        assert reading.table is not None  # a site without a table made the agreement refuse
+        arrays = prepare_inputs(reading.table, agreed.preprocessing)
+        parameters = initial_parameters(spec, len(agreed.preprocessing.input_names))
+        for round_number in range(1, spec.train.rounds + 1):
+            started = time.perf_counter()
+            local = fit_local(parameters, arrays, spec=spec, site=name, round_number=round_number)
+            upload_parameters(session, local, weighting=float(arrays.records), round_number=round_number)
+            aggregation_id = wait_for_aggregation(session, round_number=round_number,
+                                                  timeout_s=assignment.aggregation_timeout_s)
             parameters = load_aggregate(session, aggregation_id, template=local)
-            metrics = evaluate_and_track(parameters, data, round_number=round_number, leaf_name=settings.leaf_name)
-            history.append(asdict(metrics))
+            metrics = evaluate_and_track(parameters, arrays, spec=spec, round_number=round_number,
+                                         leaf_name=credentials.leaf_name)
+            history.append(metrics)
             digests.append(parameter_digest(parameters))
-            round_seconds.append(time.perf_counter() - round_started)
-            if round_number == config.rounds or round_number % 10 == 0:
-                report_performance(session, aggregation_id, asdict(metrics))
+            round_seconds.append(time.perf_counter() - started)
+            if round_number == spec.train.rounds or round_number % REPORT_EVERY_ROUNDS == 0:
+                report_performance(session, aggregation_id, metrics.flat())
             if progress is not None:
-                progress.report(100.0 * round_number / config.rounds)
-            logger.info(
-                "%s round %d/%d: accuracy_test %.3f, loss_test %.4f",
-                config.organisation, round_number, config.rounds, metrics.accuracy_test, metrics.loss_test,
-            )
+                progress.report(100.0 * round_number / spec.train.rounds)
+            round_finished(assignment.run_id, name, round_number, spec.train.rounds)
+            logger.info("%s round %d/%d: accuracy_test %s, loss_test %s", name, round_number, spec.train.rounds,
+                        _shown(metrics.test.accuracy, 3), _shown(metrics.test.loss, 4))
     finally:
         if progress is not None:
             progress.close()  # never raises, so the session below is closed whatever happens here
         session.close()
-    parameters_path = config.work_dir / "final-parameters.npz"
-    np.savez(parameters_path, **{f"layer_{i}": layer for i, layer in enumerate(parameters)})
-    result = LeafTrainingResult(
-        organisation=config.organisation,
-        leaf_name=settings.leaf_name,
-        records=data.records,
-        history=history,
+    alone = train_alone_task(arrays, spec=spec, site=name)
+    result = SiteResult(
+        site=name,
+        leaf_name=credentials.leaf_name,
+        records=arrays.records,
+        test_records=len(arrays.y_test),
+        unlabelled=reading.table.unlabelled,
+        preprocessing=agreed.preprocessing,
+        federated=history,
+        alone=alone,
         parameter_digests=digests,
         round_seconds=round_seconds,
-        parameters_path=parameters_path,
-        selection=selection,
-        preprocessing="pooled" if config.selection is not None else "federated",
+        imputed=arrays.imputed.imputed,
     )
-    publish_leaf_result(
-        run_id=config.run_id,
-        artifacts_url=config.artifacts,
-        organisation=config.organisation,
-        result=result.model_dump(mode="json"),
-        parameters_path=parameters_path,
-    )
+    publish_site_result(run_id=assignment.run_id, artifacts_url=config.artifacts or shared_artifacts_url(None),
+                        result=result, parameters=parameters, staging=work_dir / "result")
     return result
+
+
+def _shown(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

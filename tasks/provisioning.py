@@ -3,11 +3,11 @@
 - no BRANCHKEY_HOST: start the aggregator as a child process on a free loopback port for the run (a process of
   its own: in a thread it shared the interpreter lock with the leaves) and create a branch;
 - BRANCHKEY_HOST and FEDGROVE_ADMIN_TOKEN: create a branch on that aggregator through its admin API;
-- FEDGROVE_LEAF_ENV_DIR: use the `<organisation>.env` credentials found there (e.g. a hosted BranchKey
-  branch created in its dashboard).
+- FEDGROVE_LEAF_ENV_DIR: use the `<site>.env` credentials found there (e.g. a hosted BranchKey branch created
+  in its dashboard).
 Each leaf gets a `.env` file (mode 0600) that only its own flow reads; no token passes through a parameter.
-Branches are created with `analytics_default_op="sum"`: federated preprocessing sends hand-made fields (Newton
-sums) that the server must add up; a hosted branch needs the same setting in its configuration.
+Federated preprocessing needs no branch setting: every field it sends ends in `_sum`, which any BranchKey
+server adds up.
 """
 
 from __future__ import annotations
@@ -38,22 +38,22 @@ class Federation:
 
 
 @contextmanager
-def federation(
+def provide_branch(
     settings: PipelineSettings,
     *,
-    organisations: list[str],
+    sites: list[str],
     run_id: str,
     credentials_dir: Path,
     branch_options: dict | None = None,
 ) -> Iterator[Federation]:
     logger = get_run_logger()
     if settings.leaf_env_dir is not None:
-        env_files = {org: settings.leaf_env_dir / f"{org}.env" for org in organisations}
+        env_files = {site: settings.leaf_env_dir / f"{site}.env" for site in sites}
         missing = [str(path) for path in env_files.values() if not path.is_file()]
         if missing:
             raise ProvisioningError(
                 f"FEDGROVE_LEAF_ENV_DIR={settings.leaf_env_dir} lacks {', '.join(missing)} "
-                "(fix: one <organisation>.env per organisation, as `fedgrove branch create --env-dir` writes)"
+                "(fix: one <site>.env per site, as `fedgrove branch create --env-dir` writes)"
             )
         yield Federation(host=settings.branchkey_host or "", branch_id=None, env_files=env_files)
         return
@@ -73,15 +73,15 @@ def federation(
     try:
         with AdminClient(host, token, verify=settings.verify_ssl) as admin:
             created = admin.create_branch(
-                tree="fedgrove-demo",
+                tree="fedgrove",
                 # A run id may be used again (askanna.yml's fixed one, run twice in one checkout) and the
                 # embedded aggregator's branches outlive a run: each run gets a branch of its own.
                 branch=f"run-{run_id}-{secrets.token_hex(3)}",
-                leaves=len(organisations),
-                leaf_names=organisations,
-                **{"analytics_default_op": "sum", **(branch_options or {})},
+                leaves=len(sites),
+                leaf_names=sites,
+                **(branch_options or {}),
             )
-        logger.info("created branch %s with %d leaves", created["branch_id"], len(organisations))
+        logger.info("created branch %s with %d leaves", created["branch_id"], len(sites))
         env_files = {
             leaf["name"]: write_leaf_env(credentials_dir / f"{leaf['name']}.env", leaf, host)
             for leaf in created["leaves"]

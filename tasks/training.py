@@ -1,37 +1,48 @@
-"""Tasks that train on a leaf's own data and measure the model; pure apart from the metrics they record."""
+"""Tasks that train on a site's own records and measure the model: thin wrappers of `fedgrove.site_training`.
+
+A retried task starts from the same inputs (they are never modified), so a retry repeats, never compounds.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 from prefect import task
 
-from fedgrove.model import TrainConfig, build_model, evaluate, get_parameters, set_parameters, train_local
-from fedgrove.simulation import EpochMetrics
+from fedgrove.metrics import RoundMetrics
+from fedgrove.site_table import site_seed
+from fedgrove.site_training import SiteArrays, fit, measure, site_arrays, train_alone
+from fedgrove.encoding import Preprocessing
+from fedgrove.site_table import SiteTable
+from fedgrove.spec import FederationSpec
 from fedgrove.tracking import track_round
-from tasks.data import LeafData
 from tasks.options import LOCAL
+
+
+@task(name="prepare-inputs", **LOCAL)
+def prepare_inputs(table: SiteTable, preprocessing: Preprocessing) -> SiteArrays:
+    """The site's records turned into model inputs with the agreed preprocessing."""
+    return site_arrays(table, preprocessing)
 
 
 @task(name="fit-local", **LOCAL)
 def fit_local(
-    parameters: list[np.ndarray], data: LeafData, *, config: TrainConfig, seed: int, round_number: int
+    parameters: list[np.ndarray], arrays: SiteArrays, *, spec: FederationSpec, site: str, round_number: int
 ) -> list[np.ndarray]:
-    """Train from `parameters` for the configured local epochs; returns new parameters (inputs untouched,
-    so a retry starts from the same place)."""
-    model = build_model(data.X.shape[1], seed=0)
-    set_parameters(model, parameters)
-    train_local(model, data.X, data.y, config=config, seed=seed, epoch=round_number)
-    return get_parameters(model)
+    """Train from `parameters` for the spec's local epochs on this site's training records."""
+    return fit(parameters, arrays.X, arrays.y, spec=spec, seed=site_seed(spec.train.seed, site), epoch=round_number)
 
 
 @task(name="evaluate-and-track", **LOCAL)
 def evaluate_and_track(
-    parameters: list[np.ndarray], data: LeafData, *, round_number: int, leaf_name: str
-) -> EpochMetrics:
-    model = build_model(data.X.shape[1], seed=0)
-    set_parameters(model, parameters)
-    accuracy, loss = evaluate(model, data.X, data.y)
-    accuracy_test, loss_test = evaluate(model, data.X_test, data.y_test)
-    metrics = EpochMetrics(round_number, accuracy, loss, accuracy_test, loss_test)
-    track_round(metrics, leaf_name=leaf_name)
+    parameters: list[np.ndarray], arrays: SiteArrays, *, spec: FederationSpec, round_number: int, leaf_name: str
+) -> RoundMetrics:
+    """Measure the aggregate on this site's records; record the four metrics in AskAnna."""
+    metrics = measure(parameters, arrays, spec=spec, epoch=round_number)
+    track_round(metrics.flat(), epoch=round_number, leaf_name=leaf_name)
     return metrics
+
+
+@task(name="train-alone", **LOCAL)
+def train_alone_task(arrays: SiteArrays, *, spec: FederationSpec, site: str) -> list[RoundMetrics]:
+    """The baseline: the same model on this site's records only, for as many epochs as the federation's rounds."""
+    return train_alone(arrays, spec=spec, seed=site_seed(spec.train.seed, site))

@@ -1,49 +1,28 @@
-"""`fedgrove`: the commands Prefect's own CLI does not cover — serve the aggregator, create branches and
-leaves, change a branch's run status, run the demo, predict with a trained model, serve the weekly flow."""
+"""The aggregation server's commands: serve it, create branches and leaves (the BranchKey dashboard's job),
+show a branch, and start, pause or stop its run. They speak to the server through its admin API only."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+from fedgrove_cli.console import console, fail as _fail
+
 aggregator_app = typer.Typer(no_args_is_help=True, help="The aggregation server.")
 branch_app = typer.Typer(no_args_is_help=True, help="Trees, branches and leaves (the BranchKey dashboard's job).")
 run_app = typer.Typer(no_args_is_help=True, help="Start, pause or stop a branch's run.")
-app.add_typer(aggregator_app, name="aggregator")
-app.add_typer(branch_app, name="branch")
-app.add_typer(run_app, name="run")
-console = Console()
 
 DEFAULT_HOST = "http://127.0.0.1:8080"
 HostOption = Annotated[str, typer.Option(help="The aggregator's URL.", envvar="BRANCHKEY_HOST")]
 DataDirOption = Annotated[
     Path, typer.Option(help="The aggregator's data folder (holds its admin token).", envvar="FEDGROVE_DATA_DIR")
 ]
-
-
-class Split(str, Enum):
-    iid = "iid"
-    dirichlet = "dirichlet"
-
-
-class Preprocessing(str, Enum):
-    federated = "federated"
-    pooled = "pooled"
-
-
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(1)
 
 
 def _admin(host: str, data_dir: Path):  # type: ignore[no-untyped-def]
@@ -108,13 +87,7 @@ def branch_create(
             if (env_dir / f"{name}.env").exists():
                 _fail(f"{env_dir / f'{name}.env'} exists and may hold another branch's credentials; nothing was "
                       "created (fix: choose another --env-dir, or move the file away)")
-    # "sum": the Newton sums of federated preprocessing are hand-made fields the server adds up.
-    options = {
-        "leaf_names": leaf_name or None,
-        "round_timeout_s": round_timeout,
-        "min_leaves": min_leaves,
-        "analytics_default_op": "sum",
-    }
+    options = {"leaf_names": leaf_name or None, "round_timeout_s": round_timeout, "min_leaves": min_leaves}
     try:
         with _admin(host, data_dir) as admin:
             created = admin.create_branch(
@@ -206,100 +179,3 @@ def run_pause(branch_id: str, host: HostOption = DEFAULT_HOST, data_dir: DataDir
 def run_stop(branch_id: str, host: HostOption = DEFAULT_HOST, data_dir: DataDirOption = Path(".fedgrove")) -> None:
     """Set the run to `stop`; a later start begins a new run number."""
     _set_run("stop", branch_id, host, data_dir)
-
-
-def quiet_task_run_logs() -> None:
-    """No "Finished in state Completed()" line per task run (1,250 in a 50-round demo); warnings still show."""
-    logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
-
-
-@app.command()
-def demo(
-    organisations: Annotated[int, typer.Option(help="Number of organisations (leaves).")] = 5,
-    rounds: Annotated[int, typer.Option(help="Federated rounds (= epochs of the baselines).")] = 50,
-    split: Annotated[Split, typer.Option(help="iid, or dirichlet label skew.")] = Split.iid,
-    alpha: Annotated[float, typer.Option(help="Dirichlet concentration (with --split dirichlet).")] = 0.5,
-    seed: Annotated[int, typer.Option(help="Seed of the split, the model and the shuffles.")] = 0,
-    preprocessing: Annotated[
-        Preprocessing, typer.Option(help="federated (from sums, the default) or pooled (for comparison).")
-    ] = Preprocessing.federated,
-    out: Annotated[str | None, typer.Option(help="Artifact store: a folder or s3://bucket/prefix.")] = None,
-    run_id: Annotated[str | None, typer.Option(help="Name of the run folder (default: time + random).")] = None,
-) -> None:
-    """Train the breast-cancer model across organisations through the aggregator, with Prefect."""
-    if out is not None:
-        os.environ["FEDGROVE_ARTIFACTS"] = out
-    from fedgrove.prefect_ephemeral import temporary_server_for
-    from fedgrove.settings import PipelineSettings
-
-    prefect_server = temporary_server_for(PipelineSettings().prefect_ephemeral_database)
-    with contextlib.ExitStack() as cleanup:
-        if prefect_server is not None:
-            prefect_server.start()  # it boots while the pipeline's modules import
-            cleanup.callback(prefect_server.stop)  # also when something below fails before it serves
-            console.print(f"Starting Prefect's temporary server on {prefect_server.api_url} (in memory: "
-                          f"{prefect_server.in_memory})", highlight=False)
-        from flows.federated_training import FederatedTrainingConfig, federated_training
-
-        quiet_task_run_logs()
-        config = FederatedTrainingConfig(
-            organisations=organisations, rounds=rounds, split=split.value, alpha=alpha, seed=seed, run_id=run_id,
-            preprocessing=preprocessing.value,
-        )
-        if prefect_server is not None:
-            cleanup.enter_context(prefect_server.serving())
-        summary = federated_training(config)
-    table = Table(title=f"test accuracy / loss after {rounds} rounds ({split.value} split)")
-    for column in ("organisation", "records", "federated acc", "alone acc", "federated loss", "alone loss"):
-        table.add_column(column, justify="right")
-    for org, federated in summary["federated"].items():
-        alone = summary["local_only"][org]
-        table.add_row(
-            org, str(summary["records"][org]), f"{federated['accuracy_test']:.3f}", f"{alone['accuracy_test']:.3f}",
-            f"{federated['loss_test']:.4f}", f"{alone['loss_test']:.4f}",
-        )
-    central = summary["centralised"]
-    table.add_row("centralised", str(sum(summary["records"].values())), f"{central['accuracy_test']:.3f}", "",
-                  f"{central['loss_test']:.4f}", "")
-    console.print(table)
-    console.print(f"features ({summary['preprocessing']} preprocessing): {', '.join(summary['features'])}")
-    console.print(f"identical models at every leaf: {summary['identical_models']}; wall time {summary['wall_s']:.1f} s")
-    console.print(f"result.png: {summary['outputs']['result.png']}")
-    console.print(f"model:      {summary['outputs']['model.pt']}")
-
-
-@app.command()
-def predict(
-    data: Annotated[Path, typer.Argument(help="CSV with the model's feature columns.")],
-    model: Annotated[Path, typer.Option(help="A run's model.pt (model.json must sit beside it).")],
-) -> None:
-    """Print one prediction per row of a CSV file: row, probability of benign (target 1), prediction."""
-    import pandas as pd
-
-    from fedgrove.predict import predict as predict_frame
-
-    try:
-        frame = pd.read_csv(data)
-        predictions = predict_frame(model, frame)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        _fail(str(exc))
-    print("row,probability,prediction")
-    for index, row in predictions.iterrows():
-        print(f"{index},{row['probability']:.6f},{int(row['prediction'])}")
-
-
-@app.command()
-def serve(
-    cron: Annotated[str, typer.Option(help="When to retrain.")] = "0 3 * * 1",
-    timezone: Annotated[str, typer.Option(help="Time zone of the cron schedule.")] = "Europe/Amsterdam",
-) -> None:
-    """Serve the weekly `federated-training/weekly` deployment from this machine (needs a Prefect server)."""
-    from prefect.client.schemas.schedules import CronSchedule
-
-    from flows.federated_training import federated_training
-
-    federated_training.serve(name="weekly", schedules=[CronSchedule(cron=cron, timezone=timezone)])
-
-
-if __name__ == "__main__":
-    app()

@@ -1,8 +1,11 @@
-"""Tasks that talk to the aggregation server through the official `branchkey` client.
+"""Tasks that talk to the aggregation server through the official `branchkey` client: connect, upload an
+archive, wait for the aggregation it completes, download the result.
 
 A `LeafSession` wraps the client with what the client's one-slot notification queue does not keep:
 the aggregation ids this leaf has already loaded (so a stale or repeated id is ignored) and ids that
-arrived before the leaf started waiting (so draining the queue before an upload loses nothing).
+arrived before the leaf started waiting (so draining the queue before an upload loses nothing). Model
+parameters (`save_weights`) and preprocessing sums (`save_fields`) travel the same way: one upload path,
+one download path.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import queue
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,13 +24,16 @@ from prefect import get_run_logger, task
 from fedgrove.settings import LeafSettings
 from tasks.options import LOCAL, TRANSIENT
 
+FEDERATED_ANALYTICS = "federated_analytics"
+PAYLOAD_KIND_KEY = "__bk_payload_kind__"
+
 
 class AggregationTimeout(RuntimeError):
     """No aggregation arrived in time; Prefect retries the wait."""
 
 
 class AggregateMismatch(ValueError):
-    """The downloaded aggregate does not fit the local model."""
+    """The downloaded aggregate does not fit the local model, or is not the kind of archive expected."""
 
 
 @dataclass
@@ -67,15 +74,35 @@ def connect_leaf(settings: LeafSettings, work_dir: Path) -> LeafSession:
     return LeafSession(client=client, leaf_name=settings.leaf_name, branch_id=settings.branch_id, work_dir=work_dir)
 
 
-@task(name="upload-parameters", **TRANSIENT)
-def upload_parameters(session: LeafSession, parameters: list[np.ndarray], *, weighting: float, round_number: int) -> str:
-    """`save_weights` + `file_upload`. A retried upload replaces this leaf's earlier one on the server."""
-    path = session.client.save_weights(str(session.work_dir / f"round-{round_number}"), weighting, parameters)
+def _upload(session: LeafSession, path: str) -> str:
     session.drain()
     try:
         return session.client.file_upload(path)
     finally:
         Path(path).unlink(missing_ok=True)
+
+
+def _download(session: LeafSession, aggregation_id: str) -> dict[str, np.ndarray]:
+    path = Path(session.client.file_download(aggregation_id))
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@task(name="upload-parameters", **TRANSIENT)
+def upload_parameters(session: LeafSession, parameters: list[np.ndarray], *, weighting: float, round_number: int) -> str:
+    """`save_weights` + `file_upload`. A retried upload replaces this leaf's earlier one on the server."""
+    path = session.client.save_weights(str(session.work_dir / f"round-{round_number}"), weighting, parameters)
+    return _upload(session, path)
+
+
+@task(name="upload-sums", task_run_name="upload-sums-{step}", **TRANSIENT)
+def upload_sums(session: LeafSession, sums: Mapping[str, np.ndarray], *, step: str) -> str:
+    """`save_fields` + `file_upload` of one archive of sums. A retried upload replaces the earlier one."""
+    path = session.client.save_fields(dict(sums), file_path=str(session.work_dir / f"preprocessing-{step}"))
+    return _upload(session, path)
 
 
 @task(name="wait-for-aggregation", retries=2, retry_delay_seconds=[1, 1], cache_policy=LOCAL["cache_policy"])
@@ -115,17 +142,12 @@ def waiting_for(session: LeafSession) -> str:
 @task(name="load-aggregate", **TRANSIENT)
 def load_aggregate(session: LeafSession, aggregation_id: str, *, template: list[np.ndarray]) -> list[np.ndarray]:
     """Download the aggregate and check it fits the local model (count, shapes, dtypes, finite values)."""
-    path = Path(session.client.file_download(aggregation_id))
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            names = sorted((k for k in archive.files if k.startswith("layer_")), key=lambda k: int(k[6:]))
-            if len(names) != len(template):
-                raise AggregateMismatch(
-                    f"aggregate {aggregation_id} has {len(names)} layers; the local model has {len(template)}"
-                )
-            layers = [archive[name] for name in names]
-    finally:
-        path.unlink(missing_ok=True)
+    archive = _download(session, aggregation_id)
+    names = sorted((k for k in archive if k.startswith("layer_")), key=lambda k: int(k[6:]))
+    if len(names) != len(template):
+        raise AggregateMismatch(f"aggregate {aggregation_id} has {len(names)} layers; the local model has "
+                                f"{len(template)}")
+    layers = [archive[name] for name in names]
     for index, (layer, local) in enumerate(zip(layers, template, strict=True)):
         if layer.shape != local.shape or layer.dtype != local.dtype:
             raise AggregateMismatch(
@@ -138,7 +160,23 @@ def load_aggregate(session: LeafSession, aggregation_id: str, *, template: list[
     return layers
 
 
-@task(name="report-performance", **LOCAL)
-def report_performance(session: LeafSession, aggregation_id: str, metrics: dict[str, float]) -> bool:
-    """Send the round's test metrics to the server's performance analysis (best effort, as the client does)."""
+@task(name="load-pooled-sums", **TRANSIENT)
+def load_pooled_sums(session: LeafSession, aggregation_id: str) -> dict[str, np.ndarray]:
+    """Download a combined federated-analytics archive and mark it loaded."""
+    fields = _download(session, aggregation_id)
+    kind = fields.pop(PAYLOAD_KIND_KEY, None)
+    fields.pop("weighting", None)
+    if kind is None or str(kind.reshape(-1)[0]) != FEDERATED_ANALYTICS:
+        raise AggregateMismatch(
+            f"expected aggregation {aggregation_id} to be a {FEDERATED_ANALYTICS} archive, got "
+            f"{'a federated_learning one' if kind is None else repr(str(kind))} (fix: start preprocessing on a "
+            "branch whose open aggregation is empty, before any training round)"
+        )
+    session.loaded.add(aggregation_id)
+    return fields
+
+
+@task(name="report-performance", **TRANSIENT)
+def report_performance(session: LeafSession, aggregation_id: str, metrics: dict[str, float | None]) -> bool:
+    """Send the round's test metrics to the server's performance analysis."""
     return session.client.send_performance_metrics(aggregation_id, json.dumps(metrics), mode="test")

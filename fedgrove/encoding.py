@@ -1,0 +1,199 @@
+"""The agreed preprocessing as data: how any site, or `fedgrove predict`, turns a table into model inputs.
+
+Why this module exists: every site must turn its records into exactly the same input columns, and a saved
+model must score new records exactly as it was trained. So the outcome of federated preprocessing is one
+JSON-serialisable object, carried by every leaf's result and by `model.json`:
+
+- numeric columns: missing cells imputed with the pooled mean, then standardised with the pooled mean and
+  standard deviation (population, over the imputed column);
+- categorical columns: one-hot over the agreed levels (sorted), plus `<other>` for categories rarer than
+  `min_category_count` over all sites or unseen in training, plus `<missing>` for empty cells; each
+  indicator is standardised too, with its pooled share p (mean p, standard deviation sqrt(p(1-p)));
+- an encoded column that is constant over all sites' training records carries no information and is left out;
+- optionally, only the `k` selected encoded columns feed the model (`selected`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from fedgrove.values import Label, canonical_label, category_strings, label_sort_key
+
+OTHER = "<other>"
+MISSING = "<missing>"
+
+
+class EncodedColumn(BaseModel):
+    """One model input: a numeric column, or one level of a categorical column, with its standardisation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str  # "age", or "smoker=yes"
+    column: str
+    level: str | None = None  # None for a numeric column
+    mean: float
+    std: float
+
+
+class CategoricalLevels(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    column: str
+    levels: list[str]  # kept categories, sorted; OTHER / MISSING are separate flags
+    other: bool  # rare or unseen categories have a column of their own
+    missing: bool  # empty cells have a column of their own
+
+
+class Preprocessing(BaseModel):
+    """Everything needed to turn a table into the model's inputs and labels."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: str
+    labels: list[Label]
+    numeric: dict[str, float]  # column -> pooled mean (the imputation value)
+    categorical: list[CategoricalLevels]
+    encoded: list[EncodedColumn]  # every non-constant encoded column, in order
+    dropped_constant: list[str] = []
+    selected: list[str] | None = None  # names of the encoded columns the model reads; None: all
+    p_values: list[float] | None = None  # of `selected`, in order
+    training_records: int
+    method: str = "federated"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Preprocessing:
+        names = [c.name for c in self.encoded]
+        if self.selected is not None:
+            unknown = [n for n in self.selected if n not in names]
+            if unknown or not self.selected:
+                raise ValueError(f"expected selected columns among the encoded ones, got unknown {unknown}")
+            if self.p_values is not None and len(self.p_values) != len(self.selected):
+                raise ValueError(f"expected one p-value per selected column, got {len(self.p_values)} for "
+                                 f"{len(self.selected)}")
+        if any(not np.isfinite(c.std) or c.std <= 0 for c in self.encoded):
+            raise ValueError("expected every encoded column's standard deviation to be finite and > 0")
+        return self
+
+    @property
+    def inputs(self) -> list[EncodedColumn]:
+        """The encoded columns the model reads, in its input order."""
+        if self.selected is None:
+            return list(self.encoded)
+        by_name = {c.name: c for c in self.encoded}
+        return [by_name[name] for name in self.selected]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [c.name for c in self.inputs]
+
+    @property
+    def source_columns(self) -> list[str]:
+        """The table columns the model's inputs come from, in first-use order."""
+        return list(dict.fromkeys(c.column for c in self.inputs))
+
+    def with_selection(self, selected: list[str], p_values: list[float]) -> Preprocessing:
+        return self.model_copy(update={"selected": selected, "p_values": p_values})
+
+    def transform(
+        self, frame: pd.DataFrame, *, all_encoded: bool = False, dtype: type = np.float32
+    ) -> tuple[np.ndarray, TransformReport]:
+        """The model's inputs (shape (records, inputs); every encoded column with `all_encoded`) and what had
+        to be filled in."""
+        columns = self.encoded if all_encoded else self.inputs
+        missing = [name for name in dict.fromkeys(c.column for c in columns) if name not in frame.columns]
+        if missing:
+            raise MissingColumns(missing)
+        report = TransformReport()
+        levels = {c.column: c for c in self.categorical}
+        values = np.empty((len(frame), len(columns)), dtype=np.float64)
+        numeric_cache: dict[str, np.ndarray] = {}
+        category_cache: dict[str, np.ndarray] = {}
+        for j, encoded in enumerate(columns):
+            if encoded.level is None:
+                if encoded.column not in numeric_cache:
+                    numeric_cache[encoded.column] = self._numeric(frame[encoded.column], encoded.column, report)
+                raw = numeric_cache[encoded.column]
+            else:
+                if encoded.column not in category_cache:
+                    category_cache[encoded.column] = _levels_of(frame[encoded.column], levels[encoded.column], report)
+                raw = (category_cache[encoded.column] == encoded.level).astype(np.float64)
+            values[:, j] = (raw - encoded.mean) / encoded.std
+        return values.astype(dtype, copy=False), report
+
+    def _numeric(self, column: pd.Series, name: str, report: TransformReport) -> np.ndarray:
+        numbers = numeric_values(column, name)
+        holes = np.isnan(numbers)
+        if holes.any():
+            report.imputed[name] = int(holes.sum())
+            numbers = np.where(holes, self.numeric[name], numbers)
+        return numbers
+
+    def label_index(self, series: pd.Series) -> np.ndarray:
+        """Each label's index in `labels` (float32: 0.0 / 1.0 for a binary task). Unknown labels raise."""
+        position = {label_sort_key(label): index for index, label in enumerate(self.labels)}
+        indices = []
+        for row, value in zip(series.index, series, strict=True):
+            key = label_sort_key(canonical_label(value))
+            if key not in position:
+                raise ValueError(f"row {row}: label {canonical_label(value)!r} in column {self.target!r} is not one of "
+                                 f"the agreed labels {self.labels}")
+            indices.append(position[key])
+        return np.asarray(indices, dtype=np.float32)
+
+
+@dataclass
+class TransformReport:
+    """Cells filled in while transforming: imputed numbers and categories counted as other, by column."""
+
+    imputed: dict[str, int] = field(default_factory=dict)
+    other: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def imputed_cells(self) -> int:
+        return sum(self.imputed.values())
+
+
+class MissingColumns(KeyError):
+    """The table lacks columns the preprocessing needs."""
+
+    def __init__(self, columns: list[str]) -> None:
+        super().__init__(columns)
+        self.columns = columns
+
+    def __str__(self) -> str:
+        return (f"expected column{'s' if len(self.columns) > 1 else ''} {', '.join(repr(c) for c in self.columns)} "
+                "in the table, missing (fix: add them; the model reads them)")
+
+
+class NonNumericCell(ValueError):
+    """A numeric column holds text."""
+
+
+def numeric_values(column: pd.Series, name: str) -> np.ndarray:
+    """The column as float64 with NaN for missing cells; text raises `NonNumericCell` naming row and column."""
+    if pd.api.types.is_bool_dtype(column.dtype) or not pd.api.types.is_numeric_dtype(column.dtype):
+        converted = pd.to_numeric(column.map(lambda v: str(v) if isinstance(v, bool) else v), errors="coerce")
+        bad = converted.isna() & column.notna()
+        if bad.any():
+            row = bad.idxmax()
+            raise NonNumericCell(f"row {row}, column {name!r}: expected a number, got text (fix: correct the cell, or "
+                                 "leave it empty to impute it)")
+        column = converted
+    return column.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _levels_of(column: pd.Series, levels: CategoricalLevels, report: TransformReport) -> np.ndarray:
+    """Each cell's level name: a kept category, OTHER or MISSING (object array)."""
+    result = np.full(len(column), MISSING, dtype=object)
+    strings = category_strings(column.reset_index(drop=True))
+    kept = set(levels.levels)
+    mapped = strings.map(lambda v: v if v in kept else OTHER)
+    result[mapped.index.to_numpy()] = mapped.to_numpy(dtype=object)
+    others = int((mapped == OTHER).sum())
+    if others:
+        report.other[levels.column] = others
+    return result

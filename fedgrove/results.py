@@ -1,0 +1,58 @@
+"""What one site reports at the end of a run, and what the federation's summary is built from.
+
+Why this module exists: a site's result crosses a process boundary (in sites mode it is published to the
+artifact store by the site's worker and read back by the coordinator) and the in-memory simulation builds
+the same object, so the coordinator's summary is one function of these, whatever ran the sites. A result
+holds counts, metrics and the agreed preprocessing: never a record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from fedgrove.encoding import Preprocessing
+from fedgrove.metrics import RoundMetrics, SplitMetrics, pool
+
+
+class SiteResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    site: str
+    leaf_name: str | None = None
+    records: int  # training records
+    test_records: int
+    unlabelled: int = 0
+    preprocessing: Preprocessing
+    federated: list[RoundMetrics]
+    alone: list[RoundMetrics]
+    parameter_digests: list[str]
+    round_seconds: list[float] = []
+    imputed: dict[str, int] = {}
+
+
+def parameter_digest(parameters: Sequence[np.ndarray]) -> str:
+    """SHA-256 of the parameters' shapes, dtypes and bytes: equal digests mean bit-identical models."""
+    digest = hashlib.sha256()
+    for layer in parameters:
+        digest.update(str((layer.shape, layer.dtype.str)).encode())
+        digest.update(np.ascontiguousarray(layer).tobytes())
+    return digest.hexdigest()
+
+
+def pooled_round(results: Sequence[SiteResult], index: int) -> RoundMetrics:
+    """The federation's metrics after round `index + 1`: every site's records together."""
+    return RoundMetrics(
+        epoch=results[0].federated[index].epoch,
+        train=pool([r.federated[index].train for r in results]),
+        test=pool([r.federated[index].test for r in results]),
+    )
+
+
+def final_test_metrics(metrics: RoundMetrics | SplitMetrics) -> dict[str, float | None]:
+    """`accuracy_test`, `loss_test`, `auc_test` of a round (or of a split measured on test records)."""
+    split = metrics.test if isinstance(metrics, RoundMetrics) else metrics
+    return {"accuracy_test": split.accuracy, "loss_test": split.loss, "auc_test": split.auc}

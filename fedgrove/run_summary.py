@@ -1,0 +1,92 @@
+"""A run's summary and per-epoch table, built from the sites' results: plain functions, no I/O.
+
+Why this module exists: the coordinator flow only puts steps in order; what a finished run says about
+itself (per site federated vs alone, the federation pooled, the centralised model where one process held
+all the data) is computed here, once, for the flow, the CLI's final table and the benchmarks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from fedgrove.metrics import RoundMetrics
+from fedgrove.results import SiteResult, final_test_metrics, pooled_round
+from fedgrove.spec import FederationSpec
+
+EPOCH_COLUMNS = ("mode", "site", "epoch", "accuracy", "loss", "auc", "accuracy_test", "loss_test", "auc_test")
+MODES = ("federated", "federated_pooled", "alone", "centralised")
+
+
+def epochs_frame(results: Sequence[SiteResult], centralised: Sequence[RoundMetrics] | None) -> pd.DataFrame:
+    """One row per (mode, site, epoch): every site federated and alone, the pooled federation, centralised."""
+    rows = []
+    for result in results:
+        rows += [{"mode": "federated", "site": result.site, "epoch": m.epoch, **m.flat()} for m in result.federated]
+    if results:
+        for index in range(len(results[0].federated)):
+            pooled = pooled_round(results, index)
+            rows.append({"mode": "federated_pooled", "site": "all", "epoch": pooled.epoch, **pooled.flat()})
+    for result in results:
+        rows += [{"mode": "alone", "site": result.site, "epoch": m.epoch, **m.flat()} for m in result.alone]
+    for m in centralised or []:
+        rows.append({"mode": "centralised", "site": "all", "epoch": m.epoch, **m.flat()})
+    return pd.DataFrame(rows, columns=list(EPOCH_COLUMNS))
+
+
+def identical_models(results: Sequence[SiteResult]) -> bool:
+    """Whether every site held bit-identical parameters after every round."""
+    rounds = {len(r.parameter_digests) for r in results}
+    if len(rounds) != 1:
+        return False
+    return all(len({r.parameter_digests[i] for r in results}) == 1 for i in range(rounds.pop()))
+
+
+def build_summary(
+    *,
+    run_id: str,
+    spec: FederationSpec,
+    mode: str,
+    results: Sequence[SiteResult],
+    centralised: Sequence[RoundMetrics] | None,
+    failures: Mapping[str, str],
+) -> dict:
+    """summary.json: the run, per site federated vs alone, the pooled federation, centralised (or None)."""
+    preprocessing = results[0].preprocessing
+    final = len(results[0].federated) - 1
+    return {
+        "run_id": run_id,
+        "mode": mode,
+        "task": spec.task,
+        "target": spec.target,
+        "labels": preprocessing.labels,
+        "rounds": spec.train.rounds,
+        "features": preprocessing.input_names,
+        "p_values": preprocessing.p_values,
+        "dropped_constant": preprocessing.dropped_constant,
+        "sites": {
+            r.site: {
+                "records": r.records,
+                "test_records": r.test_records,
+                "unlabelled": r.unlabelled,
+                "federated": final_test_metrics(r.federated[-1]),
+                "alone": final_test_metrics(r.alone[-1]) if r.alone else None,
+            }
+            for r in results
+        },
+        "federated_pooled": final_test_metrics(pooled_round(results, final)),
+        "centralised": final_test_metrics(centralised[-1]) if centralised else None,
+        "identical_models": identical_models(results),
+        "failed_sites": dict(failures),
+        "seconds_per_round": _median_round_seconds(results),
+        "spec": spec.shared().model_dump(mode="json"),
+    }
+
+
+def _median_round_seconds(results: Sequence[SiteResult]) -> float | None:
+    rounds = min((len(r.round_seconds) for r in results), default=0)
+    if rounds == 0:
+        return None
+    return float(np.median([max(r.round_seconds[i] for r in results) for i in range(rounds)]))

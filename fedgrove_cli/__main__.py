@@ -1,0 +1,5 @@
+"""`python -m fedgrove_cli` = `fedgrove`."""
+
+from fedgrove_cli import app
+
+app()

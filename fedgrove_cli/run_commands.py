@@ -1,0 +1,225 @@
+"""The commands that train: `train` (a spec, every site on this machine), `demo` (the built-in spec), `leaf`
+(one organisation's side against any BranchKey server) and `serve` (the weekly deployment from here).
+
+Without a configured Prefect API they start Prefect's temporary server themselves, first, so it boots
+while the pipeline's modules import, and stop it at the end (`fedgrove.prefect_ephemeral`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from fedgrove_cli.console import console, fail
+
+VerboseOption = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Also show what the SDKs print and every task run's state.")
+]
+OutOption = Annotated[str | None, typer.Option(help="Artifact store: a folder or s3://bucket/prefix (default ./runs).")]
+RunIdOption = Annotated[str | None, typer.Option(help="Name of the run folder (default: time + random).")]
+
+
+class Split(str, Enum):
+    iid = "iid"
+    dirichlet = "dirichlet"
+
+
+class Mode(str, Enum):
+    local = "local"
+    sites = "sites"
+
+
+@contextlib.contextmanager
+def prefect_api(*, verbose: bool) -> Iterator[None]:
+    """Prefect's temporary server when the user configured no Prefect API; quiet task-run logs."""
+    if verbose:
+        os.environ["FEDGROVE_VERBOSE"] = "true"
+    from fedgrove.prefect_ephemeral import temporary_server_for
+    from fedgrove.settings import PipelineSettings
+
+    server = temporary_server_for(PipelineSettings().prefect_ephemeral_database)
+    with contextlib.ExitStack() as cleanup:
+        if server is not None:
+            server.start()  # it boots while the pipeline's modules import
+            cleanup.callback(server.stop)  # also when something below fails before it serves
+            console.print(f"Starting Prefect's temporary server on {server.api_url} (in memory: {server.in_memory})",
+                          highlight=False)
+        import flows.federated_training  # noqa: F401  (the import the server's boot overlaps)
+
+        if not verbose:
+            # No "Finished in state Completed()" line per task run (1,250 in a 50-round demo); warnings still show.
+            logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
+        if server is not None:
+            cleanup.enter_context(server.serving())
+        yield
+
+
+@contextlib.contextmanager
+def round_progress(sites: int, rounds: int) -> Iterator[None]:
+    """A progress bar of rounds completed (every in-process site counted), on the terminal only."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedgrove.progress import add_round_listener
+
+    progress = Progress(TextColumn("rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console, transient=True)
+    bar = progress.add_task("rounds", total=sites * rounds)
+    remove = add_round_listener(lambda _run, _site, _round, _rounds: progress.advance(bar))
+    try:
+        with progress:
+            yield
+    finally:
+        remove()
+
+
+def print_run_table(summary: dict) -> None:
+    from fedgrove.run_report import COMPARISON_HEADER, comparison_rows
+
+    table = Table(title=f"test metrics after {summary['rounds']} rounds ({len(summary['sites'])} sites, "
+                        f"target {summary['target']!r})")
+    for column in COMPARISON_HEADER:
+        table.add_column(column, justify="right")
+    for row in comparison_rows(summary):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"model inputs: {', '.join(summary['features'])}", highlight=False)
+    console.print(f"identical models at every site: {summary['identical_models']}; wall time "
+                  f"{summary['wall_s']:.1f} s", highlight=False)
+    for name in ("result.png", "model.pt", "summary.json"):
+        console.print(f"{name + ':':<13} {summary['outputs'][name]}", highlight=False)
+
+
+def _run(spec, run, *, verbose: bool) -> None:  # type: ignore[no-untyped-def]
+    from flows.federated_training import SiteFlowsFailed, federated_training
+
+    rounds = spec.train.rounds if spec is not None else run.demo.rounds
+    sites = len(spec.sites) if spec is not None else run.demo.sites
+    try:
+        with round_progress(sites, rounds) if run.mode == "local" else contextlib.nullcontext():
+            summary = federated_training(spec, run)
+    except SiteFlowsFailed as exc:
+        fail(str(exc))
+    print_run_table(summary)
+
+
+def train(
+    spec_file: Annotated[Path, typer.Option("--spec", help="The federation spec (YAML).")],
+    out: OutOption = None,
+    run_id: RunIdOption = None,
+    mode: Annotated[Mode, typer.Option(help="local: every site on this machine; sites: each site's own worker "
+                                             "(needs a Prefect server and the sites' workers).")] = Mode.local,
+    verbose: VerboseOption = False,
+) -> None:
+    """Train a spec's federation. Locally every site's leaf runs here and reads only its own source."""
+    from fedgrove.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(spec_file)
+    except SpecError as exc:
+        fail(str(exc))
+    if out is not None:
+        os.environ["FEDGROVE_ARTIFACTS"] = out
+    with prefect_api(verbose=verbose):
+        from flows.federated_training import RunOptions
+
+        _run(spec, RunOptions(mode=mode.value, run_id=run_id), verbose=verbose)
+
+
+def demo(
+    sites: Annotated[int, typer.Option(help="Number of sites (organisations).")] = 5,
+    rounds: Annotated[int, typer.Option(help="Federated rounds (= epochs of the baselines).")] = 50,
+    split: Annotated[Split, typer.Option(help="iid, or dirichlet label skew.")] = Split.iid,
+    alpha: Annotated[float, typer.Option(help="Dirichlet concentration (with --split dirichlet).")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of the split, the model and the shuffles.")] = 0,
+    out: OutOption = None,
+    run_id: RunIdOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """The built-in spec: breast cancer split over sites, 4 features by federated LRT, logistic regression."""
+    if out is not None:
+        os.environ["FEDGROVE_ARTIFACTS"] = out
+    with prefect_api(verbose=verbose):
+        from fedgrove.demo import DemoOptions
+        from flows.federated_training import RunOptions
+
+        try:
+            options = DemoOptions(sites=sites, rounds=rounds, split=split.value, alpha=alpha, seed=seed)
+        except ValueError as exc:
+            fail(str(exc).splitlines()[-1])
+        _run(None, RunOptions(run_id=run_id, demo=options), verbose=verbose)
+
+
+def leaf(
+    spec_file: Annotated[Path, typer.Option("--spec", help="The federation spec (YAML), the same at every site.")],
+    data: Annotated[str, typer.Option(help="This site's table: a path, an s3:// URL, or JSON "
+                                           '{"sql": {"url_env": "NAME", "query": "select ..."}}.')],
+    env_file: Annotated[Path | None, typer.Option(help="This leaf's credentials (.env); default: the "
+                                                       "environment.")] = None,
+    site: Annotated[str | None, typer.Option(help="This site's name in the spec (default: LEAF_NAME).")] = None,
+    out: OutOption = None,
+    run_id: RunIdOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """One organisation's leaf against any BranchKey server (hosted or ours): reads only --data."""
+    from fedgrove.settings import LeafSettings
+    from fedgrove.sources import DataSource
+    from fedgrove.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(spec_file)
+        source = DataSource.parse(data)
+        credentials = LeafSettings.load(env_file)
+    except (SpecError, ValueError, FileNotFoundError) as exc:
+        fail(str(exc).splitlines()[0] if not isinstance(exc, SpecError) else str(exc))
+    name = site or credentials.leaf_name
+    if name not in spec.sites:
+        fail(f"site {name!r} is not one of the spec's sites {spec.roster()} (fix: pass --site with one of them, or "
+             "list this site in the spec)")
+    if out is not None:
+        os.environ["FEDGROVE_ARTIFACTS"] = out
+    with prefect_api(verbose=verbose):
+        from fedgrove.site_config import SiteConfig, shared_artifacts_url
+        from fedgrove_cli.leaf_outputs import write_site_model
+        from flows.federated_training import new_run_id
+        from flows.leaf_training import LeafAssignment, leaf_training
+
+        run = run_id or new_run_id()
+        artifacts = shared_artifacts_url(os.environ.get("FEDGROVE_ARTIFACTS"))
+        config = SiteConfig(data=source, base_dir=Path.cwd(), env_file=env_file, artifacts=artifacts)
+        try:
+            result = leaf_training(LeafAssignment(spec=spec.shared(), site=name, run_id=run), config)
+        except Exception as exc:
+            fail(str(exc))
+        paths = write_site_model(spec=spec, run_id=run, artifacts_url=artifacts, site=name)
+    final, alone = result.federated[-1].test, result.alone[-1].test if result.alone else None
+    table = Table(title=f"site {name}: test metrics after {spec.train.rounds} rounds")
+    for column in ("", "accuracy", "auc", "loss"):
+        table.add_column(column, justify="right")
+    from fedgrove.run_report import metric
+
+    table.add_row("federated", metric(final.accuracy), metric(final.auc), metric(final.loss, 4))
+    if alone is not None:
+        table.add_row("alone", metric(alone.accuracy), metric(alone.auc), metric(alone.loss, 4))
+    console.print(table)
+    for label, path in paths.items():
+        console.print(f"{label + ':':<11} {path}", highlight=False)
+
+
+def serve(
+    cron: Annotated[str, typer.Option(help="When to retrain.")] = "0 3 * * 1",
+    timezone: Annotated[str, typer.Option(help="Time zone of the cron schedule.")] = "Europe/Amsterdam",
+) -> None:
+    """Serve the weekly `federated-training/weekly` deployment from this machine (needs a Prefect server)."""
+    from prefect.client.schemas.schedules import CronSchedule
+
+    from flows.federated_training import federated_training
+
+    federated_training.serve(name="weekly", schedules=[CronSchedule(cron=cron, timezone=timezone)])

@@ -1,0 +1,59 @@
+"""Tasks that hand a site's result to the coordinator through the artifact store.
+
+In sites mode a leaf runs on its organisation's own worker; it publishes its result (metrics, counts, the
+agreed preprocessing: no record) and its final parameters into the run's folder of the artifact store that
+its own `FEDGROVE_ARTIFACTS` names, and the coordinator reads them back from its own. The two must point
+at the same store (a bucket the consortium shares); if they do not, the coordinator says so.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+
+from fedgrove.artifacts import ArtifactNotFound, artifact_store_from_url
+from fedgrove.results import SiteResult
+from tasks.options import TRANSIENT
+
+
+class SiteResultMissing(RuntimeError):
+    """A site's run completed but its result is not in the coordinator's artifact store."""
+
+
+def site_result_names(site: str) -> tuple[str, str]:
+    return f"site-{site}.json", f"site-{site}-parameters.npz"
+
+
+@task(name="publish-site-result", **TRANSIENT)
+def publish_site_result(
+    *, run_id: str, artifacts_url: str | None, result: SiteResult, parameters: list[np.ndarray], staging: Path
+) -> dict[str, str]:
+    """Put the site's result and final parameters in the run's folder of the artifact store."""
+    summary_name, parameters_name = site_result_names(result.site)
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / summary_name).write_text(result.model_dump_json(indent=2) + "\n")
+    np.savez(staging / parameters_name, **{f"layer_{i}": layer for i, layer in enumerate(parameters)})
+    store = artifact_store_from_url(artifacts_url)
+    return store.publish_run(run_id, {summary_name: staging / summary_name,
+                                      parameters_name: staging / parameters_name})
+
+
+def read_site_result(*, run_id: str, artifacts_url: str | None, site: str) -> tuple[SiteResult, list[np.ndarray]]:
+    """A site's published result and parameters, as the coordinator's artifact store holds them."""
+    summary_name, parameters_name = site_result_names(site)
+    store = artifact_store_from_url(artifacts_url)
+    try:
+        summary = store.read_bytes(run_id, summary_name)
+        raw = store.read_bytes(run_id, parameters_name)
+    except ArtifactNotFound:
+        raise SiteResultMissing(
+            f"site {site} finished, but its result is not in this coordinator's artifact store, run {run_id} "
+            "(fix: set the site worker's FEDGROVE_ARTIFACTS to the store the coordinator uses, e.g. the "
+            "consortium's shared s3:// bucket)"
+        ) from None
+    with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
+        parameters = [archive[f"layer_{i}"] for i in range(len(archive.files))]
+    return SiteResult.model_validate_json(summary), parameters
