@@ -124,6 +124,19 @@ class FederationSpec(SpecModel):
             raise ValueError("; ".join(problems))
         return self
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        """`sites` may also be written as a list of names (the validator above turns it into a mapping): say so
+        in the schema, which Prefect checks parameters against and shows as a form."""
+        schema = handler(core_schema)
+        target = handler.resolve_ref_schema(schema)
+        sites = target["properties"]["sites"]
+        target["properties"]["sites"] = {
+            "title": sites.pop("title", "Sites"), "description": sites.pop("description", ""),
+            "anyOf": [sites, {"type": "array", "items": {"type": "string"}}],
+        }
+        return schema
+
     def roster(self) -> list[str]:
         """The sites' names in the order every site agrees on (sorted): a site's rank is its index here."""
         return sorted(self.sites)

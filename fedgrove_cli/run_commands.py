@@ -160,7 +160,8 @@ def demo(
 def leaf(
     spec_file: Annotated[Path, typer.Option("--spec", help="The federation spec (YAML), the same at every site.")],
     data: Annotated[str, typer.Option(help="This site's table: a path, an s3:// URL, or JSON "
-                                           '{"sql": {"url_env": "NAME", "query": "select ..."}}.')],
+                                           '{"sql": {"url_env": "NAME", "query": "select ..."}}.',
+                                      envvar="FEDGROVE_SITE_DATA")],
     env_file: Annotated[Path | None, typer.Option(help="This leaf's credentials (.env); default: the "
                                                        "environment.")] = None,
     site: Annotated[str | None, typer.Option(help="This site's name in the spec (default: LEAF_NAME).")] = None,

@@ -73,13 +73,16 @@ class LeafAssignment(BaseModel):
 
 def refuse_site_config_from_caller(site: SiteConfig | None) -> None:
     """In a deployment run, `site` must be the deployment's own parameter, not the caller's."""
-    from prefect.runtime import deployment, flow_run
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
 
-    if deployment.id is None:
-        return  # called in-process by a coordinator on this machine: it is the site
-    given = (flow_run.parameters or {}).get("site")
-    own = (deployment.parameters or {}).get("site")
-    if site is not None and _normalised(given) != _normalised(own):
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    if site is None or run is None or run.deployment_id is None:
+        return  # no site parameter, or called in-process by a coordinator on this machine: it is the site
+    with get_client(sync_client=True) as client:
+        own = (client.read_deployment(run.deployment_id).parameters or {}).get("site")
+    if _normalised(run.parameters.get("site")) != _normalised(own):
         raise SiteOwnedParameter(
             "parameter 'site' was set by whoever started this run, not by this site's own deployment; a site's "
             "data source, scratch folder and credentials are set only at the site (fix: start the run with the "

@@ -9,7 +9,7 @@ Loaded as a pytest plugin (`pytest_plugins = [..., "tests.prefect_server"]` in c
   deployments/prefect.yaml` from the repository root: the README's commands, run as a user runs them.
 * `coordinator_worker` (session): a process worker on `fedgrove-coordinator`; its flow runs write their
   scratch and outputs under a temporary folder, never into the checkout.
-* `weekly_run` (session): one manual run of `federated-training/weekly` (2 organisations, 2 rounds) that
+* `weekly_run` (session): one manual run of `federated-training/weekly` (the demo: 2 sites, 2 rounds) that
   completed, shared by the deployment tests and the UI test.
 
 The test process's own Prefect settings are never touched (other tests use `prefect_test_harness`): this
@@ -40,9 +40,9 @@ from tests.aggregator_process import free_port
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_FILE = REPO_ROOT / "deployments" / "prefect.yaml"
 COORDINATOR_POOL = "fedgrove-coordinator"
-ORGANISATIONS = tuple(f"org-{i}" for i in range(1, 6))
+SITES = tuple(f"site-{i}" for i in range(1, 6))
 WEEKLY = "federated-training/weekly"
-WEEKLY_CONFIG = {"organisations": 2, "rounds": 2, "run_id": "weekly-e2e"}
+WEEKLY_PARAMETERS = {"run": {"run_id": "weekly-e2e", "demo": {"sites": 2, "rounds": 2}}}
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 SERVER_START_TIMEOUT_S = 120.0  # ~6 s here, ~15 s on a new database; CI machines are slower
@@ -56,8 +56,8 @@ _STRIPPED_PREFIXES = ("PREFECT_", "FEDGROVE_", "BRANCHKEY_", "LEAF_", "AA_")
 _STRIPPED_NAMES = {"TREE_ID", "BRANCH_ID", "OWNER_ID"}
 
 
-def organisation_pool(organisation: str) -> str:
-    return f"fedgrove-{organisation}"
+def site_pool(site: str) -> str:
+    return f"fedgrove-{site}"
 
 
 def clean_environment() -> dict[str, str]:
@@ -346,7 +346,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
 @pytest.fixture(scope="session")
 def prefect_deployed(prefect_server: PrefectServer) -> subprocess.CompletedProcess[str]:
     """Every work pool, then every deployment of `deployments/prefect.yaml`; returns `prefect deploy`'s result."""
-    pools = [COORDINATOR_POOL, *(organisation_pool(org) for org in ORGANISATIONS)]
+    pools = [COORDINATOR_POOL, *(site_pool(site) for site in SITES)]
     creating = [
         subprocess.Popen(
             [prefect_executable(), "work-pool", "create", pool, "--type", "process"],
@@ -378,7 +378,7 @@ def coordinator_worker(
 
 @pytest.fixture(scope="session")
 def weekly_run(prefect_server: PrefectServer, coordinator_worker: CoordinatorWorker) -> WeeklyRun:
-    flow_run_id = prefect_server.run_deployment(WEEKLY, parameters={"config": WEEKLY_CONFIG})
+    flow_run_id = prefect_server.run_deployment(WEEKLY, parameters=WEEKLY_PARAMETERS)
     run = prefect_server.wait_for_flow_run(flow_run_id, timeout_s=300)
     assert run["state_type"] == "COMPLETED", prefect_server.explain(run)
     return WeeklyRun(flow_run=run, artifacts=coordinator_worker.artifacts)

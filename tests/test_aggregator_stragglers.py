@@ -11,7 +11,7 @@ from sqlalchemy import select
 from aggregator.db import Aggregation
 from aggregator.fedavg import weighted_mean
 from tests.store_faults import finalise_fails_once
-from tasks.federation import AggregationTimeout, LeafSession, wait_for_aggregation
+from tasks.exchange import AggregationTimeout, LeafSession, wait_for_aggregation
 
 
 def _upload(client, tmp_path, name: str, weighting: float, value: float) -> list[np.ndarray]:

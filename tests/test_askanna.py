@@ -7,7 +7,6 @@ exit; so each scenario runs `fedgrove.tracking` in a child process that this mod
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import queue
@@ -31,57 +30,38 @@ from fedgrove.tracking import public_configuration
 from tests.askanna_standin import AskAnnaStandIn, RecordedRequest
 
 ROOT = Path(__file__).resolve().parents[1]
-LEAVES = ("org-1", "org-2", "org-3")
+LEAVES = ("site-1", "site-2", "site-3")
 ROUNDS = 3
 METRIC_NAMES = ("accuracy", "loss", "accuracy_test", "loss_test")
 SECRET_VARIABLES = ("LEAF_PASSWORD", "LEAF_SESSION_TOKEN", "AWS_SECRET_ACCESS_KEY", "FEDGROVE_ADMIN_TOKEN")
 URL_PASSWORD = "url-pw-" + uuid.uuid4().hex  # only inside a URL of the configuration, never in the environment
 EXPECTED_VARIABLES = {
-    "organisations": 3,
+    "sites": 3,
     "rounds": ROUNDS,
     "split": "dirichlet",
     "alpha": 0.5,
-    "seed": 7,
     "features": ["worst radius", "worst perimeter"],
+    "train.rounds": 30,
     "train.learning_rate": 0.25,
     "train.batch_size": 16,
     "train.local_epochs": 1,
+    "train.seed": 7,
     "train.optimizer": "sgd",
     "run_id": "askanna",
-    "sites": False,
+    "mode": "local",
     "artifacts": "runs",
     "aws.region": "eu-west-1",
 }
 LEFT_OUT = {"admin_token", "session", "aws.secret_access_key", "notes", "mirror"}
 
-# The child builds its round metrics and training options from stand-ins with the same fields as
-# fedgrove.simulation.EpochMetrics and fedgrove.model.TrainConfig (checked below): importing the real ones
-# pulls in torch and statsmodels, ~8 s per child process.
+# The child tracks what a leaf tracks (a round's metrics by name, with their epoch) and the spec's training
+# options as the real pydantic model; it imports neither torch nor the flows (~8 s per child process).
 CHILD = """
 import json, os, sys, threading, time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel
 
 import fedgrove.tracking as tracking
-
-
-@dataclass(frozen=True)
-class EpochMetrics:
-    epoch: int
-    accuracy: float
-    loss: float
-    accuracy_test: float
-    loss_test: float
-
-
-class TrainConfig(BaseModel):
-    learning_rate: float = 0.3
-    batch_size: int = 32
-    local_epochs: int = 1
-    optimizer: Literal["sgd"] = "sgd"
+from fedgrove.spec import TrainSpec
 
 
 def reply(**fields):
@@ -93,9 +73,9 @@ def configuration():
 
     env = os.environ
     return {
-        "organisations": 3, "rounds": %(rounds)d, "split": "dirichlet", "alpha": 0.5, "seed": 7,
-        "features": ["worst radius", "worst perimeter"], "train": TrainConfig(learning_rate=0.25, batch_size=16),
-        "run_id": "askanna", "sites": False, "artifacts": Path("runs"),
+        "sites": 3, "rounds": %(rounds)d, "split": "dirichlet", "alpha": 0.5,
+        "features": ["worst radius", "worst perimeter"], "train": TrainSpec(learning_rate=0.25, batch_size=16, seed=7),
+        "run_id": "askanna", "mode": "local", "artifacts": Path("runs"),
         "admin_token": env["FEDGROVE_ADMIN_TOKEN"],
         "session": SecretStr(env["LEAF_SESSION_TOKEN"]),
         "aws": {"region": "eu-west-1", "secret_access_key": env["AWS_SECRET_ACCESS_KEY"]},
@@ -112,7 +92,8 @@ for line in sys.stdin:
 
         def track(leaf, values):
             try:
-                tracking.track_round(EpochMetrics(**values), leaf_name=leaf)
+                epoch = values.pop("epoch")
+                tracking.track_round(values, epoch=epoch, leaf_name=leaf)
             except BaseException as exc:
                 errors.append(repr(exc))
 
@@ -128,19 +109,6 @@ for line in sys.stdin:
         tracking.PUSH_TIMEOUT_S = command["seconds"]
         reply(op=op)
 """ % {"rounds": ROUNDS, "url_password": URL_PASSWORD}
-
-
-def test_the_childs_stand_ins_have_the_fields_of_the_real_types() -> None:
-    from fedgrove.model import TrainConfig
-    from fedgrove.simulation import EpochMetrics
-
-    namespace: dict[str, Any] = {}
-    definitions = CHILD.split("for line in sys.stdin")[0]  # no loop: nothing is tracked
-    exec(compile(definitions, "<child>", "exec", dont_inherit=True), namespace)
-    assert [f.name for f in dataclasses.fields(namespace["EpochMetrics"])] == [
-        f.name for f in dataclasses.fields(EpochMetrics)
-    ]
-    assert namespace["TrainConfig"]().model_dump() == TrainConfig().model_dump()
 
 
 def round_metrics(round_number: int, leaf_index: int) -> dict[str, float | int]:
@@ -511,20 +479,32 @@ def test_the_pinned_torch_of_the_job_is_the_one_in_pyproject(askanna_yml: dict[s
 def test_the_files_askanna_yml_names_exist_after_its_command_runs(
     askanna_yml: dict[str, Any], prefect_api: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The job's own `fedgrove demo` line (2 organisations, 2 rounds) run from the code folder, as AskAnna does."""
+    """The job's own `fedgrove demo` line (2 sites, 2 rounds) run from the code folder, as AskAnna does."""
     from typer.testing import CliRunner
 
-    from fedgrove.cli import app
+    from fedgrove_cli import app
 
     for name in ("FEDGROVE_WORK_DIR", "FEDGROVE_LEAF_ENV_DIR", "BRANCHKEY_HOST", "AA_RUN_SUUID"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FEDGROVE_ARTIFACTS", "set-by-the-command")  # `--out` overwrites it; undone after the test
     monkeypatch.chdir(tmp_path)
     job = askanna_yml["train-model"]
-    result = CliRunner().invoke(app, [*train_command(job)[1:], "--organisations", "2", "--rounds", "2"])
+    result = CliRunner().invoke(app, [*train_command(job)[1:], "--sites", "2", "--rounds", "2"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     outputs = [job["output"]["result"], *job["output"]["artifact"]]
     for relative in outputs:
         assert (tmp_path / relative).stat().st_size > 0, relative
     epochs = (tmp_path / "runs/askanna/epochs.csv").read_text().splitlines()
-    assert epochs[0].startswith("mode,organisation,epoch")
+    assert epochs[0].startswith("mode,site,epoch")
+
+
+def test_askanna_yml_defines_a_train_leaf_job_with_the_guides_variables(askanna_yml: dict[str, Any]) -> None:
+    job = askanna_yml["train-leaf"]
+    command = train_command(job)
+    assert command[:2] == ["fedgrove", "leaf"]
+    spec = command[command.index("--spec") + 1]
+    assert (ROOT / spec).is_file(), "the spec it names ships in the pushed folder"
+    assert "--data" not in command, "each organisation's table comes from its FEDGROVE_SITE_DATA variable"
+    out, run_id = command[command.index("--out") + 1], command[command.index("--run-id") + 1]
+    assert job["output"]["result"] == f"{out}/{run_id}/model.pt"
+    assert "LEAF_PASSWORD (masked)" in (ROOT / "askanna.yml").read_text()

@@ -18,7 +18,7 @@ def _create(aggregator: ServerThread, *options: str) -> subprocess.CompletedProc
     environment = {**os.environ, "COLUMNS": "80", "TERM": "xterm-256color"}
     environment.pop("FEDGROVE_ADMIN_TOKEN", None)
     return subprocess.run(
-        [sys.executable, "-m", "fedgrove.cli", "branch", "create", "--tree", "hospitals", "--leaves", "3",
+        [sys.executable, "-m", "fedgrove_cli", "branch", "create", "--tree", "hospitals", "--leaves", "3",
          "--host", aggregator.url, "--data-dir", str(aggregator.settings.data_dir), *options],
         capture_output=True, text=True, env=environment, timeout=60,
     )

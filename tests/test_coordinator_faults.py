@@ -1,5 +1,5 @@
-"""The coordinator when an organisation fails for good: the others finish on a quorum, their outputs are
-kept, and the run ends Failed naming that organisation."""
+"""The coordinator when a site fails for good mid-run: the others finish on a quorum, their outputs are kept,
+and the run ends Failed naming that site."""
 
 from __future__ import annotations
 
@@ -8,36 +8,37 @@ import json
 import pytest
 
 import tasks.training
-from fedgrove.simulation import leaf_seed
-from flows.federated_training import FederatedTrainingConfig, federated_training
+from fedgrove.demo import DemoOptions
+from fedgrove.site_table import site_seed
+from flows.federated_training import RunOptions, federated_training
 
 pytestmark = pytest.mark.slow
 
 
-def test_one_leaf_failing_for_good_fails_the_run_by_name_and_keeps_the_others_outputs(
+def test_one_site_failing_for_good_fails_the_run_by_name_and_keeps_the_others_outputs(
     prefect_api, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("FEDGROVE_WORK_DIR", str(tmp_path / "work"))
     monkeypatch.setenv("FEDGROVE_ARTIFACTS", str(tmp_path / "runs"))
     monkeypatch.delenv("BRANCHKEY_HOST", raising=False)
-    real_train_local = tasks.training.train_local
-    doomed = leaf_seed(0, "org-3")
+    real_fit = tasks.training.fit
+    doomed = site_seed(0, "site-3")
 
-    def train_local_failing_for_org_3(model, X, y, *, config, seed, epoch):  # type: ignore[no-untyped-def]
+    def fit_failing_for_site_3(parameters, X, y, *, spec, seed, epoch):  # type: ignore[no-untyped-def]
         if seed == doomed and epoch >= 2:
-            raise RuntimeError("injected: org-3's machine is gone")
-        return real_train_local(model, X, y, config=config, seed=seed, epoch=epoch)
+            raise RuntimeError("injected: site-3's machine is gone")
+        return real_fit(parameters, X, y, spec=spec, seed=seed, epoch=epoch)
 
-    monkeypatch.setattr(tasks.training, "train_local", train_local_failing_for_org_3)
+    monkeypatch.setattr(tasks.training, "fit", fit_failing_for_site_3)
     state = federated_training(
-        FederatedTrainingConfig(organisations=5, rounds=3, run_id="faulty", round_timeout_s=1.0, min_leaves=4),
+        None, RunOptions(run_id="faulty", round_timeout_s=1.0, min_leaves=4, demo=DemoOptions(rounds=3)),
         return_state=True,
     )
     assert state.is_failed()
-    assert "leaf flows failed for org-3 (org-3: injected: org-3's machine is gone)" in state.message
+    assert "sites site-3 failed (site-3: injected: site-3's machine is gone)" in state.message
     summary = json.loads((tmp_path / "runs" / "faulty" / "summary.json").read_text())
-    assert sorted(summary["federated"]) == ["org-1", "org-2", "org-4", "org-5"]
-    assert list(summary["failed_organisations"]) == ["org-3"]
+    assert sorted(summary["sites"]) == ["site-1", "site-2", "site-4", "site-5"]
+    assert list(summary["failed_sites"]) == ["site-3"]
     assert summary["identical_models"] is True
     for name in ("model.pt", "result.png", "epochs.csv"):
         assert (tmp_path / "runs" / "faulty" / name).is_file()

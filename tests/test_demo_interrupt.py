@@ -19,7 +19,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-RUNNING_MARK = "received resp code"  # the official client's line once leaves talk to the aggregator
+RUNNING_MARK = "preprocessing agreed in"  # a leaf's line once the leaves talk through the aggregator
 
 
 def _wait_for(log: Path, text: str, timeout_s: float) -> None:
@@ -43,7 +43,7 @@ def test_ctrl_c_ends_the_demo_and_its_servers(tmp_path: Path) -> None:
                    if not key.startswith(("FEDGROVE_", "BRANCHKEY_")) and key != "PREFECT_API_URL"}
     with open(log, "w") as output:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "fedgrove.cli", "demo", "--organisations", "2", "--rounds", "50",
+            [sys.executable, "-m", "fedgrove_cli", "demo", "--sites", "2", "--rounds", "50",
              "--out", str(tmp_path / "runs")],
             stdout=output, stderr=subprocess.STDOUT, cwd=tmp_path, env=environment, start_new_session=True,
             preexec_fn=_as_in_a_terminal,

@@ -1,8 +1,8 @@
 """`deployments/prefect.yaml` deployed with `prefect deploy` to a real Prefect server and run by real workers.
 
 The server, the work pools, the deployments, the coordinator's worker and one weekly run are session fixtures
-(`tests/prefect_server.py`); the sites test adds a real aggregator (`python -m aggregator`), a branch made
-with `fedgrove branch create`, and one worker per organisation holding only that organisation's credentials.
+(`tests/prefect_server.py`); the sites tests add a real aggregator (`python -m aggregator`), a branch made
+with `fedgrove branch create`, and one worker per site holding only that site's credentials and data source.
 """
 
 from __future__ import annotations
@@ -22,19 +22,24 @@ import yaml
 from dotenv import dotenv_values
 
 from tests.aggregator_process import AggregatorProcess
+from fedgrove.simulation import simulate
+from fedgrove.site_table import prepare_site_table
+from fedgrove.sources import DataSource, read_source
+from fedgrove.split import split_table, write_split
+from tests.data_sets import affairs
 from tests.prefect_server import (
     COORDINATOR_POOL,
-    ORGANISATIONS,
     PREFECT_FILE,
     REPO_ROOT,
+    SITES,
     WEEKLY,
-    WEEKLY_CONFIG,
+    WEEKLY_PARAMETERS,
     CoordinatorWorker,
     ManagedProcess,
     PrefectServer,
     WeeklyRun,
     clean_environment,
-    organisation_pool,
+    site_pool,
 )
 
 LEAF_CREDENTIALS = ("LEAF_ID", "LEAF_NAME", "LEAF_SESSION_TOKEN", "LEAF_PASSWORD", "TREE_ID", "BRANCH_ID",
@@ -47,12 +52,12 @@ SITES_TIMEOUT_S = 420.0
 def test_prefect_yaml_names_every_deployment_and_holds_no_credentials() -> None:
     config = yaml.safe_load(PREFECT_FILE.read_text())
     deployments = {d["name"]: d for d in config["deployments"]}
-    assert set(deployments) == {"weekly", *ORGANISATIONS}
+    assert set(deployments) == {"weekly", *SITES}
     assert deployments["weekly"]["entrypoint"] == "flows/federated_training.py:federated_training"
-    for org in ORGANISATIONS:
-        assert deployments[org]["entrypoint"] == "flows/leaf_training.py:leaf_training"
-        assert deployments[org]["work_pool"]["name"] == organisation_pool(org)
-        assert not deployments[org].get("work_pool", {}).get("job_variables"), "credentials come from the worker"
+    for site in SITES:
+        assert deployments[site]["entrypoint"] == "flows/leaf_training.py:leaf_training"
+        assert deployments[site]["work_pool"]["name"] == site_pool(site)
+        assert not deployments[site].get("work_pool", {}).get("job_variables"), "credentials come from the worker"
     for entry in config["deployments"]:
         path, function = entry["entrypoint"].split(":")
         assert (REPO_ROOT / path).is_file() and f"def {function}(" in (REPO_ROOT / path).read_text()
@@ -102,12 +107,12 @@ def poll_scheduled_runs(server: PrefectServer, deployment_id: str, *, at_least: 
 
 
 @pytest.mark.slow
-def test_every_organisation_has_its_own_leaf_deployment_on_its_own_pool(
+def test_every_site_has_its_own_leaf_deployment_on_its_own_pool(
     prefect_server: PrefectServer, prefect_deployed: subprocess.CompletedProcess[str]
 ) -> None:
-    for org in ORGANISATIONS:
-        deployment = prefect_server.deployment(f"leaf-training/{org}")
-        assert deployment["work_pool_name"] == organisation_pool(org)
+    for site in SITES:
+        deployment = prefect_server.deployment(f"leaf-training/{site}")
+        assert deployment["work_pool_name"] == site_pool(site)
         assert deployment["entrypoint"] == "flows/leaf_training.py:leaf_training"
         assert deployment["schedules"] == []
         assert deployment["job_variables"] == {}
@@ -120,7 +125,7 @@ def test_a_manual_weekly_run_completes_on_the_coordinator_pool_with_its_artifact
 ) -> None:
     run = weekly_run.flow_run
     assert run["work_pool_name"] == COORDINATOR_POOL
-    assert run["parameters"] == {"config": WEEKLY_CONFIG}
+    assert run["parameters"] == WEEKLY_PARAMETERS
     artifacts = {
         artifact["key"]: artifact
         for artifact in prefect_server.api(
@@ -134,24 +139,27 @@ def test_a_manual_weekly_run_completes_on_the_coordinator_pool_with_its_artifact
         "federated-training-progress": "progress",
     }
     rounds = json.loads(artifacts["federated-training-rounds"]["data"])
-    assert sorted((row["organisation"], row["epoch"]) for row in rounds) == [
-        ("org-1", 1), ("org-1", 2), ("org-2", 1), ("org-2", 2)
+    assert sorted((row["site"], row["epoch"]) for row in rounds) == [
+        ("all", 1), ("all", 2), ("site-1", 1), ("site-1", 2), ("site-2", 1), ("site-2", 2)
     ]
     assert artifacts["federated-training-progress"]["data"] == 100
     assert artifacts["federated-training-result-plot"]["data"].startswith("[result.png](")
-    assert WEEKLY_CONFIG["run_id"] in artifacts["federated-training-summary"]["data"]
-    outputs = weekly_run.artifacts / WEEKLY_CONFIG["run_id"]
+    run_id = WEEKLY_PARAMETERS["run"]["run_id"]
+    assert run_id in artifacts["federated-training-summary"]["data"]
+    outputs = weekly_run.artifacts / run_id
     for name in OUTPUT_FILES:
         assert (outputs / name).stat().st_size > 0, name
     summary = json.loads((outputs / "summary.json").read_text())
-    assert (summary["rounds"], sorted(summary["federated"])) == (2, ["org-1", "org-2"])
+    assert (summary["rounds"], sorted(summary["sites"])) == (2, ["site-1", "site-2"])
     leaf_flow_id = prefect_server.api("GET", "/flows/name/leaf-training")["id"]
     subflows = prefect_server.flow_runs(parent_flow_run_id={"any_": [run["id"]]})
     leaves = [child for child in subflows if child["flow_id"] == leaf_flow_id]
     assert [child["state_type"] for child in leaves] == ["COMPLETED", "COMPLETED"]
 
 
-SITE_ORGANISATIONS = ORGANISATIONS[:2]
+SITE_NAMES = SITES[:2]
+SPEC = {"target": "affair", "exclude": ["patient_id"], "select": {"k": 4}, "train": {"rounds": 2},
+        "sites": list(SITE_NAMES)}
 
 
 @pytest.fixture
@@ -167,13 +175,14 @@ def site_aggregator(tmp_path: Path) -> Iterator[AggregatorProcess]:
 
 @pytest.fixture
 def site_branch(site_aggregator: AggregatorProcess, tmp_path: Path) -> dict:
-    """A branch with one leaf per site organisation, made with `fedgrove branch create --env-dir`; each leaf
-    carries `credentials`, the variables of the .env file the CLI wrote for it."""
+    """A branch with one leaf per site, made with `fedgrove branch create --env-dir`; each leaf carries
+    `credentials`, the variables of the .env file the CLI wrote for it."""
     env_dir = tmp_path / "leaves"
     created = subprocess.run(
-        [sys.executable, "-m", "fedgrove.cli", "branch", "create", "--tree", "hospitals", "--branch", "sites",
-         "--leaves", str(len(SITE_ORGANISATIONS)), "--host", site_aggregator.url,
-         "--data-dir", str(site_aggregator.data_dir), "--env-dir", str(env_dir), "--json"],
+        [sys.executable, "-m", "fedgrove_cli", "branch", "create", "--tree", "hospitals", "--branch", "sites",
+         "--leaves", str(len(SITE_NAMES)), *[arg for site in SITE_NAMES for arg in ("--leaf-name", site)],
+         "--host", site_aggregator.url, "--data-dir", str(site_aggregator.data_dir), "--env-dir", str(env_dir),
+         "--json"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path, env=clean_environment(),
     )
     assert created.returncode == 0, created.stdout + created.stderr
@@ -185,12 +194,27 @@ def site_branch(site_aggregator: AggregatorProcess, tmp_path: Path) -> dict:
 
 
 @pytest.fixture
-def site_workers(prefect_server: PrefectServer, site_branch: dict) -> Iterator[list[ManagedProcess]]:
-    """One worker per organisation on its own pool, holding only its own leaf's credentials. The CLI names
-    leaves <branch>-leaf-<i>: organisation i gets leaf i."""
+def site_files(tmp_path: Path) -> dict[str, Path]:
+    """Each site's own table, in a folder of its own: the affairs survey with string categories and holes."""
+    parts = split_table(affairs(), target="affair", sites=len(SITE_NAMES), split="dirichlet", seed=1)
+    files = {}
+    for site, part in zip(SITE_NAMES, parts.values(), strict=True):
+        files[site] = write_split({"patients": part}, tmp_path / f"{site}-private")["patients"]
+    return files
+
+
+@pytest.fixture
+def site_workers(
+    prefect_server: PrefectServer, coordinator_worker: CoordinatorWorker, site_branch: dict,
+    site_files: dict[str, Path], tmp_path: Path,
+) -> Iterator[list[ManagedProcess]]:
+    """One worker per site on its own pool, holding only its own leaf's credentials and its own data source.
+    The sites publish their results to the store the coordinator reads (the consortium's shared folder)."""
     workers = prefect_server.start_workers({
-        organisation_pool(org): leaf["credentials"]
-        for org, leaf in zip(SITE_ORGANISATIONS, site_branch["leaves"], strict=True)
+        site_pool(site): {**leaf["credentials"], "FEDGROVE_SITE_DATA": str(site_files[site]),
+                          "FEDGROVE_WORK_DIR": str(tmp_path / f"{site}-scratch"),
+                          "FEDGROVE_ARTIFACTS": str(coordinator_worker.artifacts)}
+        for site, leaf in zip(SITE_NAMES, site_branch["leaves"], strict=True)
     })
     try:
         yield workers
@@ -198,38 +222,74 @@ def site_workers(prefect_server: PrefectServer, site_branch: dict) -> Iterator[l
         prefect_server.stop_workers(workers)
 
 
+def simulated(site_files: dict[str, Path]):  # type: ignore[no-untyped-def]
+    """The same spec in memory over the same files, and how many exchanges its preprocessing took."""
+    from fedgrove.federated_preprocessing import preprocessing_protocol
+    from fedgrove.lockstep import run_in_lockstep
+    from fedgrove.spec import FederationSpec
+
+    spec = FederationSpec.model_validate({**SPEC, "sites": {s: {"data": str(p)} for s, p in site_files.items()}})
+    tables = {site: prepare_site_table(read_source(DataSource(data=str(path))), site=site, target="affair",
+                                       test_fraction=0.2, seed=0) for site, path in site_files.items()}
+    _, steps = run_in_lockstep({site: preprocessing_protocol(spec=spec, site=site, table=tables[site])
+                                for site in spec.roster()})
+    return simulate(spec, tables, centralised=False), len(steps)
+
+
 @pytest.mark.slow
-def test_sites_mode_runs_each_organisation_on_its_own_pool_with_its_own_credentials(
+def test_sites_mode_runs_each_site_on_its_own_pool_with_its_own_data_and_credentials(
     prefect_server: PrefectServer, coordinator_worker: CoordinatorWorker, site_aggregator: AggregatorProcess,
-    site_branch: dict, site_workers: list[ManagedProcess],
+    site_branch: dict, site_files: dict[str, Path], site_workers: list[ManagedProcess], tmp_path: Path,
 ) -> None:
     tokens = [leaf["session_token"] for leaf in site_branch["leaves"]]
     run_id = f"sites-{uuid.uuid4().hex[:8]}"
-    config = {"organisations": len(SITE_ORGANISATIONS), "rounds": 2, "sites": True, "run_id": run_id}
-    flow_run_id = prefect_server.run_deployment(WEEKLY, parameters={"config": config})
+    flow_run_id = prefect_server.run_deployment(WEEKLY, parameters={"spec": SPEC,
+                                                                    "run": {"mode": "sites", "run_id": run_id}})
     run = prefect_server.wait_for_flow_run(flow_run_id, timeout_s=SITES_TIMEOUT_S)
     assert run["state_type"] == "COMPLETED", prefect_server.explain(run)
 
     outputs = coordinator_worker.artifacts / run_id
-    for org, leaf in zip(SITE_ORGANISATIONS, site_branch["leaves"], strict=True):
-        deployment = prefect_server.deployment(f"leaf-training/{org}")
+    seen_by_prefect = json.dumps(run) + prefect_server.flow_run_logs(run["id"])
+    for site, leaf in zip(SITE_NAMES, site_branch["leaves"], strict=True):
+        deployment = prefect_server.deployment(f"leaf-training/{site}")
         [leaf_run] = prefect_server.flow_runs(deployment_id={"any_": [deployment["id"]]})
         assert leaf_run["state_type"] == "COMPLETED", prefect_server.explain(leaf_run)
-        assert leaf_run["work_pool_name"] == organisation_pool(org)
-        assert leaf_run["parameters"]["config"]["organisation"] == org
-        assert leaf_run["parameters"]["config"]["env_file"] is None
-        published = json.loads((outputs / f"leaf-{org}.json").read_text())
+        assert leaf_run["work_pool_name"] == site_pool(site)
+        assert set(leaf_run["parameters"]) == {"assignment"}, "the coordinator sends the assignment alone"
+        assert leaf_run["parameters"]["assignment"]["site"] == site
+        assert leaf_run["parameters"]["assignment"]["spec"]["sites"] == {s: None for s in SITE_NAMES}
+        published = json.loads((outputs / f"site-{site}.json").read_text())
         assert published["leaf_name"] == leaf["name"], "each leaf reads its own worker's credentials"
-        assert len(published["history"]) == 2
-        seen_by_prefect = json.dumps(leaf_run) + prefect_server.flow_run_logs(leaf_run["id"])
-        assert not [token for token in tokens if token in seen_by_prefect], "a session token reached Prefect"
+        seen_by_prefect += json.dumps(leaf_run) + prefect_server.flow_run_logs(leaf_run["id"])
+    assert not [token for token in tokens if token in seen_by_prefect], "a session token reached Prefect"
+    assert str(tmp_path) not in seen_by_prefect, "a site's path reached Prefect"
+    assert "-private" not in seen_by_prefect
 
     summary = json.loads((outputs / "summary.json").read_text())
-    assert set(summary["federated"]) == set(SITE_ORGANISATIONS)
-    assert summary["identical_models"] is True
+    assert summary["mode"] == "sites" and summary["centralised"] is None
+    assert set(summary["sites"]) == set(SITE_NAMES) and summary["identical_models"] is True
     for name in OUTPUT_FILES:
         assert (outputs / name).stat().st_size > 0, name
-    # federated preprocessing first: 1 aggregation of moments + 10 Newton iterations, then the 2 rounds
-    assert site_aggregator.admin("GET", f"/branches/{site_branch['branch_id']}")["aggregations_completed"] == 13
-    seen_by_prefect = json.dumps(run) + prefect_server.flow_run_logs(run["id"])
-    assert not [token for token in tokens if token in seen_by_prefect]
+    simulation, exchanges = simulated(site_files)
+    for result in simulation.results:
+        got = summary["sites"][result.site]["federated"]
+        assert got["loss_test"] == pytest.approx(result.federated[-1].test.loss, rel=1e-5)
+    card = json.loads((outputs / "model.json").read_text())
+    assert card["preprocessing"]["selected"] == simulation.results[0].preprocessing.selected
+    completed = site_aggregator.admin("GET", f"/branches/{site_branch['branch_id']}")["aggregations_completed"]
+    assert completed == exchanges + SPEC["train"]["rounds"]  # preprocessing's exchanges, then the rounds
+
+
+@pytest.mark.slow
+def test_a_site_parameter_set_by_the_caller_is_refused_by_the_leaf_naming_it(
+    prefect_server: PrefectServer, site_branch: dict, site_workers: list[ManagedProcess],
+) -> None:
+    assignment = {"spec": SPEC, "site": SITE_NAMES[0], "run_id": "refused"}
+    flow_run_id = prefect_server.run_deployment(
+        f"leaf-training/{SITE_NAMES[0]}",
+        parameters={"assignment": assignment, "site": {"data": {"data": "/etc/hostname"}}},
+    )
+    run = prefect_server.wait_for_flow_run(flow_run_id, timeout_s=180)
+    assert run["state_type"] == "FAILED"
+    assert "parameter 'site' was set by whoever started this run, not by this site's own deployment" in \
+        prefect_server.flow_run_logs(run["id"])

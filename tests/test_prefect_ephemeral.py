@@ -84,13 +84,13 @@ def test_the_demo_runs_on_the_ephemeral_server(tmp_path: Path, mode: str, databa
     """`make demo`'s path, not the test harness: no Prefect configured, the demo starts Prefect's temporary
     server, whose database is in memory by default and `$PREFECT_HOME/prefect.db` with
     FEDGROVE_PREFECT_EPHEMERAL_DATABASE=file, and which has stopped when the demo returns."""
-    command = [str(Path(sys.executable).with_name("fedgrove")), "demo", "--organisations", "2", "--rounds", "2",
+    command = [str(Path(sys.executable).with_name("fedgrove")), "demo", "--sites", "2", "--rounds", "2",
                "--out", str(tmp_path / "runs"), "--run-id", "ephemeral"]
     env = clean_env(tmp_path, FEDGROVE_WORK_DIR=str(tmp_path / "work"), FEDGROVE_PREFECT_EPHEMERAL_DATABASE=mode)
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "runs" / "ephemeral" / "summary.json").read_text())
-    assert (summary["rounds"], sorted(summary["federated"])) == (2, ["org-1", "org-2"])
+    assert (summary["rounds"], sorted(summary["sites"])) == (2, ["site-1", "site-2"])
     output = done.stderr + done.stdout
     started = re.search(r"Starting Prefect's temporary server on (http://127\.0\.0\.1:(\d+)/api)", output)
     assert started, output[-3000:]

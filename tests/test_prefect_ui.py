@@ -90,7 +90,7 @@ def test_the_flow_run_page_shows_the_completed_run_and_its_four_artifacts(
     missing = [key for key in ARTIFACT_KEYS if key not in text]
     assert not missing, f"artifacts {missing} not on {url}; the page read:\n{text[:3000]}"
     for expected in (run["name"], "Completed", "federated-training", "weekly", "fedgrove-coordinator",
-                     "TABLE", "MARKDOWN", "PROGRESS", "Per-round metrics of every organisation", "Run summary"):
+                     "TABLE", "MARKDOWN", "PROGRESS", "Per-round metrics of every site", "Run summary"):
         assert expected in text, f"{expected!r} not on {url}"
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow
 
 from fedgrove.settings import PipelineSettings
-from tasks.provisioning import federation
+from tasks.provisioning import provide_branch
 
 
 def test_a_run_id_used_again_gets_a_branch_of_its_own(prefect_api, tmp_path: Path, monkeypatch) -> None:
@@ -21,9 +21,9 @@ def test_a_run_id_used_again_gets_a_branch_of_its_own(prefect_api, tmp_path: Pat
     def provision_twice() -> list[str | None]:
         branches = []
         for attempt in range(2):
-            with federation(settings, organisations=["org-1", "org-2"], run_id="askanna",
-                            credentials_dir=tmp_path / f"credentials-{attempt}") as created:
-                assert sorted(created.env_files) == ["org-1", "org-2"]
+            with provide_branch(settings, sites=["site-1", "site-2"], run_id="askanna",
+                                credentials_dir=tmp_path / f"credentials-{attempt}") as created:
+                assert sorted(created.env_files) == ["site-1", "site-2"]
                 branches.append(created.branch_id)
         return branches
 

@@ -12,7 +12,8 @@ import pytest
 from aggregator.config import AggregatorSettings
 from aggregator.fedavg import weighted_mean
 from aggregator.server import ServerThread
-from flows.federated_training import FederatedTrainingConfig, federated_training
+from fedgrove.demo import DemoOptions
+from flows.federated_training import RunOptions, federated_training
 from tests.aggregator_fixtures import wait_until_connected
 from tests.upload_helpers import branch_state, npz_bytes, upload
 
@@ -86,11 +87,11 @@ def test_coordinator_publishes_its_outputs_to_an_s3_bucket(prefect_api, s3_env, 
     monkeypatch.setenv("FEDGROVE_WORK_DIR", str(tmp_path / "work"))
     monkeypatch.setenv("FEDGROVE_ARTIFACTS", f"s3://{s3_env}/runs")
     monkeypatch.delenv("BRANCHKEY_HOST", raising=False)
-    summary = federated_training(FederatedTrainingConfig(organisations=2, rounds=2, run_id="to-s3"))
+    summary = federated_training(None, RunOptions(run_id="to-s3", demo=DemoOptions(sites=2, rounds=2)))
     assert summary["outputs"]["summary.json"] == f"s3://{s3_env}/runs/to-s3/summary.json"
     s3 = s3_server.client()
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_env, Prefix="runs/to-s3/")["Contents"]}
     for name in ("model.pt", "model.json", "result.png", "epochs.csv", "summary.json"):
         assert f"runs/to-s3/{name}" in keys
     stored = json.loads(s3.get_object(Bucket=s3_env, Key="runs/to-s3/summary.json")["Body"].read())
-    assert stored["rounds"] == 2 and set(stored["federated"]) == {"org-1", "org-2"}
+    assert stored["rounds"] == 2 and set(stored["sites"]) == {"site-1", "site-2"}
