@@ -98,39 +98,21 @@ class Preprocessing(BaseModel):
     def with_selection(self, selected: list[str], p_values: list[float]) -> Preprocessing:
         return self.model_copy(update={"selected": selected, "p_values": p_values})
 
+    def prepare(self, frame: pd.DataFrame, *, all_encoded: bool = False) -> PreparedColumns:
+        """The source columns of the model's inputs (of every encoded column with `all_encoded`), read once."""
+        columns = self.encoded if all_encoded else self.inputs
+        missing = [name for name in dict.fromkeys(c.column for c in columns) if name not in frame.columns]
+        if missing:
+            raise MissingColumns(missing)
+        return PreparedColumns(self, frame, columns)
+
     def transform(
         self, frame: pd.DataFrame, *, all_encoded: bool = False, dtype: type = np.float32
     ) -> tuple[np.ndarray, TransformReport]:
         """The model's inputs (shape (records, inputs); every encoded column with `all_encoded`) and what had
         to be filled in."""
-        columns = self.encoded if all_encoded else self.inputs
-        missing = [name for name in dict.fromkeys(c.column for c in columns) if name not in frame.columns]
-        if missing:
-            raise MissingColumns(missing)
-        report = TransformReport()
-        levels = {c.column: c for c in self.categorical}
-        values = np.empty((len(frame), len(columns)), dtype=np.float64)
-        numeric_cache: dict[str, np.ndarray] = {}
-        category_cache: dict[str, np.ndarray] = {}
-        for j, encoded in enumerate(columns):
-            if encoded.level is None:
-                if encoded.column not in numeric_cache:
-                    numeric_cache[encoded.column] = self._numeric(frame[encoded.column], encoded.column, report)
-                raw = numeric_cache[encoded.column]
-            else:
-                if encoded.column not in category_cache:
-                    category_cache[encoded.column] = _levels_of(frame[encoded.column], levels[encoded.column], report)
-                raw = (category_cache[encoded.column] == encoded.level).astype(np.float64)
-            values[:, j] = (raw - encoded.mean) / encoded.std
-        return values.astype(dtype, copy=False), report
-
-    def _numeric(self, column: pd.Series, name: str, report: TransformReport) -> np.ndarray:
-        numbers = numeric_values(column, name)
-        holes = np.isnan(numbers)
-        if holes.any():
-            report.imputed[name] = int(holes.sum())
-            numbers = np.where(holes, self.numeric[name], numbers)
-        return numbers
+        prepared = self.prepare(frame, all_encoded=all_encoded)
+        return prepared.block(0, prepared.count, dtype=dtype), prepared.report
 
     def label_index(self, series: pd.Series) -> np.ndarray:
         """Each label's index in `labels` (float32: 0.0 / 1.0 for a binary task). Unknown labels raise."""
@@ -143,6 +125,47 @@ class Preprocessing(BaseModel):
                                  f"the agreed labels {self.labels}")
             indices.append(position[key])
         return np.asarray(indices, dtype=np.float32)
+
+
+class PreparedColumns:
+    """A table's source columns read once: numeric ones as float64 with the imputed cells filled in, categorical
+    ones as level codes. Standardised encoded columns are then cheap to build, a block at a time, which keeps
+    the federated Newton fit's memory to a block of columns instead of every encoded column at once."""
+
+    def __init__(self, preprocessing: Preprocessing, frame: pd.DataFrame, columns: list[EncodedColumn]) -> None:
+        self.columns = columns
+        self.report = TransformReport()
+        self.records = len(frame)
+        self._numbers: dict[str, np.ndarray] = {}
+        self._codes: dict[str, tuple[np.ndarray, dict[str, int]]] = {}
+        levels = {c.column: c for c in preprocessing.categorical}
+        for name in dict.fromkeys(c.column for c in columns):
+            if name in preprocessing.numeric:
+                numbers = numeric_values(frame[name], name)
+                holes = np.isnan(numbers)
+                if holes.any():
+                    self.report.imputed[name] = int(holes.sum())
+                    numbers = np.where(holes, preprocessing.numeric[name], numbers)
+                self._numbers[name] = numbers
+            else:
+                self._codes[name] = _level_codes(frame[name], levels[name], self.report)
+
+    @property
+    def count(self) -> int:
+        return len(self.columns)
+
+    def block(self, start: int, stop: int, *, dtype: type = np.float64) -> np.ndarray:
+        """Standardised encoded columns `start` to `stop` (exclusive), shape (records, stop - start)."""
+        chosen = self.columns[start:stop]
+        values = np.empty((self.records, len(chosen)), dtype=dtype)
+        for j, encoded in enumerate(chosen):
+            if encoded.level is None:
+                raw = self._numbers[encoded.column]
+            else:
+                codes, index = self._codes[encoded.column]
+                raw = (codes == index[encoded.level]).astype(np.float64)
+            values[:, j] = (raw - encoded.mean) / encoded.std
+        return values
 
 
 @dataclass
@@ -186,14 +209,16 @@ def numeric_values(column: pd.Series, name: str) -> np.ndarray:
     return column.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _levels_of(column: pd.Series, levels: CategoricalLevels, report: TransformReport) -> np.ndarray:
-    """Each cell's level name: a kept category, OTHER or MISSING (object array)."""
-    result = np.full(len(column), MISSING, dtype=object)
+def _level_codes(
+    column: pd.Series, levels: CategoricalLevels, report: TransformReport
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Each cell's level as a small integer (a kept category, OTHER or MISSING), and the code of each level."""
+    index = {level: code for code, level in enumerate([*levels.levels, OTHER, MISSING])}
+    codes = np.full(len(column), index[MISSING], dtype=np.int32)
     strings = category_strings(column.reset_index(drop=True))
-    kept = set(levels.levels)
-    mapped = strings.map(lambda v: v if v in kept else OTHER)
-    result[mapped.index.to_numpy()] = mapped.to_numpy(dtype=object)
-    others = int((mapped == OTHER).sum())
+    mapped = strings.map(index).fillna(index[OTHER]).astype(np.int32)
+    codes[mapped.index.to_numpy()] = mapped.to_numpy()
+    others = int((mapped == index[OTHER]).sum())
     if others:
         report.other[levels.column] = others
-    return result
+    return codes, index

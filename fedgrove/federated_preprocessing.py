@@ -151,7 +151,7 @@ def preprocessing_protocol(
                 f"the sites cannot federate: select.k is {spec.select.k} but the sites' columns encode to "
                 f"{available} features (fix: choose k <= {available})"
             )
-        X, _report = preprocessing.transform(table.train, all_encoded=True, dtype=np.float64)
+        X = preprocessing.prepare(table.train, all_encoded=True)
         y = preprocessing.label_index(table.train[schema.target]).astype(np.float64)
         conversation = newton_fit(X, y, records=records)
         sums = next(conversation)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from scipy.special import expit, log_ndtr
@@ -37,6 +38,30 @@ NULL_FIELDS = ("null_score_sum", "null_info_sum", "null_loglik_sum")
 RECORDS_FIELD = "newton_records_sum"
 
 Fields = dict[str, np.ndarray]
+BLOCK_COLUMNS = 32  # columns whose records are in memory at once: bounds the fit's memory on wide tables
+
+
+class ColumnBlocks(Protocol):
+    """Standardised feature columns, handed out a block at a time (`fedgrove.encoding.PreparedColumns`)."""
+
+    @property
+    def count(self) -> int: ...
+
+    def block(self, start: int, stop: int, *, dtype: type = ...) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ArrayBlocks:
+    """A plain (records, features) array as `ColumnBlocks`."""
+
+    values: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return self.values.shape[1]
+
+    def block(self, start: int, stop: int, *, dtype: type = np.float64) -> np.ndarray:
+        return np.asarray(self.values[:, start:stop], dtype=dtype)
 
 
 class NewtonError(ValueError):
@@ -61,23 +86,28 @@ class Coefficients:
         return cls(intercept=np.zeros(features), slope=np.zeros(features), null_intercept=0.0)
 
 
-def newton_sums(X: np.ndarray, y: np.ndarray, coefficients: Coefficients) -> Fields:
+def newton_sums(X: ColumnBlocks, y: np.ndarray, coefficients: Coefficients) -> Fields:
     """One site's sums at ``coefficients``: per feature arrays of shape (d,), the null model's of shape (1,)."""
-    eta = coefficients.intercept + X * coefficients.slope
-    p = expit(eta)
-    weight = p * (1.0 - p)
-    residual = y[:, None] - p
-    weighted_x = weight * X
+    per_feature: dict[str, list[np.ndarray]] = {name: [] for name in PER_FEATURE_FIELDS}
+    for start in range(0, X.count, BLOCK_COLUMNS):
+        stop = min(start + BLOCK_COLUMNS, X.count)
+        block = X.block(start, stop, dtype=np.float64)
+        eta = coefficients.intercept[start:stop] + block * coefficients.slope[start:stop]
+        p = expit(eta)
+        weight = p * (1.0 - p)
+        residual = y[:, None] - p
+        weighted_x = weight * block
+        per_feature["score_intercept_sum"].append(residual.sum(axis=0))
+        per_feature["score_slope_sum"].append((residual * block).sum(axis=0))
+        per_feature["info_intercept_sum"].append(weight.sum(axis=0))
+        per_feature["info_cross_sum"].append(weighted_x.sum(axis=0))
+        per_feature["info_slope_sum"].append((weighted_x * block).sum(axis=0))
+        per_feature["loglik_sum"].append((y[:, None] * eta - np.logaddexp(0.0, eta)).sum(axis=0))
     n, positives = len(y), float(y.sum())
     c = coefficients.null_intercept
     p0 = float(expit(c))
     return {
-        "score_intercept_sum": residual.sum(axis=0),
-        "score_slope_sum": (residual * X).sum(axis=0),
-        "info_intercept_sum": weight.sum(axis=0),
-        "info_cross_sum": weighted_x.sum(axis=0),
-        "info_slope_sum": (weighted_x * X).sum(axis=0),
-        "loglik_sum": (y[:, None] * eta - np.logaddexp(0.0, eta)).sum(axis=0),
+        **{name: np.concatenate(parts) for name, parts in per_feature.items()},
         "null_score_sum": np.array([positives - n * p0]),
         "null_info_sum": np.array([n * p0 * (1.0 - p0)]),
         "null_loglik_sum": np.array([positives * c - n * np.logaddexp(0.0, c)]),
@@ -128,12 +158,12 @@ class NewtonFit:
 
 
 def newton_fit(
-    X: np.ndarray, y: np.ndarray, *, records: int, max_iterations: int = MAX_ITERATIONS
+    X: ColumnBlocks, y: np.ndarray, *, records: int, max_iterations: int = MAX_ITERATIONS
 ) -> Generator[Fields, Mapping[str, np.ndarray], NewtonFit]:
     """The fit as a conversation: yields this site's sums, receives the pooled sums, returns the fit.
 
     ``records`` is the pooled training record count; sums over another count mean a site changed its data."""
-    features = X.shape[1]
+    features = X.count
     coefficients = Coefficients.zeros(features)
     previous: np.ndarray | None = None
     for iteration in range(1, max_iterations + 1):

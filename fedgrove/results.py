@@ -31,6 +31,7 @@ class SiteResult(BaseModel):
     alone: list[RoundMetrics]
     parameter_digests: list[str]
     round_seconds: list[float] = []
+    preprocessing_seconds: float | None = None  # reading the table and agreeing the preprocessing
     imputed: dict[str, int] = {}
 
 

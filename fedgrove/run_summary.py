@@ -81,6 +81,8 @@ def build_summary(
         "identical_models": identical_models(results),
         "failed_sites": dict(failures),
         "seconds_per_round": _median_round_seconds(results),
+        "preprocessing_s": max((r.preprocessing_seconds for r in results if r.preprocessing_seconds is not None),
+                               default=None),
         "spec": spec.shared().model_dump(mode="json"),
     }
 

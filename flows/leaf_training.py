@@ -110,8 +110,10 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
         if assignment.progress_artifact_id else None
     history, digests, round_seconds = [], [], []
     try:
+        started = time.perf_counter()
         reading = read_site_data(spec, site=name, source=config.data, base_dir=config.base_dir)
         agreed = agree_preprocessing(session, reading, spec=spec, site=name, timeout_s=assignment.aggregation_timeout_s)
+        preprocessing_seconds = time.perf_counter() - started
         assert reading.table is not None  # a site without a table made the agreement refuse
         arrays = prepare_inputs(reading.table, agreed.preprocessing)
         parameters = initial_parameters(spec, len(agreed.preprocessing.input_names))
@@ -150,6 +152,7 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
         alone=alone,
         parameter_digests=digests,
         round_seconds=round_seconds,
+        preprocessing_seconds=preprocessing_seconds,
         imputed=arrays.imputed.imputed,
     )
     publish_site_result(run_id=assignment.run_id, artifacts_url=config.artifacts or shared_artifacts_url(None),
