@@ -98,8 +98,9 @@ class PostgresServer:
             import psycopg
             from psycopg import sql
         except ImportError:  # pragma: no cover - the test extra installs it
-            pytest.fail("expected the psycopg driver for the PostgreSQL tests, got none (fix: pip install -e '.[test]')")
-        with psycopg.connect(host=self.host, port=self.port, user=self.user, dbname="postgres", autocommit=True) as conn:
+            pytest.fail("expected the psycopg driver for PostgreSQL tests, got none (fix: pip install -e '.[test]')")
+        connection = psycopg.connect(host=self.host, port=self.port, user=self.user, dbname="postgres", autocommit=True)
+        with connection as conn:
             conn.execute(sql.SQL(statement).format(sql.Identifier(identifier)))
 
 
@@ -121,7 +122,9 @@ def _as_server_user(command: list[str]) -> list[str]:
         return command
     runuser = shutil.which("runuser")
     if runuser is None:
-        pytest.fail("expected `runuser` to run initdb as the postgres user (root may not), got none (fix: install util-linux)")
+        pytest.fail(
+            "expected `runuser` to run initdb as the postgres user (root may not), got none (fix: install util-linux)"
+        )
     return [runuser, "-u", OS_USER_WHEN_ROOT, "--", *command]
 
 
