@@ -266,7 +266,7 @@ def _read_s3_file(source: DataSource) -> pd.DataFrame:
             raise _s3_error(source, s3, location, exc) from None
         buffer.seek(0)
         try:
-            return _parse_table(buffer, source.file_format)  # type: ignore[arg-type]
+            return _parse_table(buffer, source.file_format)
         except Exception as exc:  # as for a local file
             raise _unreadable(source, where=location.uri(), exc=exc) from None
 
@@ -274,7 +274,7 @@ def _read_s3_file(source: DataSource) -> pd.DataFrame:
 def _parse_table(stream: IO[bytes], fmt: FileFormat) -> pd.DataFrame:
     if fmt is FileFormat.PARQUET:
         return pd.read_parquet(stream, engine="pyarrow")
-    text: IO[bytes] = gzip.GzipFile(fileobj=stream, mode="rb") if fmt is FileFormat.GZIP_CSV else stream
+    text: IO[bytes] | gzip.GzipFile = gzip.GzipFile(fileobj=stream) if fmt is FileFormat.GZIP_CSV else stream
     if b"\0" in text.read(SNIFF_BYTES):  # pandas may "parse" a binary file into garbage rather than fail
         raise ValueError(f"found a NUL byte in the first {SNIFF_BYTES // 1024} KiB: binary data, not CSV text")
     text.seek(0)
@@ -395,7 +395,7 @@ def _cause(exc: BaseException, url: URL) -> str:
     root: BaseException = exc
     while not isinstance(root, DBAPIError) and root.__cause__ is not None:
         root = root.__cause__
-    if isinstance(root, DBAPIError):
+    if isinstance(root, DBAPIError) and root.orig is not None:
         root = root.orig
     text = f"{type(root).__name__}: {str(root).strip()}"
     return text.replace(url.password, "***") if url.password else text

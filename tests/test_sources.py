@@ -89,7 +89,7 @@ def test_parse_reads_a_path_an_s3_url_or_a_json_object_and_describes_only_its_ki
 def test_a_data_source_is_frozen_and_refuses_unknown_fields() -> None:
     source = DataSource(data="patients.csv")
     with pytest.raises(ValueError, match="frozen"):
-        source.data = "other.csv"  # type: ignore[misc]
+        source.data = "other.csv"
     with pytest.raises(ValueError, match="Extra inputs are not permitted"):
         SqlQuery(url_env="SITE_DB", query="select 1", password="x")  # type: ignore[call-arg]
 
@@ -611,12 +611,11 @@ def test_a_failing_query_says_so_with_the_database_error_in_detail(
 ) -> None:
     url = request.getfixturevalue(f"{database}_url")
     monkeypatch.setenv("HOSPITAL_C_DB", url)
-    masked = url.replace(PASSWORD, "***")
+    masked, query = url.replace(PASSWORD, "***"), "select ward from hospital_b_patients"
 
-    error = _read_sql_failure("select ward from hospital_b_patients")
+    error = _read_sql_failure(query)
 
     assert error.public == QUERY_FAILED
-    query = "select ward from hospital_b_patients"
     assert f"expected the query {query!r} to run on {masked}, got {underlying}" in error.detail
     assert PASSWORD not in error.detail
     assert_public_is_safe(error, "hospital_b", "hospital-b", "select ward", PASSWORD, url)
