@@ -293,25 +293,37 @@ def _unreadable(source: DataSource, *, where: str, exc: Exception) -> SourceErro
     )
 
 
-_S3_PUBLIC = {
-    S3Problem.NOT_FOUND: "expected {kind} at the S3 URL in {var}, got no object there "
-    "(fix: upload the file, or correct the key in the URL)",
-    S3Problem.NO_BUCKET: "expected {kind} at the S3 URL in {var}, got no such bucket on the S3 server "
-    "(fix: correct the bucket in the URL, or AWS_ENDPOINT_URL if it names the wrong server)",
-    S3Problem.CREDENTIALS: "expected {kind} that the site's AWS credentials may read, got missing or refused "
-    "credentials (fix: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, and the bucket's policy)",
-    S3Problem.UNREACHABLE: "expected an S3 server to answer for {kind}, got no answer or a server error "
-    "(fix: start the S3 server or retry later, or set AWS_ENDPOINT_URL to where it listens)",
-    S3Problem.OTHER: "expected {kind}, got an S3 error (fix: read the full error on the site's own terminal)",
+_S3_PROBLEMS = {  # problem: (what was expected and what came, in general terms; the fix)
+    S3Problem.NOT_FOUND: (
+        "expected {kind} at the S3 URL in {var}, got no object there",
+        "fix: upload the file, or correct the key in the URL",
+    ),
+    S3Problem.NO_BUCKET: (
+        "expected {kind} at the S3 URL in {var}, got no such bucket on the S3 server",
+        "fix: correct the bucket in the URL, or AWS_ENDPOINT_URL if it names the wrong server",
+    ),
+    S3Problem.CREDENTIALS: (
+        "expected {kind} that the site's AWS credentials may read, got missing or refused credentials",
+        "fix: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, and the bucket's policy",
+    ),
+    S3Problem.UNREACHABLE: (
+        "expected an S3 server to answer for {kind}, got no answer or a server error",
+        "fix: start the S3 server or retry later, or set AWS_ENDPOINT_URL to where it listens",
+    ),
+    S3Problem.OTHER: ("expected {kind}, got an S3 error", "fix: read the full error on the site's own terminal"),
 }
 
 
 def _s3_error(source: DataSource, s3: S3Connection, location: S3Location, exc: Exception) -> SourceError:
-    """`fedgrove.s3`'s sentence (bucket, key, endpoint, access key id; never the secret) is the detail."""
+    """The detail is `fedgrove.s3`'s sentence (bucket, key, endpoint, access key id; never the secret), with the
+    fix added where it has none."""
     failure = s3.explain(exc, bucket=location.bucket, key=location.prefix)
     problem = S3Problem.OTHER if failure is None else failure.problem
+    what, fix = _S3_PROBLEMS[problem]
     detail = f"reading {location.uri()} failed: {exc}" if failure is None else failure.message
-    return _error(_S3_PUBLIC[problem].format(kind=source.public_description(), var=SITE_DATA_VARIABLE), detail)
+    if "(fix:" not in detail and problem is not S3Problem.OTHER:
+        detail = f"{detail} ({fix})"
+    return _error(f"{what.format(kind=source.public_description(), var=SITE_DATA_VARIABLE)} ({fix})", detail)
 
 
 def _read_sql(sql: SqlQuery) -> pd.DataFrame:

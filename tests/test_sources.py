@@ -349,7 +349,10 @@ def test_a_missing_s3_object_says_so(s3_env: str) -> None:
         "expected a CSV file on S3 at the S3 URL in FEDGROVE_SITE_DATA, got no object there (fix: upload the file, "
         "or correct the key in the URL)"
     )
-    assert error.detail == f"expected an object at s3://{s3_env}/hospital-b/patients.csv, got none"
+    assert error.detail == (
+        f"expected an object at s3://{s3_env}/hospital-b/patients.csv, got none "
+        "(fix: upload the file, or correct the key in the URL)"
+    )
     assert_public_is_safe(error, s3_env, "hospital-b")
 
 
