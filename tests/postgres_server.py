@@ -94,14 +94,16 @@ class PostgresServer:
         self._run_sql("DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
 
     def _run_sql(self, statement: str, identifier: str) -> None:
+        """Run `statement` with its one `{}` filled by `identifier`, quoted, outside a transaction."""
         try:
             import psycopg
             from psycopg import sql
         except ImportError:  # pragma: no cover - the test extra installs it
             pytest.fail("expected the psycopg driver for PostgreSQL tests, got none (fix: pip install -e '.[test]')")
-        connection = psycopg.connect(host=self.host, port=self.port, user=self.user, dbname="postgres", autocommit=True)
-        with connection as conn:
-            conn.execute(sql.SQL(statement).format(sql.Identifier(identifier)))
+        with psycopg.connect(
+            host=self.host, port=self.port, user=self.user, dbname="postgres", autocommit=True
+        ) as connection:
+            connection.execute(sql.SQL(statement).format(sql.Identifier(identifier)))
 
 
 def postgres_bin_dir() -> Path:
