@@ -87,7 +87,7 @@ _SUFFIXES = {
 }
 
 
-def file_format(location: str) -> FileFormat | None:
+def file_format_of(location: str) -> FileFormat | None:
     """The format a path or s3:// URL names by its suffix (case-insensitive); None for any other suffix."""
     lowered = location.lower()
     return next((fmt for suffix, fmt in _SUFFIXES.items() if lowered.endswith(suffix)), None)
@@ -161,7 +161,7 @@ class DataSource(BaseModel):
                     f"or with empty path segments (fix: correct the URL in {SITE_DATA_VARIABLE})",
                     f"{exc} (fix: correct the URL in {SITE_DATA_VARIABLE})",
                 ) from None
-        if file_format(value) is None:
+        if file_format_of(value) is None:
             expected = "expected the site's data file to end in .csv, .csv.gz, .parquet or .pq"
             fix = "fix: export the table as CSV or Parquet, or name the file after its format"
             raise _error(f"{expected}, got another file type ({fix})", f"{expected}, got {value!r} ({fix})")
@@ -205,7 +205,7 @@ class DataSource(BaseModel):
 
     @property
     def file_format(self) -> FileFormat:
-        fmt = file_format(self.data or "")
+        fmt = file_format_of(self.data or "")
         assert fmt is not None, "only for a file source"  # `data` takes no other suffix
         return fmt
 
