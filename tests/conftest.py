@@ -8,7 +8,13 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
-pytest_plugins = ["tests.aggregator_fixtures", "tests.prefect_fixtures", "tests.prefect_server", "tests.s3_server"]
+pytest_plugins = [
+    "tests.aggregator_fixtures",
+    "tests.prefect_fixtures",
+    "tests.prefect_server",
+    "tests.s3_server",
+    "tests.postgres_server",
+]
 
 # Fuzz tests replay the same examples on every run (CI included): a failure is a reproducible bug, never luck.
 from hypothesis import settings as _hypothesis_settings  # noqa: E402
