@@ -129,10 +129,9 @@ def preprocessing_protocol(
 
     category_counts: dict[str, np.ndarray] = {}
     if categorical:
-        flat = [(column, c) for column in categorical for c in candidates[column]]
         pooled = yield from exchange("categories", {
-            "category_counts_sum": np.array([local.counts[column].get(c, 0) for column, c in flat], dtype=np.int64)
-            if flat else np.zeros(0, dtype=np.int64),
+            "category_counts_sum": np.concatenate(
+                [exact_counts(local.counts[column], candidates[column]) for column in categorical]),
         })
         counts = pooled["category_counts_sum"]
         offset = 0

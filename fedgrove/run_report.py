@@ -13,28 +13,29 @@ def metric(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def comparison_rows(summary: Mapping) -> list[list[str]]:
-    """Rows of (site, records, federated acc/auc/loss, alone acc/auc/loss) plus pooled and centralised."""
-    rows = []
-    for site, figures in summary["sites"].items():
-        fed, alone = figures["federated"], figures["alone"] or {}
-        rows.append([site, str(figures["records"] + figures["test_records"]),
-                     metric(fed["accuracy_test"]), metric(fed["auc_test"]), metric(fed["loss_test"], 4),
-                     metric(alone.get("accuracy_test")), metric(alone.get("auc_test")),
-                     metric(alone.get("loss_test"), 4)])
-    total = sum(f["records"] + f["test_records"] for f in summary["sites"].values())
-    pooled = summary["federated_pooled"]
-    rows.append(["all sites (pooled)", str(total), metric(pooled["accuracy_test"]), metric(pooled["auc_test"]),
-                 metric(pooled["loss_test"], 4), "", "", ""])
-    central = summary["centralised"]
-    if central is not None:
-        rows.append(["centralised", str(total), metric(central["accuracy_test"]), metric(central["auc_test"]),
-                     metric(central["loss_test"], 4), "", "", ""])
+POOLED, CENTRALISED = "all sites (pooled)", "centralised"
+
+
+def comparison_rows(summary: Mapping, *, with_loss: bool = True) -> list[list[str]]:
+    """Rows of (site, records, federated acc/AUC[/loss], alone acc/AUC[/loss]) plus pooled and centralised."""
+    def figures(values: Mapping | None) -> list[str]:
+        values = values or {}
+        shown = [metric(values.get("accuracy_test")), metric(values.get("auc_test"))]
+        return shown + [metric(values.get("loss_test"), 4)] if with_loss else shown
+
+    blank = ["", "", ""] if with_loss else ["", ""]
+    rows = [[site, str(f["records"] + f["test_records"]), *figures(f["federated"]), *figures(f["alone"])]
+            for site, f in summary["sites"].items()]
+    total = str(sum(f["records"] + f["test_records"] for f in summary["sites"].values()))
+    rows.append([POOLED, total, *figures(summary["federated_pooled"]), *blank])
+    if summary["centralised"] is not None:
+        rows.append([CENTRALISED, total, *figures(summary["centralised"]), *blank])
     return rows
 
 
-COMPARISON_HEADER = ["site", "records", "federated acc", "federated auc", "federated loss", "alone acc",
-                     "alone auc", "alone loss"]
+COMPARISON_HEADER = ["site", "records", "federated acc", "federated AUC", "federated loss", "alone acc",
+                     "alone AUC", "alone loss"]
+TERMINAL_HEADER = ["site", "records", "fed acc", "fed AUC", "alone acc", "alone AUC"]
 
 
 def run_markdown(summary: Mapping, uris: Mapping[str, str]) -> str:

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from fedgrove.settings import PipelineSettings
-from fedgrove.sources import DataSource
+from fedgrove.sources import SITE_DATA_VARIABLE, DataSource, SourceError
 
 
 class SiteConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     data: DataSource
+    source_setting: str = SITE_DATA_VARIABLE  # where the site configured `data`, for messages
     base_dir: Path | None = None  # relative data paths resolve here
     work_dir: Path | None = None  # scratch: downloads, staged results
     env_file: Path | None = None  # the leaf's credentials; default: the environment
@@ -42,10 +43,8 @@ def site_config_from_environment(site: str, settings: PipelineSettings | None = 
         )
     try:
         source = DataSource.parse(settings.site_data)
-    except (ValueError, ValidationError) as exc:
-        raise SiteNotConfigured(f"site {site}: FEDGROVE_SITE_DATA cannot be read as a data source "
-                                f"({str(exc).splitlines()[0]}) (fix: a path, an s3:// URL, or "
-                                '{"sql": {"url_env": "NAME", "query": "select ..."}})') from None
+    except SourceError as exc:
+        raise SiteNotConfigured(f"site {site}: {exc.public}") from None
     return SiteConfig(data=source, work_dir=settings.work_dir, artifacts=shared_artifacts_url(settings.artifacts))
 
 

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedgrove.sources import DataSource
+from fedgrove.sources import DataSource, SourceError
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -87,9 +87,18 @@ class FederationSpec(SpecModel):
     @field_validator("sites", mode="before")
     @classmethod
     def _sites_as_mapping(cls, value: Any) -> Any:
-        """A plain list of names is a roster without sources (sites mode)."""
+        """A plain list of names is a roster without sources (sites mode); a source that cannot be read is named
+        with its site."""
         if isinstance(value, list):
             return {name: None for name in value}
+        if isinstance(value, dict):
+            checked = {}
+            for name, source in value.items():
+                try:
+                    checked[name] = DataSource.model_validate(source) if isinstance(source, dict) else source
+                except SourceError as exc:
+                    raise ValueError(f"site {name!r}: {exc.public}") from None
+            return checked
         return value
 
     @field_validator("sites")

@@ -11,7 +11,7 @@ console = Console()
 
 
 def fail(message: str) -> NoReturn:
-    """Print `error: <message>` (the message as written, no markup) and exit 1."""
+    """Print `error: <message>` (the message as written: no markup, no line breaks of its own) and exit 1."""
     console.print("[red]error:[/red] ", end="")
-    console.print(message, markup=False, highlight=False)
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(1)

@@ -23,7 +23,7 @@ def read_table(path: Path):  # type: ignore[no-untyped-def]
     from fedgrove.sources import DataSource, SourceError, read_source
 
     try:
-        return read_source(DataSource(data=str(path)), base_dir=Path.cwd())
+        return read_source(DataSource(data=str(path)), base_dir=Path.cwd(), setting="the file argument")
     except SourceError as exc:
         fail(exc.detail)
 

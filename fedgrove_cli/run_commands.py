@@ -81,20 +81,24 @@ def round_progress(sites: int, rounds: int) -> Iterator[None]:
 
 
 def print_run_table(summary: dict) -> None:
-    from fedgrove.run_report import COMPARISON_HEADER, comparison_rows
+    """Per site federated vs alone, then the pooled federation and centralised: fits an 80-column terminal
+    (losses are in summary.json and the Prefect summary)."""
+    from rich import box
 
-    table = Table(title=f"test metrics after {summary['rounds']} rounds ({len(summary['sites'])} sites, "
-                        f"target {summary['target']!r})")
-    for column in COMPARISON_HEADER:
-        table.add_column(column, justify="right")
-    for row in comparison_rows(summary):
+    from fedgrove.run_report import TERMINAL_HEADER, comparison_rows
+
+    table = Table(title=f"test accuracy and AUC after {summary['rounds']} rounds ({len(summary['sites'])} sites, "
+                        f"target {summary['target']!r})", box=box.SIMPLE_HEAD)
+    for index, column in enumerate(TERMINAL_HEADER):
+        table.add_column(column, justify="left" if index == 0 else "right", no_wrap=True)
+    for row in comparison_rows(summary, with_loss=False):
         table.add_row(*row)
     console.print(table)
-    console.print(f"model inputs: {', '.join(summary['features'])}", highlight=False)
+    console.print(f"model inputs: {', '.join(summary['features'])}", highlight=False, soft_wrap=True)
     console.print(f"identical models at every site: {summary['identical_models']}; wall time "
                   f"{summary['wall_s']:.1f} s", highlight=False)
     for name in ("result.png", "model.pt", "summary.json"):
-        console.print(f"{name + ':':<13} {summary['outputs'][name]}", highlight=False)
+        console.print(f"{name + ':':<13} {summary['outputs'][name]}", highlight=False, soft_wrap=True)
 
 
 def _run(spec, run, *, verbose: bool) -> None:  # type: ignore[no-untyped-def]
@@ -174,12 +178,17 @@ def leaf(
     from fedgrove.sources import DataSource
     from fedgrove.spec import SpecError, load_spec
 
+    from fedgrove.sources import SourceError
+
     try:
         spec = load_spec(spec_file)
         source = DataSource.parse(data)
         credentials = LeafSettings.load(env_file)
-    except (SpecError, ValueError, FileNotFoundError) as exc:
-        fail(str(exc).splitlines()[0] if not isinstance(exc, SpecError) else str(exc))
+    except (SpecError, SourceError, FileNotFoundError) as exc:
+        fail(str(exc))
+    except ValueError as exc:  # the credentials: pydantic names each missing variable
+        fail(f"this leaf's credentials are incomplete: {exc} (fix: set LEAF_ID, LEAF_NAME, LEAF_PASSWORD, TREE_ID, "
+             "BRANCH_ID, OWNER_ID and BRANCHKEY_HOST, or pass --env-file)")
     name = site or credentials.leaf_name
     if name not in spec.sites:
         fail(f"site {name!r} is not one of the spec's sites {spec.roster()} (fix: pass --site with one of them, or "
@@ -194,7 +203,8 @@ def leaf(
 
         run = run_id or new_run_id()
         artifacts = shared_artifacts_url(os.environ.get("FEDGROVE_ARTIFACTS"))
-        config = SiteConfig(data=source, base_dir=Path.cwd(), env_file=env_file, artifacts=artifacts)
+        config = SiteConfig(data=source, source_setting="--data", base_dir=Path.cwd(), env_file=env_file,
+                            artifacts=artifacts)
         try:
             result = leaf_training(LeafAssignment(spec=spec.shared(), site=name, run_id=run), config)
         except Exception as exc:
@@ -211,7 +221,7 @@ def leaf(
         table.add_row("alone", metric(alone.accuracy), metric(alone.auc), metric(alone.loss, 4))
     console.print(table)
     for label, path in paths.items():
-        console.print(f"{label + ':':<11} {path}", highlight=False)
+        console.print(f"{label + ':':<11} {path}", highlight=False, soft_wrap=True)
 
 
 def serve(

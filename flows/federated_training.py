@@ -86,7 +86,8 @@ def federated_training(spec: FederationSpec | None = None, run: RunOptions = Run
         with provide_branch(settings, sites=spec.roster(), run_id=run_id, credentials_dir=work / "credentials",
                             branch_options=options) as branch:
             configs = {
-                site: SiteConfig(data=source, env_file=branch.env_files[site], work_dir=work, artifacts=artifacts_url)
+                site: SiteConfig(data=source, source_setting=f"the spec's sites.{site}", env_file=branch.env_files[site],
+                                 work_dir=work, artifacts=artifacts_url)
                 for site, source in spec.sites.items() if source is not None
             }
             failures = run_sites_in_process(assignments, configs)

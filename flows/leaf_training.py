@@ -111,7 +111,8 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
     history, digests, round_seconds = [], [], []
     try:
         started = time.perf_counter()
-        reading = read_site_data(spec, site=name, source=config.data, base_dir=config.base_dir)
+        reading = read_site_data(spec, site=name, source=config.data, base_dir=config.base_dir,
+                                 setting=config.source_setting)
         agreed = agree_preprocessing(session, reading, spec=spec, site=name, timeout_s=assignment.aggregation_timeout_s)
         preprocessing_seconds = time.perf_counter() - started
         assert reading.table is not None  # a site without a table made the agreement refuse

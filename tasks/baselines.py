@@ -31,7 +31,8 @@ def train_centralised(
         source = spec.sites[site]
         if source is None:
             raise ValueError(f"expected a data source for site {site} to train the centralised baseline, got none")
-        table = prepare_site_table(read_source(source, base_dir=base_dir), site=site, target=spec.target,
+        table = prepare_site_table(read_source(source, base_dir=base_dir, setting=f"the spec's sites.{site}"),
+                                   site=site, target=spec.target,
                                    test_fraction=spec.evaluation.test_fraction, seed=spec.train.seed)
         arrays.append(site_arrays(table, preprocessing))
     return train_alone(pooled_arrays(arrays), spec=spec, seed=spec.train.seed)

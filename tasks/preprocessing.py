@@ -37,10 +37,12 @@ class SiteReading:
 
 
 @task(name="read-site-data", **LOCAL)
-def read_site_data(spec: FederationSpec, *, site: str, source: DataSource, base_dir: Path | None) -> SiteReading:
+def read_site_data(
+    spec: FederationSpec, *, site: str, source: DataSource, base_dir: Path | None, setting: str
+) -> SiteReading:
     """Read the site's own table and split it into its training and test records."""
     try:
-        frame = read_source(source, base_dir=base_dir)
+        frame = read_source(source, base_dir=base_dir, setting=setting)
     except SourceError as exc:
         site_log.warning("site %s: %s", site, exc.detail)
         return SiteReading(table=None, refusal=exc.public)
