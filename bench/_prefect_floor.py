@@ -34,7 +34,7 @@ import psutil  # noqa: E402
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from fedgrove.cli import quiet_task_run_logs  # noqa: E402
+import logging  # noqa: E402
 
 
 @task(cache_policy=NO_CACHE)
@@ -87,7 +87,7 @@ def coordinator(rounds: int, organisations: int, tasks_per_round: int) -> dict[s
 
 if __name__ == "__main__":
     rounds, organisations, tasks_per_round = (int(value) for value in sys.argv[1:4])
-    quiet_task_run_logs()
+    logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)  # as `fedgrove demo` does
     with PREFECT_SERVER.serving() if PREFECT_SERVER is not None else contextlib.nullcontext():
         figures = coordinator(rounds, organisations, tasks_per_round)
     print(json.dumps({**figures, "whole_s": time.perf_counter() - STARTED}))

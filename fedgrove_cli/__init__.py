@@ -1,5 +1,7 @@
 """`fedgrove`: train a federation from a spec, run one organisation's leaf, split a table, predict, and run
-the aggregation server. Nothing imports this package: it is the top of the import graph."""
+the aggregation server."""
+
+# Nothing imports this package: it is the top of the import graph (cli -> flows -> tasks -> fedgrove).
 
 from __future__ import annotations
 

@@ -55,8 +55,18 @@ def prefect_api(*, verbose: bool) -> Iterator[None]:
         import flows.federated_training  # noqa: F401  (the import the server's boot overlaps)
 
         if not verbose:
+            from fedgrove.client_output import route_sdk_output_to_debug_log
+            from fedgrove.user_errors import quiet_expected_failures
+
             # No "Finished in state Completed()" line per task run (1,250 in a 50-round demo); warnings still show.
             logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
+            from flows.federated_training import SiteFlowsFailed
+            from flows.leaf_training import SiteOwnedParameter
+            from tasks.run_setup import SpecNotRunnable
+            from tasks.site_results import SiteResultMissing
+
+            route_sdk_output_to_debug_log()
+            quiet_expected_failures(also=(SiteFlowsFailed, SiteOwnedParameter, SpecNotRunnable, SiteResultMissing))
         if server is not None:
             cleanup.enter_context(server.serving())
         yield

@@ -58,7 +58,12 @@ def new_run_id() -> str:
 
 
 def _describe(failures: dict[str, str]) -> str:
-    return "; ".join(f"{site}: {reason}" for site, reason in failures.items())
+    """Each distinct reason once, after the sites that gave it (sites stopped by one refusal share its words)."""
+    by_reason: dict[str, list[str]] = {}
+    for site, reason in failures.items():
+        by_reason.setdefault(reason, []).append(site)
+    return "; ".join(f"{'site' if len(sites) == 1 else 'sites'} {', '.join(sites)}: {reason}"
+                     for reason, sites in by_reason.items())
 
 
 @flow(name="federated-training")
@@ -109,6 +114,6 @@ def federated_training(spec: FederationSpec | None = None, run: RunOptions = Run
     update_progress_artifact(progress_id, 100.0)
     logger.info("run %s finished in %.1f s; outputs: %s", run_id, summary["wall_s"], uris.get("result.png"))
     if failures:
-        raise SiteFlowsFailed(f"sites {', '.join(failures)} failed ({_describe(failures)}); the other sites' outputs "
-                              f"are in {uris.get('summary.json')}")
+        raise SiteFlowsFailed(f"{'site' if len(failures) == 1 else 'sites'} {', '.join(failures)} failed "
+                              f"({_describe(failures)}); the other sites' outputs are in {uris.get('summary.json')}")
     return {**summary, "outputs": uris}

@@ -10,10 +10,12 @@ in its UI and stores them with every run.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedgrove.client_output import route_sdk_output_to_debug_log
@@ -118,14 +120,16 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
         assert reading.table is not None  # a site without a table made the agreement refuse
         arrays = prepare_inputs(reading.table, agreed.preprocessing)
         parameters = initial_parameters(spec, len(agreed.preprocessing.input_names))
+        # Prefect walks every task argument for futures to record as inputs; these hold none (quote: don't look).
+        inputs, model_spec, the_session = quote(arrays), quote(spec), quote(session)
         for round_number in range(1, spec.train.rounds + 1):
             started = time.perf_counter()
-            local = fit_local(parameters, arrays, spec=spec, site=name, round_number=round_number)
-            upload_parameters(session, local, weighting=float(arrays.records), round_number=round_number)
-            aggregation_id = wait_for_aggregation(session, round_number=round_number,
+            local = fit_local(quote(parameters), inputs, spec=model_spec, site=name, round_number=round_number)
+            upload_parameters(the_session, quote(local), weighting=float(arrays.records), round_number=round_number)
+            aggregation_id = wait_for_aggregation(the_session, round_number=round_number,
                                                   timeout_s=assignment.aggregation_timeout_s)
-            parameters = load_aggregate(session, aggregation_id, template=local)
-            metrics = evaluate_and_track(parameters, arrays, spec=spec, round_number=round_number,
+            parameters = load_aggregate(the_session, aggregation_id, template=quote(local))
+            metrics = evaluate_and_track(quote(parameters), inputs, spec=model_spec, round_number=round_number,
                                          leaf_name=credentials.leaf_name)
             history.append(metrics)
             digests.append(parameter_digest(parameters))
@@ -135,8 +139,10 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
             if progress is not None:
                 progress.report(100.0 * round_number / spec.train.rounds)
             round_finished(assignment.run_id, name, round_number, spec.train.rounds)
-            logger.info("%s round %d/%d: accuracy_test %s, loss_test %s", name, round_number, spec.train.rounds,
-                        _shown(metrics.test.accuracy, 3), _shown(metrics.test.loss, 4))
+            every = round_number % REPORT_EVERY_ROUNDS == 0 or round_number in (1, spec.train.rounds)
+            logger.log(logging.INFO if every else logging.DEBUG, "%s round %d/%d: accuracy_test %s, loss_test %s",
+                       name, round_number, spec.train.rounds, _shown(metrics.test.accuracy, 3),
+                       _shown(metrics.test.loss, 4))
     finally:
         if progress is not None:
             progress.close()  # never raises, so the session below is closed whatever happens here

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.utilities.annotations import quote
 
 from fedgrove.federated_preprocessing import AgreedPreprocessing, preprocessing_protocol
 from fedgrove.site_table import SiteTable, prepare_site_table
@@ -68,10 +69,11 @@ def agree_preprocessing(
     or raises the same `FederationRefused`."""
     protocol = preprocessing_protocol(spec=spec, site=site, table=reading.table, error=reading.refusal)
     step, fields = next(protocol)
+    the_session = quote(session)  # Prefect need not walk it for futures: it holds none
     while True:
-        upload_sums(session, fields, step=step)
-        aggregation_id = wait_for_aggregation(session, round_number=PREPROCESSING_ROUND, timeout_s=timeout_s)
-        pooled = load_pooled_sums(session, aggregation_id)
+        upload_sums(the_session, quote(fields), step=step)
+        aggregation_id = wait_for_aggregation(the_session, round_number=PREPROCESSING_ROUND, timeout_s=timeout_s)
+        pooled = load_pooled_sums(the_session, aggregation_id)
         try:
             step, fields = protocol.send(pooled)
         except StopIteration as finished:

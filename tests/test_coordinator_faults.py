@@ -35,7 +35,7 @@ def test_one_site_failing_for_good_fails_the_run_by_name_and_keeps_the_others_ou
         return_state=True,
     )
     assert state.is_failed()
-    assert "sites site-3 failed (site-3: injected: site-3's machine is gone)" in state.message
+    assert "site site-3 failed (site site-3: injected: site-3's machine is gone)" in state.message
     summary = json.loads((tmp_path / "runs" / "faulty" / "summary.json").read_text())
     assert sorted(summary["sites"]) == ["site-1", "site-2", "site-4", "site-5"]
     assert list(summary["failed_sites"]) == ["site-3"]

@@ -160,7 +160,7 @@ def test_a_site_that_lacks_a_column_stops_every_site_at_once_with_the_same_messa
     output = failed_run(spec_path, "missing-column")
     reason = ("the sites cannot federate: site site-2 lacks column 'religious' that sites site-1, site-3 have "
               "(fix: add it at site-2, or list 'religious' under exclude)")
-    assert output == f"every site failed: site-1: {reason}; site-2: {reason}; site-3: {reason}"
+    assert output == f"every site failed: sites site-1, site-2, site-3: {reason}"
 
 
 @pytest.mark.parametrize(("case", "reason"), [
@@ -189,5 +189,5 @@ def test_a_site_that_cannot_take_part_stops_every_site_naming_it(
     spec_path.write_text(yaml.safe_dump({"target": "affair", "exclude": ["patient_id"], "sites": sources}))
     output = failed_run(spec_path, case)
     shared = f"the sites cannot federate: {reason}"
-    assert output == f"every site failed: site-1: {shared}; site-2: {shared}; site-3: {shared}"
+    assert output == f"every site failed: sites site-1, site-2, site-3: {shared}"
     assert str(workspace) not in output, "no path in the message the sites share"
