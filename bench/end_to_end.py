@@ -122,13 +122,12 @@ def floor_seconds_per_round(rounds: int, sites: int, workdir: Path) -> float:
     preprocessing (the same in both) drops out."""
     from fedgrove.demo import DemoOptions, demo_spec
     from fedgrove.simulation import simulate
-    from fedgrove.site_table import prepare_site_table
+    from fedgrove.site_table import table_for_spec
     from fedgrove.sources import DataSource, read_source
 
     data = workdir / "work" / "runs" / "bench" / "data"
     spec = demo_spec({f"site-{i}": data / f"site-{i}.csv" for i in range(1, sites + 1)}, DemoOptions(rounds=rounds))
-    tables = {site: prepare_site_table(read_source(DataSource(data=str(source.data))), site=site,
-                                       target=spec.target, test_fraction=0.2, seed=0)
+    tables = {site: table_for_spec(read_source(DataSource(data=str(source.data))), spec, site)
               for site, source in spec.sites.items()}
 
     def timed(rounds: int) -> float:

@@ -53,8 +53,11 @@ class Preprocessing(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    task: str = "binary"
     target: str
-    labels: list[Label]
+    labels: list[Label]  # classification: the sorted labels; regression: none
+    target_mean: float | None = None  # regression: the pooled target's mean and standard deviation
+    target_std: float | None = None
     numeric: dict[str, float]  # column -> pooled mean (the imputation value)
     categorical: list[CategoricalLevels]
     encoded: list[EncodedColumn]  # every non-constant encoded column, in order
@@ -113,6 +116,13 @@ class Preprocessing(BaseModel):
         to be filled in."""
         prepared = self.prepare(frame, all_encoded=all_encoded)
         return prepared.block(0, prepared.count, dtype=dtype), prepared.report
+
+    def targets(self, series: pd.Series) -> np.ndarray:
+        """What the model learns (float32): a label's index in `labels`, or the standardised target value."""
+        if self.task != "regression":
+            return self.label_index(series)
+        assert self.target_mean is not None and self.target_std is not None
+        return ((numeric_values(series, self.target) - self.target_mean) / self.target_std).astype(np.float32)
 
     def label_index(self, series: pd.Series) -> np.ndarray:
         """Each label's index in `labels` (float32: 0.0 / 1.0 for a binary task). Unknown labels raise."""

@@ -12,11 +12,12 @@ the in-memory simulation drives every site's generator in lockstep with a plain 
 3. `spread`: per numeric column the sum of squared deviations from the pooled mean (two passes: exact
    where sumsq - n mean^2 cancels); each site's frequent-category candidates as a document.
 4. `categories` (only with categorical columns): exact counts of the candidate categories.
-5. `newton-<i>` (only with `select`): the federated likelihood-ratio selection (`fedgrove.newton`).
+5. with `select`: `newton-<i>` (the likelihood-ratio selection of a binary or multiclass target) or `f-test`
+   (a numeric target) (`fedgrove.federated_selection`).
+6. `model`: every site builds the spec's model and the sites compare its layers.
 
-Every exchange carries a tag (`exchange_step_sum`, `exchange_sites_sum`): its pooled value must be the
-step's number times the number of sites, so a late retry of an earlier upload that the server counted
-in a later exchange stops every site instead of corrupting the result.
+Every exchange is numbered and tagged (`fedgrove.exchanges`). A regression target is standardised with its
+pooled mean and standard deviation, summed beside the numeric columns'.
 """
 
 from __future__ import annotations
@@ -30,18 +31,15 @@ import pandas as pd
 from fedgrove.category_sketch import BUCKETS, exact_counts, frequent_candidates, sketch, sketch_key, value_counts
 from fedgrove.documents import document_fields, read_documents
 from fedgrove.encoding import MISSING, OTHER, CategoricalLevels, EncodedColumn, Preprocessing, numeric_values
-from fedgrove.newton import lrt_ranking, newton_fit
+from fedgrove.exchanges import Exchange, Exchanges
+from fedgrove.federated_selection import agree_model, select_features
 from fedgrove.schema import AgreedSchema, FederationRefused, SiteProfile, agree_schema, profile_site, refusal_profile
 from fedgrove.site_table import SiteTable
 from fedgrove.spec import FederationSpec
 from fedgrove.values import category_strings
 
-Fields = dict[str, np.ndarray]
-Exchange = tuple[str, Fields]
 Protocol = Generator[Exchange, Mapping[str, np.ndarray], "AgreedPreprocessing"]
 
-STEP_FIELD = "exchange_step_sum"
-SITES_FIELD = "exchange_sites_sum"
 _VARIANCE_FLOOR = 1e-12  # relative to the mean square: below it a column is constant up to rounding
 
 
@@ -54,36 +52,14 @@ class AgreedPreprocessing:
     exchanges: int
 
 
-def _tagged(fields: Fields, *, step: int) -> Fields:
-    return {**fields, STEP_FIELD: np.array([step], dtype=np.int64), SITES_FIELD: np.array([1], dtype=np.int64)}
-
-
-def _check_tag(pooled: Mapping[str, np.ndarray], *, step: int, sites: int, name: str) -> None:
-    got_step, got_sites = int(pooled[STEP_FIELD][0]), int(pooled[SITES_FIELD][0])
-    if (got_step, got_sites) != (step * sites, sites):
-        raise FederationRefused(
-            f"the sites cannot federate: exchange {name!r} combined {got_sites} contributions tagged {got_step}, "
-            f"expected {sites} tagged {step * sites}: a late retry of an earlier upload was counted in it (fix: "
-            "run again; each run uses a fresh branch)"
-        )
-
-
 def preprocessing_protocol(
     *, spec: FederationSpec, site: str, table: SiteTable | None, error: str | None = None
 ) -> Protocol:
     """One site's side of federated preprocessing. `error` (with `table` None): the site cannot take part;
     it still sends its profile so every site stops at once with the same message."""
     roster = spec.roster()
-    sites = len(roster)
-    step = 0
-
-    def exchange(name: str, fields: Fields) -> Generator[Exchange, Mapping[str, np.ndarray], Mapping[str, np.ndarray]]:
-        nonlocal step
-        step += 1
-        pooled = yield name, _tagged(fields, step=step)
-        _check_tag(pooled, step=step, sites=sites, name=name)
-        return pooled
-
+    conversation = Exchanges(len(roster))
+    exchange = conversation.exchange
     if table is None:
         profile = refusal_profile(site=site, spec=spec, error=error or "cannot take part")
     else:
@@ -96,6 +72,8 @@ def preprocessing_protocol(
     key = sketch_key(spec.fingerprint())
     numeric, categorical = schema.of_kind("numeric"), schema.of_kind("categorical")
 
+    target = numeric_values(table.train[spec.target], spec.target) if spec.task == "regression" \
+        else np.zeros(0)
     pooled = yield from exchange("moments", {
         "numeric_present_sum": local.present,
         "numeric_total_sum": local.totals,
@@ -103,6 +81,7 @@ def preprocessing_protocol(
         "category_buckets_sum": np.stack([sketch(local.counts[c], key=key) for c in categorical])
         if categorical else np.zeros((0, BUCKETS), dtype=np.int64),
         "training_records_sum": np.array([len(table.train)], dtype=np.int64),
+        "target_total_sum": np.array([float(target.sum())]),
     })
     records = int(pooled["training_records_sum"][0])
     present = pooled["numeric_present_sum"]
@@ -112,6 +91,7 @@ def preprocessing_protocol(
                                 f"{', '.join(repr(c) for c in empty)} {'are' if len(empty) > 1 else 'is'} empty in "
                                 "every site's training records (fix: list it under exclude)")
     means = pooled["numeric_total_sum"] / present
+    target_mean = float(pooled["target_total_sum"][0]) / records
     category_missing = pooled["category_missing_sum"]
     buckets = pooled["category_buckets_sum"]
 
@@ -121,9 +101,14 @@ def preprocessing_protocol(
     }
     pooled = yield from exchange("spread", {
         "numeric_squares_sum": local.centred_squares(means),
+        "target_squares_sum": np.array([float(np.square(target - target_mean).sum())]),
         **document_fields(own_candidates, roster=roster, site=site),
     })
     variances = pooled["numeric_squares_sum"] / records
+    target_std = float(np.sqrt(float(pooled["target_squares_sum"][0]) / records))
+    if spec.task == "regression" and not target_std > 0:
+        raise FederationRefused(f"the sites cannot federate: target {spec.target!r} has the same value in every "
+                                "training record (fix: choose a target that varies)")
     candidates = {column: sorted({c for doc in read_documents(pooled, roster=roster).values() for c in doc[column]})
                   for column in categorical}
 
@@ -143,29 +128,12 @@ def preprocessing_protocol(
         spec, schema, records=records, means=means, variances=variances, candidates=candidates,
         category_counts=category_counts, category_missing=category_missing,
     )
+    if spec.task == "regression":
+        preprocessing = preprocessing.model_copy(update={"target_mean": target_mean, "target_std": target_std})
     if spec.select is not None:
-        available = len(preprocessing.encoded)
-        if spec.select.k > available:
-            raise FederationRefused(
-                f"the sites cannot federate: select.k is {spec.select.k} but the sites' columns encode to "
-                f"{available} features (fix: choose k <= {available})"
-            )
-        X = preprocessing.prepare(table.train, all_encoded=True)
-        y = preprocessing.label_index(table.train[schema.target]).astype(np.float64)
-        conversation = newton_fit(X, y, records=records)
-        sums = next(conversation)
-        iteration = 0
-        while True:
-            iteration += 1
-            pooled = yield from exchange(f"newton-{iteration}", sums)
-            try:
-                sums = conversation.send(pooled)
-            except StopIteration as finished:
-                fit = finished.value
-                break
-        order, p_values = lrt_ranking(fit, k=spec.select.k)
-        preprocessing = preprocessing.with_selection([preprocessing.encoded[j].name for j in order], p_values)
-    return AgreedPreprocessing(preprocessing=preprocessing, profiles=profiles, exchanges=step)
+        preprocessing = yield from select_features(conversation, spec, preprocessing, table, records=records)
+    yield from agree_model(conversation, spec, preprocessing, roster=roster, site=site)
+    return AgreedPreprocessing(preprocessing=preprocessing, profiles=profiles, exchanges=conversation.step)
 
 
 class _LocalColumns:
@@ -235,6 +203,7 @@ def _preprocessing(
         raise FederationRefused("the sites cannot federate: every feature column is constant over the sites' training "
                                 "records (fix: add informative columns)")
     return Preprocessing(
+        task=spec.task,
         target=schema.target,
         labels=schema.labels,
         numeric={name: stats[0] for name, stats in numeric_stats.items()},

@@ -30,6 +30,7 @@ class ModelCard(BaseModel):
     spec: FederationSpec
     preprocessing: Preprocessing
     n_inputs: int
+    n_outputs: int = 1
     metrics: dict[str, float | None] = {}
 
 
@@ -68,7 +69,7 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelCard]:
     except (ValueError, ValidationError) as exc:
         raise ModelFileError(f"{card_path}: not a fedgrove model card ({str(exc).splitlines()[0]}) (fix: pass the "
                              "model.json a run wrote)") from None
-    model = build_model(card.n_inputs, seed=0, spec=card.spec.model)
+    model = build_model(card.n_inputs, card.n_outputs, seed=card.spec.train.seed, spec=card.spec.model)
     model.load_state_dict(torch.load(weights, weights_only=True))
     model.eval()
     return model, card

@@ -14,16 +14,16 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 RESULT_FILE = "result.png"
-REQUIRED_COLUMNS = ("mode", "site", "epoch", "accuracy_test", "loss_test")
+BASE_COLUMNS = ("mode", "site", "epoch")
 MODES = ("federated", "federated_pooled", "alone", "centralised")
 _STYLE = {"federated": "-", "alone": "--"}
 _WHOLE = {"federated_pooled": ("tab:red", "federated, all sites' test records"),
           "centralised": ("black", "centralised (one process held all the data)")}
 
 
-def plot_results(epochs: pd.DataFrame, path: str | Path) -> Path:
+def plot_results(epochs: pd.DataFrame, path: str | Path, *, headline: str = "accuracy") -> Path:
     """Write the two-panel figure to ``path`` (a ``.png`` file, or a directory that gets ``result.png``)."""
-    figure = build_figure(epochs)
+    figure = build_figure(epochs, headline=headline)
     path = Path(path)
     target = path if path.suffix == ".png" else path / RESULT_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -31,12 +31,13 @@ def plot_results(epochs: pd.DataFrame, path: str | Path) -> Path:
     return target
 
 
-def build_figure(epochs: pd.DataFrame) -> Figure:
+def build_figure(epochs: pd.DataFrame, *, headline: str = "accuracy") -> Figure:
     """Two panels (test accuracy, test loss): per site federated solid and alone dashed; the federation pooled
     over every site's test records in bold red; centralised in bold black where it was trained."""
-    missing = [c for c in REQUIRED_COLUMNS if c not in epochs.columns]
+    required = [*BASE_COLUMNS, f"{headline}_test", "loss_test"]
+    missing = [c for c in required if c not in epochs.columns]
     if missing:
-        raise ValueError(f"expected columns {list(REQUIRED_COLUMNS)}, missing {missing} "
+        raise ValueError(f"expected columns {required}, missing {missing} "
                          "(fix: build the frame with fedgrove.run_summary.epochs_frame)")
     unknown = sorted(set(epochs["mode"]) - set(MODES))
     if unknown:
@@ -47,7 +48,9 @@ def build_figure(epochs: pd.DataFrame) -> Figure:
     panels = figure.subplots(1, 2)
     sites = list(dict.fromkeys(epochs.loc[~epochs["mode"].isin(list(_WHOLE)), "site"]))
     colours = {site: f"C{i % 10}" for i, site in enumerate(sites)}
-    for axis, column, title in zip(panels, ("accuracy_test", "loss_test"), ("Test accuracy", "Test loss"),
+    titles = {"accuracy": "Test accuracy", "rmse": "Test RMSE", "r2": "Test R²", "auc": "Test AUC",
+              "macro_f1": "Test macro-F1"}
+    for axis, column, title in zip(panels, (f"{headline}_test", "loss_test"), (titles[headline], "Test loss"),
                                    strict=True):
         for (mode, site), rows in epochs.sort_values("epoch").groupby(["mode", "site"], sort=True):
             if mode in _WHOLE:

@@ -46,14 +46,15 @@ def parameter_digest(parameters: Sequence[np.ndarray]) -> str:
 
 def pooled_round(results: Sequence[SiteResult], index: int) -> RoundMetrics:
     """The federation's metrics after round `index + 1`: every site's records together."""
+    task = results[0].preprocessing.task
     return RoundMetrics(
         epoch=results[0].federated[index].epoch,
-        train=pool([r.federated[index].train for r in results]),
-        test=pool([r.federated[index].test for r in results]),
+        train=pool([r.federated[index].train for r in results], task),
+        test=pool([r.federated[index].test for r in results], task),
     )
 
 
 def final_test_metrics(metrics: RoundMetrics | SplitMetrics) -> dict[str, float | None]:
-    """`accuracy_test`, `loss_test`, `auc_test` of a round (or of a split measured on test records)."""
+    """Every metric of a round on test records (or of a split measured on test records), as `<name>_test`."""
     split = metrics.test if isinstance(metrics, RoundMetrics) else metrics
-    return {"accuracy_test": split.accuracy, "loss_test": split.loss, "auc_test": split.auc}
+    return {f"{name}_test": value for name, value in split.values.items()}

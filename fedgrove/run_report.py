@@ -1,29 +1,44 @@
 """A finished run told in words and tables: the Prefect summary artifact and the CLI's final table.
 
 Why this module exists: the same figures (per site federated vs alone, the federation pooled, centralised)
-are shown in the Prefect UI and in the terminal; both read one summary (`fedgrove.run_summary`).
+are shown in the Prefect UI and in the terminal; both read one summary (`fedgrove.run_summary`). The columns
+are the task's headline metrics (accuracy and AUC, accuracy and macro-F1, RMSE and R²), then the loss.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+POOLED, CENTRALISED = "all sites (pooled)", "centralised"
+SHORT = {"accuracy": "acc", "auc": "AUC", "macro_f1": "F1", "rmse": "RMSE", "r2": "R²", "mae": "MAE",
+         "loss": "loss"}
+
 
 def metric(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-POOLED, CENTRALISED = "all sites (pooled)", "centralised"
+def shown_metrics(summary: Mapping, *, with_loss: bool) -> list[str]:
+    return [*summary["headline"], *(["loss"] if with_loss else [])]
+
+
+def comparison_header(summary: Mapping, *, with_loss: bool = True, short: bool = False) -> list[str]:
+    """site, records, then each shown metric federated, then alone."""
+    names = shown_metrics(summary, with_loss=with_loss)
+    label = (lambda n: SHORT[n]) if short else (lambda n: n)
+    federated = "fed" if short else "federated"
+    return ["site", "records", *(f"{federated} {label(n)}" for n in names), *(f"alone {label(n)}" for n in names)]
 
 
 def comparison_rows(summary: Mapping, *, with_loss: bool = True) -> list[list[str]]:
-    """Rows of (site, records, federated acc/AUC[/loss], alone acc/AUC[/loss]) plus pooled and centralised."""
+    """Per site: records, the shown metrics federated and alone; then the pooled federation and centralised."""
+    names = shown_metrics(summary, with_loss=with_loss)
+
     def figures(values: Mapping | None) -> list[str]:
         values = values or {}
-        shown = [metric(values.get("accuracy_test")), metric(values.get("auc_test"))]
-        return shown + [metric(values.get("loss_test"), 4)] if with_loss else shown
+        return [metric(values.get(f"{name}_test"), 4 if name == "loss" else 3) for name in names]
 
-    blank = ["", "", ""] if with_loss else ["", ""]
+    blank = [""] * len(names)
     rows = [[site, str(f["records"] + f["test_records"]), *figures(f["federated"]), *figures(f["alone"])]
             for site, f in summary["sites"].items()]
     total = str(sum(f["records"] + f["test_records"] for f in summary["sites"].values()))
@@ -33,12 +48,8 @@ def comparison_rows(summary: Mapping, *, with_loss: bool = True) -> list[list[st
     return rows
 
 
-COMPARISON_HEADER = ["site", "records", "federated acc", "federated AUC", "federated loss", "alone acc",
-                     "alone AUC", "alone loss"]
-TERMINAL_HEADER = ["site", "records", "fed acc", "fed AUC", "alone acc", "alone AUC"]
-
-
 def run_markdown(summary: Mapping, uris: Mapping[str, str]) -> str:
+    header = comparison_header(summary)
     lines = [
         f"# Federated training run `{summary['run_id']}`",
         "",
@@ -47,8 +58,8 @@ def run_markdown(summary: Mapping, uris: Mapping[str, str]) -> str:
         "",
         "Test metrics after the last round:",
         "",
-        "| " + " | ".join(COMPARISON_HEADER) + " |",
-        "|" + "---|" * len(COMPARISON_HEADER),
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
         *["| " + " | ".join(row) + " |" for row in comparison_rows(summary)],
         "",
         f"Identical models at every site after every round: **{summary['identical_models']}**."

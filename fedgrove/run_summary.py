@@ -12,12 +12,16 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from fedgrove.metrics import RoundMetrics
+from fedgrove.metrics import HEADLINE, METRICS, RoundMetrics
 from fedgrove.results import SiteResult, final_test_metrics, pooled_round
 from fedgrove.spec import FederationSpec
 
-EPOCH_COLUMNS = ("mode", "site", "epoch", "accuracy", "loss", "auc", "accuracy_test", "loss_test", "auc_test")
 MODES = ("federated", "federated_pooled", "alone", "centralised")
+
+
+def epoch_columns(task: str) -> list[str]:
+    names = METRICS[task]
+    return ["mode", "site", "epoch", *names, *(f"{name}_test" for name in names)]
 
 
 def epochs_frame(results: Sequence[SiteResult], centralised: Sequence[RoundMetrics] | None) -> pd.DataFrame:
@@ -33,7 +37,8 @@ def epochs_frame(results: Sequence[SiteResult], centralised: Sequence[RoundMetri
         rows += [{"mode": "alone", "site": result.site, "epoch": m.epoch, **m.flat()} for m in result.alone]
     for m in centralised or []:
         rows.append({"mode": "centralised", "site": "all", "epoch": m.epoch, **m.flat()})
-    return pd.DataFrame(rows, columns=list(EPOCH_COLUMNS))
+    task = results[0].preprocessing.task if results else "binary"
+    return pd.DataFrame(rows, columns=epoch_columns(task))
 
 
 def identical_models(results: Sequence[SiteResult]) -> bool:
@@ -60,6 +65,8 @@ def build_summary(
         "run_id": run_id,
         "mode": mode,
         "task": spec.task,
+        "metrics": list(METRICS[spec.task]),
+        "headline": list(HEADLINE[spec.task]),
         "target": spec.target,
         "labels": preprocessing.labels,
         "rounds": spec.train.rounds,

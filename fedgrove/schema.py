@@ -52,7 +52,8 @@ class SiteProfile(BaseModel):
     spec_fingerprint: str
     error: str | None = None  # the site cannot take part; a public message (no path, URL or value)
     columns: dict[str, ColumnCounts] = {}  # in the table's order
-    labels: list[Label] = []
+    target: ColumnCounts | None = None  # how the target's cells read
+    labels: list[Label] = []  # classification only: a regression target's values are records' values
     train_records: int = 0
     test_records: int = 0
     unlabelled: int = 0
@@ -102,7 +103,8 @@ def profile_site(table: SiteTable, *, spec: FederationSpec) -> SiteProfile:
         site=table.site,
         spec_fingerprint=spec.fingerprint(),
         columns={str(name): count_cells(frame[name]) for name in frame.columns if name != spec.target},
-        labels=sorted_labels(canonical_label(value) for value in frame[spec.target]),
+        target=count_cells(frame[spec.target]),
+        labels=sorted_labels(canonical_label(value) for value in frame[spec.target]) if spec.classification else [],
         train_records=len(table.train),
         test_records=len(table.test),
         unlabelled=table.unlabelled,
@@ -203,13 +205,31 @@ def _kinds(
 
 
 def _labels(spec: FederationSpec, profiles: Sequence[SiteProfile], problems: list[str]) -> list[Label]:
+    if spec.task == "regression":
+        _numeric_target(spec, profiles, problems)
+        return []
     labels = sorted_labels(label for p in profiles for label in p.labels)
+    shown = ", ".join(repr(label) for label in labels[:MAX_LISTED]) + (", ..." if len(labels) > MAX_LISTED else "")
+    counted = f"target {spec.target!r} has {len(labels)} distinct label{'s' if len(labels) != 1 else ''} across " \
+              f"the sites ({shown})"
     if spec.task == "binary" and len(labels) != 2:
-        shown = ", ".join(repr(label) for label in labels[:MAX_LISTED]) + (", ..." if len(labels) > MAX_LISTED else "")
-        problems.append(f"target {spec.target!r} has {len(labels)} distinct label{'s' if len(labels) != 1 else ''} "
-                        f"across the sites ({shown}); task binary needs exactly 2 (fix: choose another target, or map "
-                        "its values to two labels at every site)")
+        problems.append(f"{counted}; task binary needs exactly 2 (fix: choose another target, or map its values to "
+                        "two labels at every site)")
+    if spec.task == "multiclass" and len(labels) < 2:
+        problems.append(f"{counted}; task multiclass needs at least 2 (fix: choose another target)")
     return labels
+
+
+def _numeric_target(spec: FederationSpec, profiles: Sequence[SiteProfile], problems: list[str]) -> None:
+    for p in profiles:
+        if p.target is not None and p.target.texts:
+            problems.append(f"site {p.site}: target {spec.target!r} holds text in {p.target.texts} record"
+                            f"{'s' if p.target.texts != 1 else ''}; task regression needs numbers (fix: clean those "
+                            "values, or choose task binary or multiclass)")
+        if p.unlabelled:
+            problems.append(f"site {p.site}: target {spec.target!r} is empty in {p.unlabelled} record"
+                            f"{'s' if p.unlabelled != 1 else ''}; task regression needs a number in every record "
+                            "(fix: fill those values, or drop the records)")
 
 
 def _sites(names: Sequence[str]) -> str:

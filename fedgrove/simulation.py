@@ -17,6 +17,7 @@ import numpy as np
 from fedgrove.federated_preprocessing import preprocessing_protocol
 from fedgrove.lockstep import run_in_lockstep
 from fedgrove.metrics import RoundMetrics
+from fedgrove.model import OptimizerState
 from fedgrove.results import SiteResult, parameter_digest
 from fedgrove.site_table import SiteTable, site_seed
 from fedgrove.site_training import SiteArrays, fit, initial_parameters, measure, site_arrays, train_alone
@@ -55,7 +56,7 @@ def pooled_arrays(arrays: Sequence[SiteArrays]) -> SiteArrays:
     return SiteArrays(
         X=np.concatenate([a.X for a in arrays]), y=np.concatenate([a.y for a in arrays]),
         X_test=np.concatenate([a.X_test for a in arrays]), y_test=np.concatenate([a.y_test for a in arrays]),
-        imputed=first.imputed,
+        preprocessing=first.preprocessing, imputed=first.imputed,
     )
 
 
@@ -71,16 +72,16 @@ def simulate(
     )
     preprocessing = agreed[roster[0]].preprocessing
     arrays = {site: site_arrays(tables[site], preprocessing) for site in roster}
-    n_inputs = len(preprocessing.input_names)
-    parameters = initial_parameters(spec, n_inputs)
+    parameters = initial_parameters(spec, len(preprocessing.input_names), arrays[roster[0]].n_outputs)
     history: dict[str, list[RoundMetrics]] = {site: [] for site in roster}
+    states: dict[str, OptimizerState | None] = {site: None for site in roster}
     digests: list[str] = []
     for epoch in range(1, spec.train.rounds + 1):
-        updates = [
-            (fit(parameters, arrays[site].X, arrays[site].y, spec=spec, seed=site_seed(spec.train.seed, site),
-                 epoch=epoch), float(arrays[site].records))
-            for site in roster
-        ]
+        updates = []
+        for site in roster:
+            local, states[site] = fit(parameters, arrays[site], spec=spec, seed=site_seed(spec.train.seed, site),
+                                      epoch=epoch, state=states[site])
+            updates.append((local, float(arrays[site].records)))
         parameters = weighted_average(updates)
         digests.append(parameter_digest(parameters))
         for site in roster:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from fedgrove.spec import FederationSpec
 from fedgrove.values import canonical_label, is_missing, label_sort_key
 
 
@@ -38,10 +39,9 @@ class SiteTable:
         return len(self.train) + len(self.test)
 
 
-def stratified_test_positions(labels: list, *, test_fraction: float, seed: int) -> np.ndarray:
-    """Positions (sorted) of the held-out records: per label, a seeded shuffle and the first round(f * n)."""
+def stratified_test_positions(keys: list, *, test_fraction: float, seed: int) -> np.ndarray:
+    """Positions (sorted) of the held-out records: per stratum, a seeded shuffle and the first round(f * n)."""
     rng = np.random.default_rng(seed)
-    keys = [label_sort_key(label) for label in labels]
     held: list[np.ndarray] = []
     for key in sorted(set(keys)):
         members = np.flatnonzero(np.fromiter((k == key for k in keys), dtype=bool, count=len(keys)))
@@ -50,14 +50,21 @@ def stratified_test_positions(labels: list, *, test_fraction: float, seed: int) 
     return np.sort(np.concatenate(held)) if held else np.array([], dtype=np.int64)
 
 
-def prepare_site_table(frame: pd.DataFrame, *, site: str, target: str, test_fraction: float, seed: int) -> SiteTable:
-    """Drop records without a label, then split the rest into training and test parts (stratified, seeded).
+def prepare_site_table(
+    frame: pd.DataFrame, *, site: str, target: str, test_fraction: float, seed: int, task: str = "binary"
+) -> SiteTable:
+    """Drop records without a label, then split the rest into training and test parts, seeded and stratified:
+    by label, or for a regression by the target's deciles at this site.
 
     The frame must hold the target column (the caller checks the schema first)."""
     labelled_mask = ~frame[target].map(is_missing).to_numpy(dtype=bool)
     labelled = frame.loc[labelled_mask].reset_index(drop=True)
-    labels = [canonical_label(value) for value in labelled[target]]
-    held = stratified_test_positions(labels, test_fraction=test_fraction, seed=site_seed(seed, site))
+    if task == "regression":
+        numbers = pd.to_numeric(labelled[target], errors="coerce")
+        keys = list(np.floor((numbers.rank(method="first").fillna(0).to_numpy() - 1) / max(len(numbers), 1) * 10))
+    else:
+        keys = [label_sort_key(canonical_label(value)) for value in labelled[target]]
+    held = stratified_test_positions(keys, test_fraction=test_fraction, seed=site_seed(seed, site))
     is_test = np.zeros(len(labelled), dtype=bool)
     is_test[held] = True
     return SiteTable(
@@ -66,3 +73,9 @@ def prepare_site_table(frame: pd.DataFrame, *, site: str, target: str, test_frac
         test=labelled.loc[is_test].reset_index(drop=True),
         unlabelled=int((~labelled_mask).sum()),
     )
+
+
+def table_for_spec(frame: pd.DataFrame, spec: FederationSpec, site: str) -> SiteTable:
+    """`prepare_site_table` with the spec's target, test fraction, seed and task."""
+    return prepare_site_table(frame, site=site, target=spec.target, test_fraction=spec.evaluation.test_fraction,
+                              seed=spec.train.seed, task=spec.task)

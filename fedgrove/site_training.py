@@ -13,25 +13,39 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedgrove.encoding import Preprocessing, TransformReport
-from fedgrove.metrics import RoundMetrics, binary_metrics
-from fedgrove.model import build_model, get_parameters, logits, set_parameters, train_local
+from fedgrove.metrics import RoundMetrics, SplitMetrics, binary_metrics, multiclass_metrics, regression_metrics
+from fedgrove.model import (
+    OptimizerState,
+    build_model,
+    get_parameters,
+    outputs,
+    outputs_for,
+    set_parameters,
+    train_local,
+    trainable,
+)
 from fedgrove.site_table import SiteTable
 from fedgrove.spec import FederationSpec
 
 
 @dataclass(frozen=True)
 class SiteArrays:
-    """A site's model inputs and label indices, for its training and test records."""
+    """A site's model inputs and targets, for its training and test records, and how they were made."""
 
     X: np.ndarray
     y: np.ndarray
     X_test: np.ndarray
     y_test: np.ndarray
+    preprocessing: Preprocessing
     imputed: TransformReport
 
     @property
     def records(self) -> int:
         return len(self.y)
+
+    @property
+    def n_outputs(self) -> int:
+        return outputs_for(self.preprocessing.task, len(self.preprocessing.labels))
 
 
 def site_arrays(table: SiteTable, preprocessing: Preprocessing) -> SiteArrays:
@@ -41,36 +55,51 @@ def site_arrays(table: SiteTable, preprocessing: Preprocessing) -> SiteArrays:
         report.imputed[column] = report.imputed.get(column, 0) + count
     return SiteArrays(
         X=X,
-        y=preprocessing.label_index(table.train[preprocessing.target]),
+        y=preprocessing.targets(table.train[preprocessing.target]),
         X_test=X_test,
-        y_test=preprocessing.label_index(table.test[preprocessing.target]),
+        y_test=preprocessing.targets(table.test[preprocessing.target]),
+        preprocessing=preprocessing,
         imputed=report,
     )
 
 
-def initial_parameters(spec: FederationSpec, n_inputs: int) -> list[np.ndarray]:
+def initial_parameters(spec: FederationSpec, n_inputs: int, n_outputs: int) -> list[np.ndarray]:
     """The same starting model at every site: built from the spec's seed."""
-    return get_parameters(build_model(n_inputs, seed=spec.train.seed, spec=spec.model))
+    return get_parameters(build_model(n_inputs, n_outputs, seed=spec.train.seed, spec=spec.model))
 
 
 def fit(
-    parameters: list[np.ndarray], X: np.ndarray, y: np.ndarray, *, spec: FederationSpec, seed: int, epoch: int
-) -> list[np.ndarray]:
-    """Train from ``parameters`` for the spec's local epochs; returns new parameters (inputs untouched)."""
-    model = build_model(X.shape[1], seed=0, spec=spec.model)
+    parameters: list[np.ndarray], arrays: SiteArrays, *, spec: FederationSpec, seed: int, epoch: int,
+    state: OptimizerState | None = None,
+) -> tuple[list[np.ndarray], OptimizerState | None]:
+    """Train from `parameters` for the spec's local epochs on the site's training records; returns new
+    parameters and the optimizer's state (inputs untouched)."""
+    model = build_model(arrays.X.shape[1], arrays.n_outputs, seed=spec.train.seed, spec=spec.model)
     set_parameters(model, parameters)
-    train_local(model, X, y, train=spec.train, seed=seed, epoch=epoch)
-    return get_parameters(model)
+    anchor = trainable(model) if spec.train.proximal_mu else None
+    state = train_local(model, arrays.X, arrays.y, task=spec.task, train=spec.train, seed=seed, epoch=epoch,
+                        state=state, anchor=anchor)
+    return get_parameters(model), state
+
+
+def measure_split(model_outputs: np.ndarray, y: np.ndarray, preprocessing: Preprocessing) -> SplitMetrics:
+    """The task's metrics of the model's outputs against the targets."""
+    if preprocessing.task == "multiclass":
+        return multiclass_metrics(y, model_outputs, len(preprocessing.labels))
+    if preprocessing.task == "regression":
+        assert preprocessing.target_mean is not None and preprocessing.target_std is not None
+        return regression_metrics(y, model_outputs, mean=preprocessing.target_mean, std=preprocessing.target_std)
+    return binary_metrics(y, model_outputs)
 
 
 def measure(parameters: list[np.ndarray], arrays: SiteArrays, *, spec: FederationSpec, epoch: int) -> RoundMetrics:
     """The model's metrics on the site's training and test records."""
-    model = build_model(arrays.X.shape[1], seed=0, spec=spec.model)
+    model = build_model(arrays.X.shape[1], arrays.n_outputs, seed=spec.train.seed, spec=spec.model)
     set_parameters(model, parameters)
     return RoundMetrics(
         epoch=epoch,
-        train=binary_metrics(arrays.y, logits(model, arrays.X)),
-        test=binary_metrics(arrays.y_test, logits(model, arrays.X_test)),
+        train=measure_split(outputs(model, arrays.X), arrays.y, arrays.preprocessing),
+        test=measure_split(outputs(model, arrays.X_test), arrays.y_test, arrays.preprocessing),
     )
 
 
@@ -78,10 +107,11 @@ def train_alone(
     arrays: SiteArrays, *, spec: FederationSpec, seed: int, on_epoch: Callable[[RoundMetrics], None] | None = None
 ) -> list[RoundMetrics]:
     """The same model trained on these records only, for the same epochs as the federation has rounds."""
-    parameters = initial_parameters(spec, arrays.X.shape[1])
+    parameters = initial_parameters(spec, arrays.X.shape[1], arrays.n_outputs)
+    state: OptimizerState | None = None
     history = []
     for epoch in range(1, spec.train.rounds + 1):
-        parameters = fit(parameters, arrays.X, arrays.y, spec=spec, seed=seed, epoch=epoch)
+        parameters, state = fit(parameters, arrays, spec=spec, seed=seed, epoch=epoch, state=state)
         metrics = measure(parameters, arrays, spec=spec, epoch=epoch)
         history.append(metrics)
         if on_epoch is not None:

@@ -40,8 +40,37 @@ class Selection(SpecModel):
     k: int = Field(ge=1, description="how many encoded features to keep")
 
 
+Task = Literal["binary", "multiclass", "regression"]
+BUILDER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
 class ModelSpec(SpecModel):
-    kind: Literal["logistic"] = Field(default="logistic", description="logistic: one logit (binary task)")
+    """The network: `logistic` (binary: one logit; multiclass: softmax regression), `linear` (regression),
+    `mlp` (any task), or `python`: the site's own `torch.nn.Module` from `builder(n_inputs, n_outputs,
+    **options)`, imported at each site from its own environment."""
+
+    kind: Literal["logistic", "linear", "mlp", "python"] = "logistic"
+    hidden: list[Annotated[int, Field(gt=0)]] = Field(default=[64, 32], description="mlp: hidden layer sizes")
+    activation: Literal["relu", "tanh"] = Field(default="relu", description="mlp: between hidden layers")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="mlp: after each hidden layer")
+    builder: str | None = Field(default=None, description='python: "package.module:function"')
+    options: dict[str, Any] = Field(default_factory=dict, description="python: keyword arguments of the builder")
+
+    @model_validator(mode="after")
+    def _kind_has_what_it_needs(self) -> ModelSpec:
+        if self.kind == "mlp" and not self.hidden:
+            raise ValueError("an MLP needs at least one hidden layer, got hidden: [] (fix: e.g. hidden: [64, 32], "
+                             "or kind: logistic / linear)")
+        if self.kind == "python":
+            if self.builder is None:
+                raise ValueError('model kind python needs builder: "package.module:function" (fix: name the '
+                                 "function that returns your torch.nn.Module)")
+            if not BUILDER.match(self.builder):
+                raise ValueError(f'expected builder as "package.module:function", got {self.builder!r}')
+        elif self.builder is not None or self.options:
+            raise ValueError(f"builder and options belong to model kind python, not {self.kind} (fix: remove them, "
+                             "or set kind: python)")
+        return self
 
 
 class TrainSpec(SpecModel):
@@ -50,7 +79,9 @@ class TrainSpec(SpecModel):
     batch_size: int = Field(default=32, ge=1)
     local_epochs: int = Field(default=1, ge=1, description="passes over a site's records per round")
     seed: int = Field(default=0, description="seeds the model's initial parameters, the splits and the shuffles")
-    optimizer: Literal["sgd"] = "sgd"
+    optimizer: Literal["sgd", "adam"] = Field(default="sgd", description="adam keeps its state at the site")
+    weight_decay: float = Field(default=0.0, ge=0.0, description="L2 penalty added to the gradient")
+    proximal_mu: float = Field(default=0.0, ge=0.0, description="FedProx: adds mu/2 |w - w_global|^2 to the loss")
 
 
 class EvaluationSpec(SpecModel):
@@ -62,7 +93,8 @@ class EvaluationSpec(SpecModel):
 class FederationSpec(SpecModel):
     """What the federation trains. Shared by every site; holds no credential and, in sites mode, no path."""
 
-    task: Literal["binary"] = Field(default="binary", description="binary: a label column with two values")
+    task: Task = Field(default="binary", description="binary: two labels; multiclass: two or more; regression: "
+                       "a number")
     target: str = Field(min_length=1, description="the label column")
     features: Literal["all"] | Annotated[list[str], Field(min_length=1)] = Field(
         default="all", description="all: every column but the target and `exclude`; or an explicit list"
@@ -83,6 +115,14 @@ class FederationSpec(SpecModel):
         default_factory=dict,
         description="site name -> its data source (one-machine mode); in sites mode only the names are sent",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_for_the_task(cls, value: Any) -> Any:
+        """Without a `model`, a regression gets `linear` and a classification `logistic`."""
+        if isinstance(value, dict) and "model" not in value and value.get("task") == "regression":
+            return {**value, "model": {"kind": "linear"}}
+        return value
 
     @field_validator("sites", mode="before")
     @classmethod
@@ -129,9 +169,17 @@ class FederationSpec(SpecModel):
                 problems.append(f"categorical {unknown} are not among the listed features")
             if excluded := sorted(set(self.categorical) & set(self.exclude)):
                 problems.append(f"categorical {excluded} are also listed under exclude")
+        fits = {"logistic": ("binary", "multiclass"), "linear": ("regression",)}
+        if self.model.kind in fits and self.task not in fits[self.model.kind]:
+            problems.append(f"model kind {self.model.kind} does not fit task {self.task} (fix: kind "
+                            f"{'linear' if self.task == 'regression' else 'logistic'}, mlp or python)")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def classification(self) -> bool:
+        return self.task != "regression"
 
     @classmethod
     def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:

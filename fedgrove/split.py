@@ -3,8 +3,9 @@
 Why this module exists: a data scientist with one table wants to see what federation would do before the
 organisations are involved, and the demo needs sites of its own. `split_table` is a pure, seeded function:
 `iid` = stratified folds by label; `dirichlet` = label skew, each label's records divided by
-Dirichlet(`alpha`) proportions, redrawn (seeded) until every site has at least `min_records` records.
-Each site later holds out its own test records, so nothing here is held out.
+Dirichlet(`alpha`) proportions, redrawn (seeded) until every site has at least `min_records` records. A numeric
+target with more than `QUANTILE_STRATA` distinct values (a regression's) is stratified, or skewed, by its
+deciles. Each site later holds out its own test records, so nothing here is held out.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fedgrove.values import canonical_label, is_missing, label_sort_key
 
 Split = Literal["iid", "dirichlet"]
 MAX_DIRICHLET_TRIES = 1000
+QUANTILE_STRATA = 20  # a numeric target with more distinct values is stratified by its deciles
 
 
 def site_names(sites: int) -> list[str]:
@@ -43,8 +45,7 @@ def split_table(
                          "--target with one of them)")
     if sites < 1:
         raise ValueError(f"expected sites >= 1, got {sites}")
-    keys = [(1, "") if is_missing(v) else label_sort_key(canonical_label(v)) for v in frame[target]]
-    _, labels = np.unique(np.array([repr(k) for k in keys]), return_inverse=True)
+    labels = strata(frame[target])
     if split == "iid":
         positions = _iid_positions(labels, sites=sites, seed=seed, min_records=min_records)
     elif split == "dirichlet":
@@ -52,6 +53,17 @@ def split_table(
     else:
         raise ValueError(f"expected split 'iid' or 'dirichlet', got {split!r}")
     return {name: frame.iloc[np.sort(pos)] for name, pos in zip(site_names(sites), positions, strict=True)}
+
+
+def strata(target: pd.Series) -> np.ndarray:
+    """Each record's stratum: its label, or its decile for a numeric target of many values (missing: its own)."""
+    numeric = pd.api.types.is_numeric_dtype(target.dtype) and not pd.api.types.is_bool_dtype(target.dtype)
+    if numeric and target.nunique() > QUANTILE_STRATA:
+        ranks = target.rank(method="first").to_numpy()
+        bins = np.floor((ranks - 1) / np.nanmax(ranks) * 10).astype(float)
+        return np.unique(np.where(np.isnan(ranks), -1, bins), return_inverse=True)[1]
+    keys = [(1, "") if is_missing(v) else label_sort_key(canonical_label(v)) for v in target]
+    return np.unique(np.array([repr(k) for k in keys]), return_inverse=True)[1]
 
 
 def _iid_positions(labels: np.ndarray, *, sites: int, seed: int, min_records: int) -> list[np.ndarray]:

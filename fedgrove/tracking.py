@@ -62,16 +62,18 @@ _timeout_installed = False
 
 
 TRACKED_METRICS = ("accuracy", "loss", "accuracy_test", "loss_test")
-"""The four metrics of the BranchKey–AskAnna guide, per epoch and leaf."""
+"""The four metrics of the BranchKey–AskAnna guide, per epoch and leaf; for a regression accuracy is RMSE."""
+TRACKED_REGRESSION_METRICS = ("rmse", "loss", "rmse_test", "loss_test")
 
 
-def track_round(metrics: Mapping[str, float | None], *, epoch: int, leaf_name: str) -> None:
-    """Record one round of one leaf (`TRACKED_METRICS` of `metrics`; an undefined value is left out); inside
-    an AskAnna run, push it before returning."""
+def track_round(metrics: Mapping[str, float | None], *, epoch: int, leaf_name: str, task: str = "binary") -> None:
+    """Record one round of one leaf (the four tracked metrics of `metrics`; an undefined value is left out);
+    inside an AskAnna run, push it before returning."""
     import askanna  # imported late: it reads the nearest .env and configures itself on import
     from askanna.sdk.track import metric_collector
 
-    values = {name: metrics[name] for name in TRACKED_METRICS if metrics.get(name) is not None}
+    names = TRACKED_REGRESSION_METRICS if task == "regression" else TRACKED_METRICS
+    values = {name: metrics[name] for name in names if metrics.get(name) is not None}
     with _collect_lock, _local_file_written_at_exit(metric_collector):
         askanna.track_metrics(values, label={"epoch": epoch, "leaf": leaf_name})
         _metrics.tracked += 1
@@ -181,6 +183,8 @@ def _plain(value: object, secrets: list[str]) -> object:
         value = value.item()  # type: ignore[union-attr]
     if isinstance(value, str):
         return _REFUSED if _string_is_secret(value, secrets) else value
+    if isinstance(value, bool | int | float) and not value:
+        return str(value).lower() if isinstance(value, bool) else str(value)  # the SDK stores 0 and False as null
     if isinstance(value, _PLAIN_TYPES):
         return value
     if isinstance(value, list | tuple | set | frozenset):

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from fedgrove.artifacts import artifact_store_from_url
-from fedgrove.model import build_model, set_parameters
+from fedgrove.model import build_model, outputs_for, set_parameters
 from fedgrove.model_card import ModelCard, save_model
 from fedgrove.results import final_test_metrics
 from fedgrove.spec import FederationSpec
@@ -22,8 +22,10 @@ def write_site_model(*, spec: FederationSpec, run_id: str, artifacts_url: str, s
     result, parameters = read_site_result(run_id=run_id, artifacts_url=artifacts_url, site=site)
     preprocessing = result.preprocessing
     card = ModelCard(run_id=run_id, spec=spec.shared(), preprocessing=preprocessing,
-                     n_inputs=len(preprocessing.input_names), metrics=final_test_metrics(result.federated[-1]))
-    model = build_model(card.n_inputs, seed=0, spec=spec.model)
+                     n_inputs=len(preprocessing.input_names),
+                     n_outputs=outputs_for(preprocessing.task, len(preprocessing.labels)),
+                     metrics=final_test_metrics(result.federated[-1]))
+    model = build_model(card.n_inputs, card.n_outputs, seed=spec.train.seed, spec=spec.model)
     set_parameters(model, parameters)
     with tempfile.TemporaryDirectory() as staging:
         weights, card_path = save_model(model, Path(staging) / "model.pt", card)

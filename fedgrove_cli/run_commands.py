@@ -95,11 +95,12 @@ def print_run_table(summary: dict) -> None:
     (losses are in summary.json and the Prefect summary)."""
     from rich import box
 
-    from fedgrove.run_report import TERMINAL_HEADER, comparison_rows
+    from fedgrove.run_report import comparison_header, comparison_rows
 
-    table = Table(title=f"test accuracy and AUC after {summary['rounds']} rounds ({len(summary['sites'])} sites, "
+    names = " and ".join(summary["headline"])
+    table = Table(title=f"test {names} after {summary['rounds']} rounds ({len(summary['sites'])} sites, "
                         f"target {summary['target']!r})", box=box.SIMPLE_HEAD)
-    for index, column in enumerate(TERMINAL_HEADER):
+    for index, column in enumerate(comparison_header(summary, with_loss=False, short=True)):
         table.add_column(column, justify="left" if index == 0 else "right", no_wrap=True)
     for row in comparison_rows(summary, with_loss=False):
         table.add_row(*row)
@@ -220,15 +221,17 @@ def leaf(
         except Exception as exc:
             fail(str(exc))
         paths = write_site_model(spec=spec, run_id=run, artifacts_url=artifacts, site=name)
-    final, alone = result.federated[-1].test, result.alone[-1].test if result.alone else None
-    table = Table(title=f"site {name}: test metrics after {spec.train.rounds} rounds")
-    for column in ("", "accuracy", "auc", "loss"):
-        table.add_column(column, justify="right")
+    from fedgrove.metrics import METRICS
     from fedgrove.run_report import metric
 
-    table.add_row("federated", metric(final.accuracy), metric(final.auc), metric(final.loss, 4))
+    final, alone = result.federated[-1].test, result.alone[-1].test if result.alone else None
+    names = METRICS[spec.task]
+    table = Table(title=f"site {name}: test metrics after {spec.train.rounds} rounds")
+    for column in ("", *names):
+        table.add_column(column, justify="right")
+    table.add_row("federated", *(metric(final.get(n)) for n in names))
     if alone is not None:
-        table.add_row("alone", metric(alone.accuracy), metric(alone.auc), metric(alone.loss, 4))
+        table.add_row("alone", *(metric(alone.get(n)) for n in names))
     console.print(table)
     for label, path in paths.items():
         console.print(f"{label + ':':<11} {path}", highlight=False, soft_wrap=True)

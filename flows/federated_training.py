@@ -17,6 +17,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedgrove.demo import DemoOptions
+from fedgrove.model import outputs_for
 from fedgrove.model_card import ModelCard
 from fedgrove.run_summary import build_summary, epochs_frame
 from fedgrove.settings import PipelineSettings
@@ -107,7 +108,9 @@ def federated_training(spec: FederationSpec | None = None, run: RunOptions = Run
     summary["wall_s"] = round(time.perf_counter() - started, 2)
     epochs = epochs_frame(results, centralised)
     card = ModelCard(run_id=run_id, spec=spec.shared(), preprocessing=preprocessing,
-                     n_inputs=len(preprocessing.input_names), metrics=summary["federated_pooled"])
+                     n_inputs=len(preprocessing.input_names),
+                     n_outputs=outputs_for(preprocessing.task, len(preprocessing.labels)),
+                     metrics=summary["federated_pooled"])
     uris, result_url = write_outputs(run_id=run_id, staging=work / "outputs", artifacts_url=artifacts_url,
                                      epochs=epochs, card=card, parameters=parameters, summary=summary)
     publish_prefect_artifacts(summary=summary, epochs=epochs, uris=uris, result_url=result_url)

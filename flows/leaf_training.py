@@ -19,6 +19,7 @@ from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedgrove.client_output import route_sdk_output_to_debug_log
+from fedgrove.metrics import HEADLINE
 from fedgrove.progress import ProgressReporter, round_finished
 from fedgrove.results import SiteResult, parameter_digest
 from fedgrove.settings import LeafSettings, PipelineSettings
@@ -119,12 +120,14 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
         preprocessing_seconds = time.perf_counter() - started
         assert reading.table is not None  # a site without a table made the agreement refuse
         arrays = prepare_inputs(reading.table, agreed.preprocessing)
-        parameters = initial_parameters(spec, len(agreed.preprocessing.input_names))
+        parameters = initial_parameters(spec, len(agreed.preprocessing.input_names), arrays.n_outputs)
         # Prefect walks every task argument for futures to record as inputs; these hold none (quote: don't look).
         inputs, model_spec, the_session = quote(arrays), quote(spec), quote(session)
+        optimizer_state = None  # Adam's moments stay here, at the site, from round to round
         for round_number in range(1, spec.train.rounds + 1):
             started = time.perf_counter()
-            local = fit_local(quote(parameters), inputs, spec=model_spec, site=name, round_number=round_number)
+            local, optimizer_state = fit_local(quote(parameters), inputs, spec=model_spec, site=name,
+                                               round_number=round_number, state=quote(optimizer_state))
             upload_parameters(the_session, quote(local), weighting=float(arrays.records), round_number=round_number)
             aggregation_id = wait_for_aggregation(the_session, round_number=round_number,
                                                   timeout_s=assignment.aggregation_timeout_s)
@@ -140,9 +143,10 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
                 progress.report(100.0 * round_number / spec.train.rounds)
             round_finished(assignment.run_id, name, round_number, spec.train.rounds)
             every = round_number % REPORT_EVERY_ROUNDS == 0 or round_number in (1, spec.train.rounds)
-            logger.log(logging.INFO if every else logging.DEBUG, "%s round %d/%d: accuracy_test %s, loss_test %s",
-                       name, round_number, spec.train.rounds, _shown(metrics.test.accuracy, 3),
-                       _shown(metrics.test.loss, 4))
+            headline = HEADLINE[spec.task][0]
+            logger.log(logging.INFO if every else logging.DEBUG, "%s round %d/%d: %s_test %s, loss_test %s",
+                       name, round_number, spec.train.rounds, headline, _shown(metrics.test.get(headline), 3),
+                       _shown(metrics.test.get("loss"), 4))
     finally:
         if progress is not None:
             progress.close()  # never raises, so the session below is closed whatever happens here

@@ -14,7 +14,7 @@ from prefect import task
 from fedgrove.encoding import Preprocessing
 from fedgrove.metrics import RoundMetrics
 from fedgrove.simulation import pooled_arrays
-from fedgrove.site_table import prepare_site_table
+from fedgrove.site_table import table_for_spec
 from fedgrove.site_training import site_arrays, train_alone
 from fedgrove.sources import read_source
 from fedgrove.spec import FederationSpec
@@ -31,8 +31,6 @@ def train_centralised(
         source = spec.sites[site]
         if source is None:
             raise ValueError(f"expected a data source for site {site} to train the centralised baseline, got none")
-        table = prepare_site_table(read_source(source, base_dir=base_dir, setting=f"the spec's sites.{site}"),
-                                   site=site, target=spec.target,
-                                   test_fraction=spec.evaluation.test_fraction, seed=spec.train.seed)
+        table = table_for_spec(read_source(source, base_dir=base_dir, setting=f"the spec's sites.{site}"), spec, site)
         arrays.append(site_arrays(table, preprocessing))
     return train_alone(pooled_arrays(arrays), spec=spec, seed=spec.train.seed)

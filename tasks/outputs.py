@@ -35,12 +35,12 @@ def write_outputs(
 
     Returns each output's URI and a URL to `result.png`."""
     staging.mkdir(parents=True, exist_ok=True)
-    model = build_model(card.n_inputs, seed=0, spec=card.spec.model)
+    model = build_model(card.n_inputs, card.n_outputs, seed=card.spec.train.seed, spec=card.spec.model)
     set_parameters(model, parameters)
     save_model(model, staging / "model.pt", card)
     epochs.to_csv(staging / "epochs.csv", index=False)
     from fedgrove.plotting import plot_results  # matplotlib (~25 MB, ~0.5 s) only once training is over
-    plot_results(epochs, staging / "result.png")
+    plot_results(epochs, staging / "result.png", headline=summary["headline"][0])
     (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     store = artifact_store_from_url(artifacts_url)
     uris = store.publish_run(run_id, {name: staging / name for name in OUTPUT_FILES})

@@ -18,7 +18,7 @@ from prefect import get_run_logger, task
 from prefect.utilities.annotations import quote
 
 from fedgrove.federated_preprocessing import AgreedPreprocessing, preprocessing_protocol
-from fedgrove.site_table import SiteTable, prepare_site_table
+from fedgrove.site_table import SiteTable, table_for_spec
 from fedgrove.sources import DataSource, SourceError, read_source
 from fedgrove.spec import FederationSpec
 from tasks.exchange import LeafSession, load_pooled_sums, upload_sums, wait_for_aggregation
@@ -55,8 +55,7 @@ def read_site_data(
         shown = ", ".join(names[:MAX_COLUMNS_NAMED]) + (", ..." if len(names) > MAX_COLUMNS_NAMED else "")
         return SiteReading(table=None, refusal=f"its table has no target column {spec.target!r} (its columns: {shown}) "
                                                "(fix: correct target in the spec, or add the column at this site)")
-    table = prepare_site_table(frame, site=site, target=spec.target, test_fraction=spec.evaluation.test_fraction,
-                               seed=spec.train.seed)
+    table = table_for_spec(frame, spec, site)
     get_run_logger().info("site %s: %d training and %d test records%s", site, len(table.train), len(table.test),
                           f", {table.unlabelled} without a label left out" if table.unlabelled else "")
     return SiteReading(table=table)

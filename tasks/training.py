@@ -9,6 +9,7 @@ import numpy as np
 from prefect import task
 
 from fedgrove.metrics import RoundMetrics
+from fedgrove.model import OptimizerState
 from fedgrove.site_table import site_seed
 from fedgrove.site_training import SiteArrays, fit, measure, site_arrays, train_alone
 from fedgrove.encoding import Preprocessing
@@ -26,10 +27,12 @@ def prepare_inputs(table: SiteTable, preprocessing: Preprocessing) -> SiteArrays
 
 @task(name="fit-local", **LOCAL)
 def fit_local(
-    parameters: list[np.ndarray], arrays: SiteArrays, *, spec: FederationSpec, site: str, round_number: int
-) -> list[np.ndarray]:
-    """Train from `parameters` for the spec's local epochs on this site's training records."""
-    return fit(parameters, arrays.X, arrays.y, spec=spec, seed=site_seed(spec.train.seed, site), epoch=round_number)
+    parameters: list[np.ndarray], arrays: SiteArrays, *, spec: FederationSpec, site: str, round_number: int,
+    state: OptimizerState | None = None,
+) -> tuple[list[np.ndarray], OptimizerState | None]:
+    """Train from `parameters` for the spec's local epochs on this site's training records; the optimizer's
+    state (Adam's moments) comes in and goes out: it stays at the site."""
+    return fit(parameters, arrays, spec=spec, seed=site_seed(spec.train.seed, site), epoch=round_number, state=state)
 
 
 @task(name="evaluate-and-track", **LOCAL)
@@ -38,7 +41,7 @@ def evaluate_and_track(
 ) -> RoundMetrics:
     """Measure the aggregate on this site's records; record the four metrics in AskAnna."""
     metrics = measure(parameters, arrays, spec=spec, epoch=round_number)
-    track_round(metrics.flat(), epoch=round_number, leaf_name=leaf_name)
+    track_round(metrics.flat(), epoch=round_number, leaf_name=leaf_name, task=spec.task)
     return metrics
 
 

@@ -6,6 +6,7 @@ builds with string categories and missing values. Nothing is downloaded.
 - `affairs()`: statsmodels' `fair` survey (6,366 records) built into a hospital-style table: a string label
   (`affair`: yes/no), occupations as words, a region with two very rare values, missing ages and
   occupations, and a record id to exclude.
+- `wine()` (multiclass: three cultivars) and `diabetes()` (regression), from scikit-learn.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from fedgrove.demo import breast_cancer_table
-from fedgrove.site_table import SiteTable, prepare_site_table
+from fedgrove.site_table import SiteTable, table_for_spec
 from fedgrove.spec import FederationSpec
 from fedgrove.split import split_table
 
@@ -56,8 +57,7 @@ def site_tables(
     parts = split_table(frame, target=spec.target, sites=len(roster), split=split, seed=seed,  # type: ignore[arg-type]
                         min_records=spec.min_records)
     return {
-        site: prepare_site_table(part, site=site, target=spec.target, test_fraction=spec.evaluation.test_fraction,
-                                 seed=spec.train.seed)
+        site: table_for_spec(part, spec, site)
         for site, part in zip(roster, parts.values(), strict=True)
     }
 
@@ -69,3 +69,19 @@ def spec_for(target: str, sites: int = 5, **keys: object) -> FederationSpec:
 
 def pooled_training(tables: Mapping[str, SiteTable]) -> pd.DataFrame:
     return pd.concat([t.train for t in tables.values()], ignore_index=True)
+
+
+def wine() -> pd.DataFrame:
+    """scikit-learn's wine set: 178 records, 13 numeric columns, three cultivars by name."""
+    from sklearn.datasets import load_wine
+
+    frame = load_wine(as_frame=True).frame
+    frame["cultivar"] = frame.pop("target").map({0: "barolo", 1: "grignolino", 2: "barbera"})
+    return frame
+
+
+def diabetes() -> pd.DataFrame:
+    """scikit-learn's diabetes set: 442 records, 10 numeric columns, disease progression after a year."""
+    from sklearn.datasets import load_diabetes
+
+    return load_diabetes(as_frame=True).frame.rename(columns={"target": "progression"})

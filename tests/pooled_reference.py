@@ -70,3 +70,34 @@ def lrt_statistics(pooled: PooledPreprocessing, y: np.ndarray) -> pd.Series:
 def top_k(statistics: pd.Series, k: int) -> tuple[list[str], list[float]]:
     order = statistics.sort_values(ascending=False, kind="stable").index[:k]
     return list(order), [float(chi2.sf(statistics[c], df=1)) for c in order]
+
+
+def multinomial_lrt_statistics(pooled: PooledPreprocessing, classes: np.ndarray) -> pd.Series:
+    """Per encoded column: 2 (llf - llnull) of statsmodels' univariate `MNLogit` on the standardised column."""
+    standardised = (pooled.encoded - pooled.means) / pooled.stds
+    stats = {}
+    for column in standardised.columns:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fit = sm.MNLogit(classes, sm.add_constant(standardised[column].to_numpy(), has_constant="add")).fit(
+                disp=0, method="newton", maxiter=100)
+        stats[column] = 2.0 * (fit.llf - fit.llnull)
+    return pd.Series(stats)
+
+
+def f_test_statistics(pooled: PooledPreprocessing, y: np.ndarray) -> pd.Series:
+    """Per encoded column: scikit-learn's univariate F-statistic against the target."""
+    from sklearn.feature_selection import f_regression
+
+    statistics, _ = f_regression(pooled.encoded.to_numpy(), y)
+    return pd.Series(statistics, index=pooled.encoded.columns)
+
+
+def top_k_with_dof(statistics: pd.Series, k: int, *, dof: int | tuple[int, int]) -> tuple[list[str], list[float]]:
+    """The k largest statistics and their p-values: chi2 with `dof`, or F with (1, n - 2) given as a tuple."""
+    from scipy.stats import f as f_distribution
+
+    order = statistics.sort_values(ascending=False, kind="stable").index[:k]
+    if isinstance(dof, tuple):
+        return list(order), [float(f_distribution.sf(statistics[c], *dof)) for c in order]
+    return list(order), [float(chi2.sf(statistics[c], df=dof)) for c in order]

@@ -47,6 +47,8 @@ EXPECTED_VARIABLES = {
     "train.local_epochs": 1,
     "train.seed": 7,
     "train.optimizer": "sgd",
+    "train.weight_decay": "0.0",  # the SDK stores a 0 or a False as null: they go as text
+    "train.proximal_mu": "0.0",
     "run_id": "askanna",
     "mode": "local",
     "artifacts": "runs",

@@ -23,7 +23,7 @@ from dotenv import dotenv_values
 
 from tests.aggregator_process import AggregatorProcess
 from fedgrove.simulation import simulate
-from fedgrove.site_table import prepare_site_table
+from fedgrove.site_table import table_for_spec
 from fedgrove.sources import DataSource, read_source
 from fedgrove.split import split_table, write_split
 from tests.data_sets import affairs
@@ -229,8 +229,8 @@ def simulated(site_files: dict[str, Path]):  # type: ignore[no-untyped-def]
     from fedgrove.spec import FederationSpec
 
     spec = FederationSpec.model_validate({**SPEC, "sites": {s: {"data": str(p)} for s, p in site_files.items()}})
-    tables = {site: prepare_site_table(read_source(DataSource(data=str(path))), site=site, target="affair",
-                                       test_fraction=0.2, seed=0) for site, path in site_files.items()}
+    tables = {site: table_for_spec(read_source(DataSource(data=str(path))), spec, site)
+              for site, path in site_files.items()}
     _, steps = run_in_lockstep({site: preprocessing_protocol(spec=spec, site=site, table=tables[site])
                                 for site in spec.roster()})
     return simulate(spec, tables, centralised=False), len(steps)
@@ -273,7 +273,7 @@ def test_sites_mode_runs_each_site_on_its_own_pool_with_its_own_data_and_credent
     simulation, exchanges = simulated(site_files)
     for result in simulation.results:
         got = summary["sites"][result.site]["federated"]
-        assert got["loss_test"] == pytest.approx(result.federated[-1].test.loss, rel=1e-5)
+        assert got["loss_test"] == pytest.approx(result.federated[-1].test.get("loss"), rel=1e-5)
     card = json.loads((outputs / "model.json").read_text())
     assert card["preprocessing"]["selected"] == simulation.results[0].preprocessing.selected
     completed = site_aggregator.admin("GET", f"/branches/{site_branch['branch_id']}")["aggregations_completed"]

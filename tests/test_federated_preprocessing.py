@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from fedgrove.encoding import Preprocessing
-from fedgrove.federated_preprocessing import STEP_FIELD, preprocessing_protocol
+from fedgrove.exchanges import STEP_FIELD
+from fedgrove.federated_preprocessing import preprocessing_protocol
 from fedgrove.lockstep import run_in_lockstep, sum_fields
 from fedgrove.schema import FederationRefused
 from fedgrove.site_table import SiteTable, prepare_site_table

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fedgrove.simulation import simulate
-from fedgrove.site_table import prepare_site_table
+from fedgrove.site_table import table_for_spec
 from fedgrove.sources import DataSource, read_source
 from fedgrove.spec import FederationSpec
 from fedgrove.split import split_table, write_split
@@ -55,13 +55,13 @@ def test_two_organisations_each_running_fedgrove_leaf_get_the_simulated_model(
         aggregator.stop()
 
     spec = FederationSpec.model_validate({**SPEC, "sites": {s: {"data": str(p)} for s, p in files.items()}})
-    tables = {site: prepare_site_table(read_source(DataSource(data=str(path))), site=site, target="diagnosis",
-                                       test_fraction=0.2, seed=0) for site, path in files.items()}
+    tables = {site: table_for_spec(read_source(DataSource(data=str(path))), spec, site)
+              for site, path in files.items()}
     simulation = simulate(spec, tables, baselines=True, centralised=False)
     for result, output in zip(simulation.results, outputs, strict=True):
         site_dir = tmp_path / result.site / "runs" / "weekly"
         published = json.loads((site_dir / f"site-{result.site}.json").read_text())
-        assert published["federated"][-1]["test"]["loss"] == pytest.approx(result.federated[-1].test.loss, rel=1e-5)
+        assert published["federated"][-1]["test"]["values"]["loss"] == pytest.approx(result.federated[-1].test.get("loss"), rel=1e-5)
         card = json.loads((site_dir / "model.json").read_text())
         assert card["preprocessing"]["selected"] == result.preprocessing.selected
         assert "federated" in output and "alone" in output and str(site_dir / "model.pt") in output

@@ -26,7 +26,7 @@ def test_training_matches_torch_optim_sgd_bit_for_bit() -> None:
     """`train_local`'s own SGD step makes the update torch's optimizer makes (same seeds, same batches)."""
     ours, reference = build_model(4, seed=3), build_model(4, seed=3)
     train = TrainSpec(local_epochs=3)
-    train_local(ours, X, Y, train=train, seed=7, epoch=2)
+    train_local(ours, X, Y, task="binary", train=train, seed=7, epoch=2)
     optimizer = torch.optim.SGD(reference.parameters(), lr=train.learning_rate)
     X_t, y_t = torch.tensor(X), torch.tensor(Y)
     reference.train()
@@ -52,7 +52,7 @@ def test_the_flows_and_a_trained_model_leave_heavy_modules_they_do_not_need_unim
         "from fedgrove.model import build_model, train_local, logits\n"
         "from fedgrove.spec import TrainSpec\n"
         "X = np.random.default_rng(0).random((40, 4)).astype(np.float32); y = (X[:, 0] > 0.5).astype(np.float32)\n"
-        "model = build_model(4, seed=0); train_local(model, X, y, train=TrainSpec(), seed=0, epoch=1)\n"
+        "model = build_model(4, seed=0); train_local(model, X, y, task=\"binary\", train=TrainSpec(), seed=0, epoch=1)\n"
         "logits(model, X)\n"
         "heavy = ('torch._dynamo', 'torch._inductor', 'sympy', 'mpmath', 'statsmodels', 'matplotlib')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
@@ -113,7 +113,7 @@ def test_train_local_is_reproducible_for_the_same_seed_and_epoch_and_differs_for
     results = []
     for epoch in (1, 1, 2):
         model = build_model(4, seed=0)
-        train_local(model, X, Y, train=TrainSpec(), seed=5, epoch=epoch)
+        train_local(model, X, Y, task="binary", train=TrainSpec(), seed=5, epoch=epoch)
         results.append(get_parameters(model))
     np.testing.assert_array_equal(results[0][0], results[1][0])
     assert not np.array_equal(results[0][0], results[2][0])

@@ -19,7 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from fedgrove.simulation import simulate
-from fedgrove.site_table import prepare_site_table
+from fedgrove.site_table import table_for_spec
 from fedgrove.sources import read_source
 from fedgrove.spec import load_spec
 from fedgrove.split import split_table
@@ -65,8 +65,7 @@ def train(spec_path: Path, *extra: str):  # type: ignore[no-untyped-def]
 
 def simulation_of(spec_path: Path):  # type: ignore[no-untyped-def]
     spec = load_spec(spec_path)
-    tables = {site: prepare_site_table(read_source(source), site=site, target=spec.target,
-                                       test_fraction=spec.evaluation.test_fraction, seed=spec.train.seed)
+    tables = {site: table_for_spec(read_source(source), spec, site)
               for site, source in spec.sites.items()}
     return simulate(spec, tables)
 
@@ -91,10 +90,10 @@ def test_a_table_with_string_categories_and_holes_from_csv_parquet_and_sqlite_eq
     for r in simulation.results:
         site = summary["sites"][r.site]
         assert (site["records"], site["test_records"]) == (r.records, r.test_records)
-        assert site["federated"]["loss_test"] == pytest.approx(r.federated[-1].test.loss, rel=1e-5)
-        assert site["federated"]["auc_test"] == pytest.approx(r.federated[-1].test.auc, rel=1e-5)
-        assert site["alone"]["loss_test"] == pytest.approx(r.alone[-1].test.loss, rel=1e-5)
-    assert summary["centralised"]["loss_test"] == pytest.approx(simulation.centralised[-1].test.loss, rel=1e-5)
+        assert site["federated"]["loss_test"] == pytest.approx(r.federated[-1].test.get("loss"), rel=1e-5)
+        assert site["federated"]["auc_test"] == pytest.approx(r.federated[-1].test.get("auc"), rel=1e-5)
+        assert site["alone"]["loss_test"] == pytest.approx(r.alone[-1].test.get("loss"), rel=1e-5)
+    assert summary["centralised"]["loss_test"] == pytest.approx(simulation.centralised[-1].test.get("loss"), rel=1e-5)
     import torch
 
     state = torch.load(run_dir / "model.pt", weights_only=True)
@@ -128,7 +127,7 @@ def test_one_site_reading_from_postgresql_and_codes_listed_as_categorical_train_
     assert summary["labels"] == [0, 1] and len(summary["features"]) == 5
     simulation = simulation_of(spec_path)
     for r in simulation.results:
-        assert summary["sites"][r.site]["federated"]["loss_test"] == pytest.approx(r.federated[-1].test.loss,
+        assert summary["sites"][r.site]["federated"]["loss_test"] == pytest.approx(r.federated[-1].test.get("loss"),
                                                                                   rel=1e-5)
     anes96().drop(columns=["vote"]).head(3).to_csv(workspace / "new.csv", index=False)
     predicted = CliRunner().invoke(app, ["predict", "--model", "runs/votes/model.pt", "new.csv"])

@@ -56,7 +56,7 @@ def test_a_round_is_the_record_weighted_mean_of_local_updates_from_the_seeded_st
         arrays = site_arrays(tables[site], preprocessing)
         model = build_model(4, seed=99)
         set_parameters(model, start)
-        train_local(model, arrays.X, arrays.y, train=spec.train, seed=site_seed(2, site), epoch=1)
+        train_local(model, arrays.X, arrays.y, task="binary", train=spec.train, seed=site_seed(2, site), epoch=1)
         updates.append((get_parameters(model), len(arrays.y)))
     for got, expected in zip(one_round.parameters, weighted_average(updates), strict=True):
         np.testing.assert_array_equal(got, expected)
