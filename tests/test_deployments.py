@@ -287,7 +287,7 @@ def test_a_site_parameter_set_by_the_caller_is_refused_by_the_leaf_naming_it(
     assignment = {"spec": SPEC, "site": SITE_NAMES[0], "run_id": "refused"}
     flow_run_id = prefect_server.run_deployment(
         f"leaf-training/{SITE_NAMES[0]}",
-        parameters={"assignment": assignment, "site": {"data": {"data": "/etc/hostname"}}},
+        parameters={"assignment": assignment, "site": {"data": {"data": "/srv/other-hospital/patients.csv"}}},
     )
     run = prefect_server.wait_for_flow_run(flow_run_id, timeout_s=180)
     assert run["state_type"] == "FAILED"
