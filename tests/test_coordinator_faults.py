@@ -24,10 +24,10 @@ def test_one_site_failing_for_good_fails_the_run_by_name_and_keeps_the_others_ou
     real_fit = tasks.training.fit
     doomed = site_seed(0, "site-3")
 
-    def fit_failing_for_site_3(parameters, X, y, *, spec, seed, epoch):  # type: ignore[no-untyped-def]
+    def fit_failing_for_site_3(parameters, arrays, *, spec, seed, epoch, state):  # type: ignore[no-untyped-def]
         if seed == doomed and epoch >= 2:
             raise RuntimeError("injected: site-3's machine is gone")
-        return real_fit(parameters, X, y, spec=spec, seed=seed, epoch=epoch)
+        return real_fit(parameters, arrays, spec=spec, seed=seed, epoch=epoch, state=state)
 
     monkeypatch.setattr(tasks.training, "fit", fit_failing_for_site_3)
     state = federated_training(
