@@ -18,10 +18,12 @@ from aggregator.api.context import ServerContext
 from aggregator.api.limits import BodyLimits
 from aggregator.blobstore import blob_store_from_url
 from aggregator.blobstore_errors import BlobStoreUnavailable
+from aggregator.branch_report import BranchReports
 from aggregator.config import AggregatorSettings
 from aggregator.db import make_engine, make_session_factory
 from aggregator.errors import ApiError
 from aggregator.memory import return_large_blocks_to_the_system
+from aggregator.metrics import MetricsStore
 from aggregator.notifier import ConnectionManager, TicketBook
 from aggregator.registry import Registry
 from aggregator.rounds import AggregationService
@@ -48,17 +50,21 @@ def build_context(settings: AggregatorSettings) -> ServerContext:
         if settings.admin_token
         else load_or_create_secret(data_dir / "admin_token")
     )
+    registry = Registry(sessions)
+    service = AggregationService(
+        sessions=sessions,
+        blobs=blobs,
+        scratch_dir=scratch,
+        max_archive_bytes=settings.max_archive_bytes,
+        max_archive_entries=settings.max_archive_entries,
+    )
     return ServerContext(
         settings=settings,
         sessions=sessions,
-        registry=Registry(sessions),
-        service=AggregationService(
-            sessions=sessions,
-            blobs=blobs,
-            scratch_dir=scratch,
-            max_archive_bytes=settings.max_archive_bytes,
-            max_archive_entries=settings.max_archive_entries,
-        ),
+        registry=registry,
+        service=service,
+        reports=BranchReports(sessions=sessions, registry=registry, service=service),
+        metrics=MetricsStore(sessions),
         blobs=blobs,
         connections=ConnectionManager(),
         tickets=TicketBook(settings.ticket_ttl_s),

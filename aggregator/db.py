@@ -23,6 +23,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+from aggregator.statuses import AggregationStatus, RunStatus
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
@@ -47,7 +49,7 @@ class Branch(Base):
     tree_id: Mapped[str] = mapped_column(ForeignKey("trees.id"))
     name: Mapped[str] = mapped_column(String(200))
     aggregation_target: Mapped[int] = mapped_column(Integer)
-    run_status: Mapped[str] = mapped_column(String(16), default="start")
+    run_status: Mapped[str] = mapped_column(String(16), default=RunStatus.START)
     run_number: Mapped[int] = mapped_column(Integer, default=1)
     analytics_ops: Mapped[dict] = mapped_column(JSON, default=dict)
     analytics_default_op: Mapped[str | None] = mapped_column(String(16), nullable=True)
@@ -76,7 +78,7 @@ class Aggregation(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     branch_id: Mapped[str] = mapped_column(ForeignKey("branches.id"), index=True)
     round: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="open")
+    status: Mapped[str] = mapped_column(String(16), default=AggregationStatus.OPEN)
     kind: Mapped[str | None] = mapped_column(String(32), nullable=True)
     contributors: Mapped[int] = mapped_column(Integer, default=0)
     weight_total: Mapped[float] = mapped_column(Float, default=0.0)

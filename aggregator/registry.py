@@ -5,15 +5,14 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
 
 from aggregator.analytics import OPERATIONS
 from aggregator.db import Aggregation, Branch, Leaf, Tree
 from aggregator.errors import BadRequest, Conflict, NotFound, Unauthorized
 from aggregator.security import hash_token, new_token, token_matches
-
-RUN_STATUSES = ("start", "pause", "stop")
+from aggregator.statuses import RunStatus
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ class Registry:
                 tree_id=tree_row.id,
                 name=branch,
                 aggregation_target=target,
-                run_status="start",
+                run_status=RunStatus.START,
                 run_number=1,
                 analytics_ops=analytics_ops or {},
                 analytics_default_op=analytics_default_op,
@@ -148,13 +147,13 @@ class Registry:
         return row
 
     def set_run_status(self, branch_id: str, status: str) -> Branch:
-        if status not in RUN_STATUSES:
-            raise BadRequest(f"run status must be one of {', '.join(RUN_STATUSES)}, got '{status}'")
+        if status not in tuple(RunStatus):
+            raise BadRequest(f"run status must be one of {', '.join(RunStatus)}, got '{status}'")
         with self._sessions() as session:
             row = session.get(Branch, branch_id)
             if row is None:
                 raise NotFound(f"branch {branch_id} not found")
-            if status == "start" and row.run_status == "stop":
+            if status == RunStatus.START and row.run_status == RunStatus.STOP:
                 row.run_number += 1
             row.run_status = status
             session.commit()
@@ -163,11 +162,6 @@ class Registry:
     def leaves(self, branch_id: str) -> list[Leaf]:
         with self._sessions() as session:
             return list(session.scalars(select(Leaf).where(Leaf.branch_id == branch_id).order_by(Leaf.name)))
-
-    def completed_aggregations(self, session: Session, branch_id: str) -> int:
-        return session.scalar(
-            select(func.count()).where(Aggregation.branch_id == branch_id, Aggregation.status == "complete")
-        )
 
 
 def _bearer_credentials(authorization: str | None) -> tuple[str, str]:

@@ -10,7 +10,9 @@ from pathlib import Path
 from sqlalchemy.orm import sessionmaker
 
 from aggregator.blobstore import BlobStore
+from aggregator.branch_report import BranchReports
 from aggregator.config import AggregatorSettings
+from aggregator.metrics import MetricsStore
 from aggregator.notifier import ConnectionManager, TicketBook
 from aggregator.registry import Registry
 from aggregator.rounds import AggregationService
@@ -23,6 +25,8 @@ class ServerContext:
     sessions: sessionmaker
     registry: Registry
     service: AggregationService
+    reports: BranchReports
+    metrics: MetricsStore
     blobs: BlobStore
     connections: ConnectionManager
     tickets: TicketBook

@@ -12,7 +12,8 @@ from starlette.concurrency import run_in_threadpool
 from aggregator.api.deps import Context, CurrentLeaf
 from aggregator.blobstore_errors import BlobNotFound
 from aggregator.errors import BadRequest, Conflict, NotFound
-from aggregator.rounds import check_file_id
+from aggregator.statuses import RunStatus
+from aggregator.downloads import check_file_id
 from aggregator.upload_stream import receive_file_part
 
 router = APIRouter()
@@ -27,7 +28,7 @@ async def upload_file(request: Request, leaf: CurrentLeaf, context: Context) -> 
     if declared_digest is None:
         raise BadRequest("missing x-bk-file-digest header")
     branch = await run_in_threadpool(context.registry.branch, leaf.branch_id)
-    if branch.run_status != "start":
+    if branch.run_status != RunStatus.START:
         raise Conflict(f"run is not started (run status: {branch.run_status})")
     received = await receive_file_part(request, context.scratch_dir)
     try:

@@ -1,0 +1,107 @@
+"""One interface over the two running aggregates, so that no caller asks which one it holds.
+
+A `federated_learning` archive is folded into a `WeightedSum` (FedAvg), a `federated_analytics` archive into a
+`FieldCombiner` (field by field). Both are pure arithmetic with errors of their own; here they take a whole
+`ParsedArchive` and answer with the server's errors: a contribution that does not fit the aggregation is a
+`Conflict` (409), one that cannot be added at all a `BadRequest` (400).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from aggregator.analytics import FieldCombiner, FieldMismatch, FieldOverflow, UnconfiguredField
+from aggregator.archive import FEDERATED_ANALYTICS, PAYLOAD_KIND_KEY, ParsedArchive
+from aggregator.db import Branch
+from aggregator.errors import BadRequest, Conflict
+from aggregator.fedavg import LayerMismatch, SumOverflow, WeightedSum
+
+
+class Accumulator(Protocol):
+    kind: str  # the payload kind it takes
+
+    def check(self, archive: ParsedArchive) -> None:
+        """Conflict or BadRequest if `archive` cannot be added; changes nothing."""
+
+    def add(self, archive: ParsedArchive) -> None:
+        """Fold `archive` in (it has passed `check`)."""
+
+    def entries(self) -> dict[str, np.ndarray]:
+        """The aggregate's archive entries."""
+
+    @property
+    def weight_total(self) -> float:
+        """The sum of the weightings folded in (0 for analytics, whose archives carry none)."""
+
+
+def new_accumulator(archive: ParsedArchive, branch: Branch) -> Accumulator:
+    """An empty accumulator shaped after `archive`, the first contribution of an aggregation."""
+    if archive.kind == FEDERATED_ANALYTICS:
+        return FieldAccumulator(archive, branch)
+    return LayerAccumulator(archive)
+
+
+def _check_kind(kind: str, archive: ParsedArchive) -> None:
+    if archive.kind != kind:
+        raise Conflict(f"archive is {archive.kind}; the open aggregation is {kind}")
+
+
+class LayerAccumulator:
+    """FedAvg of `layer_<n>` arrays, weighted by each archive's weighting."""
+
+    def __init__(self, template: ParsedArchive) -> None:
+        self.kind = template.kind
+        self._sum = WeightedSum(template.layers)
+
+    def check(self, archive: ParsedArchive) -> None:
+        _check_kind(self.kind, archive)
+        try:
+            self._sum.check(archive.layers, weighting=archive.weighting, magnitude=archive.magnitude)
+        except LayerMismatch as exc:
+            raise Conflict(str(exc)) from exc
+        except SumOverflow as exc:
+            raise BadRequest(str(exc)) from exc
+
+    def add(self, archive: ParsedArchive) -> None:
+        self._sum.add(archive.weighting, archive.layers, magnitude=archive.magnitude)
+
+    def entries(self) -> dict[str, np.ndarray]:
+        return {f"layer_{i}": layer for i, layer in enumerate(self._sum.mean())}
+
+    @property
+    def weight_total(self) -> float:
+        return self._sum.total_weight
+
+
+class FieldAccumulator:
+    """Analytics fields combined by their bundle suffix or the branch's configured operation."""
+
+    def __init__(self, template: ParsedArchive, branch: Branch) -> None:
+        self.kind = template.kind
+        try:
+            self._combiner = FieldCombiner(
+                template.fields, configured=branch.analytics_ops or {}, default=branch.analytics_default_op
+            )
+        except (UnconfiguredField, FieldMismatch) as exc:
+            raise BadRequest(str(exc)) from exc
+
+    def check(self, archive: ParsedArchive) -> None:
+        _check_kind(self.kind, archive)
+        try:
+            self._combiner.check(archive.fields)
+        except FieldMismatch as exc:
+            raise Conflict(str(exc)) from exc
+        except FieldOverflow as exc:
+            raise BadRequest(str(exc)) from exc
+
+    def add(self, archive: ParsedArchive) -> None:
+        self._combiner.add(archive.fields)
+
+    def entries(self) -> dict[str, np.ndarray]:
+        return {**self._combiner.result(), PAYLOAD_KIND_KEY: np.array(FEDERATED_ANALYTICS)}
+
+    @property
+    def weight_total(self) -> float:
+        return 0.0

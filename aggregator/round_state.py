@@ -1,0 +1,138 @@
+"""The open aggregation of each branch in memory: who has uploaded, and the running aggregate.
+
+The database and the blob store are the truth; this is a cache of them. A branch's state is loaded on first
+use (after a start or a restart) by reading its open aggregation's rows and folding every stored upload in
+again, so the running aggregate after a crash is the one before it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from aggregator.accumulators import Accumulator, new_accumulator
+from aggregator.archive import FEDERATED_ANALYTICS, ParsedArchive
+from aggregator.blobstore import BlobStore
+from aggregator.db import Aggregation, Branch, Contribution
+from aggregator.errors import NotFound
+from aggregator.statuses import AggregationStatus
+
+
+@dataclass(frozen=True)
+class Contributor:
+    file_id: str
+    fingerprint: str  # `ParsedArchive.fingerprint`, stored as the row's content_digest
+
+
+@dataclass
+class OpenAggregation:
+    id: str
+    round: int
+    contributors: dict[str, Contributor] = field(default_factory=dict)  # leaf id -> its upload
+    accumulator: Accumulator | None = None
+    first_upload_at: float | None = None  # wall-clock seconds; starts the branch's round timeout
+
+    @property
+    def kind(self) -> str | None:
+        return None if self.accumulator is None else self.accumulator.kind
+
+    def complete(self, branch: Branch) -> bool:
+        """Whether every leaf of the branch's aggregation target has uploaded."""
+        return bool(self.contributors) and len(self.contributors) >= branch.aggregation_target
+
+    def due(self, branch: Branch, now: float) -> bool:
+        """Whether it is to be finished: `complete`, or the branch's round timeout has passed since the first
+        upload with at least `min_leaves` uploaded.
+
+        Only model averaging times out: a federated-analytics aggregation (pooled counts, sums, Newton
+        sums) over a subset of the leaves would be a different statistic, so it always waits for all."""
+        if self.complete(branch):
+            return True
+        if branch.round_timeout_s is None or self.first_upload_at is None or self.kind == FEDERATED_ANALYTICS:
+            return False
+        quorum = branch.min_leaves or branch.aggregation_target
+        return now - self.first_upload_at >= branch.round_timeout_s and len(self.contributors) >= quorum
+
+    def check(self, archive: ParsedArchive, branch: Branch) -> None:
+        """Conflict or BadRequest if `archive` cannot join this aggregation."""
+        accumulator = self.accumulator if self.accumulator is not None else new_accumulator(archive, branch)
+        accumulator.check(archive)
+
+    def fold(self, archive: ParsedArchive, branch: Branch) -> None:
+        if self.accumulator is None:
+            self.accumulator = new_accumulator(archive, branch)
+        self.accumulator.add(archive)
+
+    def took_upload(self) -> None:
+        self.first_upload_at = self.first_upload_at or time.time()
+
+
+class RoundStates:
+    """Each branch's `OpenAggregation`, loaded from the database and the blob store on first use. Call every
+    method but `open_round` with the branch's lock held."""
+
+    def __init__(
+        self, *, sessions: sessionmaker, blobs: BlobStore, read: Callable[[Path], ParsedArchive]
+    ) -> None:
+        self._sessions = sessions
+        self._blobs = blobs
+        self._read = read
+        self._open: dict[str, OpenAggregation] = {}
+
+    def get(self, branch: Branch) -> OpenAggregation:
+        state = self._open.get(branch.id)
+        if state is None:
+            state = self._load(branch)
+            self._open[branch.id] = state
+        return state
+
+    def cached(self, branch_id: str) -> OpenAggregation | None:
+        return self._open.get(branch_id)
+
+    def replace(self, branch_id: str, state: OpenAggregation) -> None:
+        """Make `state` the branch's open aggregation (the old one was finished or set aside)."""
+        self._open[branch_id] = state
+
+    def rebuild(self, state: OpenAggregation, branch: Branch) -> None:
+        """Fold every stored upload of `state` in again, from an empty accumulator."""
+        state.accumulator = None
+        for contributor in state.contributors.values():
+            with self._blobs.open_local(contributor.file_id) as path:
+                state.fold(self._read(path), branch)
+
+    def _load(self, branch: Branch) -> OpenAggregation:
+        with self._sessions() as session:
+            row = open_row(session, branch.id)
+            state = OpenAggregation(id=row.id, round=row.round)
+            for contribution in session.scalars(
+                select(Contribution).where(Contribution.aggregation_id == row.id).order_by(Contribution.created_at)
+            ):
+                state.contributors[contribution.leaf_id] = Contributor(contribution.id, contribution.content_digest)
+                if state.first_upload_at is None:
+                    state.first_upload_at = contribution.created_at.replace(tzinfo=UTC).timestamp()
+        self.rebuild(state, branch)
+        return state
+
+    def open_round(self, branch_id: str) -> tuple[int, list[str]]:
+        """The open aggregation's round number and the ids of the leaves that have uploaded to it."""
+        with self._sessions() as session:
+            aggregation = open_row(session, branch_id)
+            leaves = session.scalars(
+                select(Contribution.leaf_id).where(Contribution.aggregation_id == aggregation.id)
+            )
+            return aggregation.round, sorted(leaves)
+
+
+def open_row(session: Session, branch_id: str) -> Aggregation:
+    row = session.scalar(
+        select(Aggregation).where(Aggregation.branch_id == branch_id, Aggregation.status == AggregationStatus.OPEN)
+    )
+    if row is None:
+        raise NotFound(f"branch {branch_id} has no open aggregation")
+    return row
