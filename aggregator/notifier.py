@@ -43,9 +43,6 @@ class ConnectionManager:
     def connected_leaves(self, branch_id: str) -> set[str]:
         return {connection.leaf_id for connection in self._branches.get(branch_id, set())}
 
-    def connection_count(self) -> int:
-        return sum(len(connections) for connections in self._branches.values())
-
     async def send_aggregation(self, connection: Connection, aggregation_id: str) -> None:
         if aggregation_id in connection.sent:
             return
