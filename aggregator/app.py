@@ -101,7 +101,6 @@ def create_app(settings: AggregatorSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        context.loop = asyncio.get_running_loop()
         for branch_id, aggregation_id in await run_in_threadpool(context.service.recover):
             logger.info("recovered aggregation %s of branch %s after a restart", aggregation_id, branch_id)
         watcher = asyncio.create_task(finish_overdue_rounds(context))

@@ -3,6 +3,7 @@ background thread on a loopback port for tests and for the coordinator's embedde
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -76,13 +77,19 @@ class ServerThread:
         self._server = _Server(_config(settings, log_level=log_level, own_logging=False))
         self._server.config.port = self.port
         self._thread = threading.Thread(target=self._run, name=f"aggregator-{self.port}", daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once started
 
     @property
     def context(self):  # type: ignore[no-untyped-def]
         return self._server.config.app.state.context
 
     def _run(self) -> None:
-        self._server.run(sockets=[self._socket])
+        with asyncio.Runner(loop_factory=self._server.config.get_loop_factory()) as runner:
+            runner.run(self._serve())
+
+    async def _serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self._server.serve(sockets=[self._socket])
 
     def start(self, timeout_s: float = 30) -> ServerThread:
         self._thread.start()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,6 @@ class ServerContext:
     signer: UrlSigner
     admin_token: str
     scratch_dir: Path
-    loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once started
     # Uploads are decoded and folded in by two threads of their own: at most two decoded archives exist at
     # once, and only these threads' malloc arenas hold archive-sized buffers (with the shared request thread
     # pool, every thread's arena kept some, and peak RSS grew with the number of concurrent uploads).
