@@ -13,10 +13,11 @@ from typing import Protocol
 import numpy as np
 
 from aggregator.analytics import FieldCombiner, FieldMismatch, FieldOverflow, UnconfiguredField
-from aggregator.archive import FEDERATED_ANALYTICS, PAYLOAD_KIND_KEY, ParsedArchive
+from aggregator.archive import ParsedArchive
 from aggregator.db import Branch
 from aggregator.errors import BadRequest, Conflict
 from aggregator.fedavg import LayerMismatch, SumOverflow, WeightedSum
+from fedgrove_common.protocol import FEDERATED_ANALYTICS, PAYLOAD_KIND_KEY, layer_entries
 
 
 class Accumulator(Protocol):
@@ -68,7 +69,7 @@ class LayerAccumulator:
         self._sum.add(archive.weighting, archive.layers, magnitude=archive.magnitude)
 
     def entries(self) -> dict[str, np.ndarray]:
-        return {f"layer_{i}": layer for i, layer in enumerate(self._sum.mean())}
+        return layer_entries(self._sum.mean())
 
     @property
     def weight_total(self) -> float:

@@ -33,17 +33,22 @@ import numpy as np
 from aggregator.errors import BadRequest, PayloadTooLarge
 from aggregator.fedavg import magnitude
 from aggregator.zip_entry import InflateError, ZipEntryReader
+from fedgrove_common.protocol import (
+    FEDERATED_ANALYTICS,
+    FEDERATED_LEARNING,
+    LAYER_NAME,
+    LAYER_PREFIX,
+    PAYLOAD_KIND_KEY,
+    WEIGHTING_KEY,
+    layer_name,
+)
 
-FEDERATED_LEARNING = "federated_learning"
-FEDERATED_ANALYTICS = "federated_analytics"
-PAYLOAD_KIND_KEY = "__bk_payload_kind__"
 Kind = Literal["federated_learning", "federated_analytics"]
 
 _SLICE_BYTES = 256 * 1024  # a streamed entry is read and checked this much at a time
 _HEADER_PREFIX_BYTES = 12 + 10_000  # magic, version and length, then numpy's largest header by default
 _ENTRY_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}\.npy$")
-_LAYER_NAME = re.compile(r"^layer_(0|[1-9][0-9]*)$")  # one name per index: no layer_01 beside layer_1
-_LAYER_LIKE_NAME = re.compile(r"^layer_[0-9]+$")
+_LAYER_LIKE_NAME = re.compile(rf"^{LAYER_PREFIX}[0-9]+$")
 _LAYER_DTYPE_KINDS = frozenset("iuf")
 _FIELD_DTYPE_KINDS = frozenset("biufUS")
 _METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})  # what np.savez and savez_compressed write
@@ -290,9 +295,9 @@ def _declared_kind(entries: dict[str, np.ndarray]) -> Kind:
 
 
 def _weighting(entries: dict[str, np.ndarray]) -> float:
-    if "weighting" not in entries:
+    if WEIGHTING_KEY not in entries:
         raise BadRequest("missing weighting")
-    weighting = entries["weighting"]
+    weighting = entries[WEIGHTING_KEY]
     if weighting.size != 1 or weighting.dtype.kind not in "iuf":
         raise BadRequest("weighting must be a single number")
     value = float(weighting.reshape(-1)[0])
@@ -305,9 +310,9 @@ def _learning(entries: dict[str, np.ndarray], magnitudes: dict[str, float]) -> P
     weighting = _weighting(entries)
     indexed: dict[int, str] = {}
     for key in entries:
-        if key in ("weighting", PAYLOAD_KIND_KEY):
+        if key in (WEIGHTING_KEY, PAYLOAD_KIND_KEY):
             continue
-        match = _LAYER_NAME.match(key)
+        match = LAYER_NAME.match(key)
         if match is None and _LAYER_LIKE_NAME.match(key):
             raise BadRequest(f"entry '{key}' is not a layer name: layers are layer_0, layer_1, ... without "
                              "leading zeros")
@@ -321,15 +326,15 @@ def _learning(entries: dict[str, np.ndarray], magnitudes: dict[str, float]) -> P
     layers = [entries[indexed[i]] for i in range(len(indexed))]
     for index, layer in enumerate(layers):
         if layer.dtype.kind not in _LAYER_DTYPE_KINDS:
-            raise BadRequest(f"layer_{index} has unsupported dtype {layer.dtype}")
+            raise BadRequest(f"{layer_name(index)} has unsupported dtype {layer.dtype}")
         if not math.isfinite(magnitudes[indexed[index]]):
-            raise BadRequest(f"layer_{index} contains NaN or Inf")
+            raise BadRequest(f"{layer_name(index)} contains NaN or Inf")
     largest = max(magnitudes[key] for key in indexed.values())
     return ParsedArchive(kind=FEDERATED_LEARNING, weighting=weighting, layers=layers, magnitude=largest)
 
 
 def _analytics(entries: dict[str, np.ndarray], magnitudes: dict[str, float]) -> ParsedArchive:
-    fields = {k: v for k, v in entries.items() if k not in ("weighting", PAYLOAD_KIND_KEY)}
+    fields = {k: v for k, v in entries.items() if k not in (WEIGHTING_KEY, PAYLOAD_KIND_KEY)}
     if not fields:
         raise BadRequest("no fields in a federated_analytics archive")
     for key, array in fields.items():

@@ -6,18 +6,16 @@ One small interface, `BlobStore`, and two implementations chosen by `FEDGROVE_BL
   and signs its own download links, so `presigned_url` is None and `local_path` the file.
 * `S3BlobStore`: objects under `s3://bucket/prefix`; downloads go straight to S3 through presigned URLs.
 
-Keys are opaque names (the server uses uuid hex): 1-128 characters from `[A-Za-z0-9._-]`, not `.`/`..`.
-A key is validated before anything touches the disk or the network, so a path-traversal attempt fails
-with `InvalidBlobKey` and nothing else. A writer never exposes a half-written blob: the local store
-writes a temporary file in the same folder, fsyncs it and renames it into place; an S3 PUT is atomic.
+Keys are opaque names (the server uses uuid hex) under `fedgrove_common.names`' rule, validated before
+anything touches the disk or the network, so a path-traversal attempt fails with `InvalidBlobKey` and nothing
+else. A writer never exposes a half-written blob: the local store writes through
+`fedgrove_common.atomic_files` (temporary file, fsync, rename, fsync of the folder); an S3 PUT is atomic.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -27,14 +25,13 @@ from typing import Any, NoReturn, Protocol
 from urllib.parse import unquote, urlsplit
 
 from aggregator.blobstore_errors import BlobNotFound, BlobStoreError, BlobStoreUnavailable, InvalidBlobKey
-from fedgrove.s3 import MAX_PRESIGN_SECONDS, S3Connection, S3Location, S3Problem
+from fedgrove_common.atomic_files import move_durably, staged_copy
+from fedgrove_common.names import is_valid_name
+from fedgrove_common.s3 import S3Connection, S3Location, S3Problem
 
 logger = logging.getLogger(__name__)
 
 SETTING = "FEDGROVE_BLOB_URL"
-_KEY = re.compile(r"[A-Za-z0-9._-]{1,128}")
-# Temporary files carry a "~", which no valid key can, so a temp file is never mistaken for a blob.
-_TEMP_PREFIX = ".put~"
 
 
 class BlobStore(Protocol):
@@ -68,7 +65,7 @@ class BlobStore(Protocol):
 
 
 def validate_key(key: str) -> str:
-    if not isinstance(key, str) or not _KEY.fullmatch(key) or key in {".", ".."}:
+    if not is_valid_name(key):
         raise InvalidBlobKey(key)
     return key
 
@@ -116,14 +113,11 @@ class LocalBlobStore:
 
     def put_file(self, key: str, source: Path) -> None:
         self._path(key)  # a bad key writes nothing
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(dir=self.root, prefix=_TEMP_PREFIX, suffix=".tmp")
+        temp = staged_copy(self.root, source)
         try:
-            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-                shutil.copyfileobj(src, out, length=1024 * 1024)
-            self._rename_in(key, Path(temp_name))
+            self._rename_in(key, temp)
         except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
+            temp.unlink(missing_ok=True)
             raise
 
     def move_file(self, key: str, source: Path) -> None:
@@ -138,12 +132,9 @@ class LocalBlobStore:
             Path(source).unlink(missing_ok=True)
 
     def _rename_in(self, key: str, file: Path) -> None:
-        """Make `file` (on the store's filesystem) the blob `key`: fsync it, rename it, fsync the folder."""
+        """Make `file` (on the store's filesystem) the blob `key`, durably."""
         path = self._path(key)
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(file, path)
-        _fsync_dir(self.root)
+        move_durably(file, path)
         logger.debug("stored blob %s (%d bytes) in %s", key, path.stat().st_size, self.root)
 
     def fetch(self, key: str, destination: Path) -> Path:
@@ -254,28 +245,12 @@ class S3BlobStore:
 
     def presigned_url(self, key: str, *, expires_in: int) -> str | None:
         """A GET URL anyone can use until it expires. Does not check that the blob exists."""
-        if not 1 <= expires_in <= MAX_PRESIGN_SECONDS:
-            raise ValueError(f"expected expires_in between 1 and {MAX_PRESIGN_SECONDS} seconds, got {expires_in}")
-        params = {"Bucket": self.location.bucket, "Key": self._key(key)}
+        object_key = self._key(key)
         try:
-            return self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
-        except Exception as exc:
+            return self._s3.presigned_get_url(bucket=self.location.bucket, key=object_key, expires_in=expires_in)
+        except Exception as exc:  # a bad lifetime's ValueError is no S3 error: `_raise` raises it as it is
             self._raise(exc, key)
 
     def local_path(self, key: str) -> Path | None:
         validate_key(key)
         return None
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable: fsync the folder that holds the new name (a no-op where unsupported)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -17,11 +17,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator.accumulators import Accumulator, new_accumulator
-from aggregator.archive import FEDERATED_ANALYTICS, ParsedArchive
+from aggregator.archive import ParsedArchive
 from aggregator.blobstore import BlobStore
 from aggregator.db import Aggregation, Branch, Contribution
 from aggregator.errors import NotFound
 from aggregator.statuses import AggregationStatus
+from fedgrove_common.protocol import FEDERATED_ANALYTICS
 
 
 @dataclass(frozen=True)

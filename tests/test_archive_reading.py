@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from aggregator import zip_entry
-from aggregator.archive import FEDERATED_ANALYTICS, PAYLOAD_KIND_KEY, read_archive
+from aggregator.archive import read_archive
 from aggregator.errors import BadRequest
 from aggregator.zip_entry import WHOLE_ENTRY_BYTES, ZipEntryReader
+from fedgrove_common.protocol import FEDERATED_ANALYTICS, PAYLOAD_KIND_KEY
 
 LIMITS = {"max_decompressed_bytes": 1 << 30, "max_entries": 100}
 
