@@ -22,12 +22,12 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
-from urllib.parse import unquote, urlsplit
 
 from aggregator.blobstore_errors import BlobNotFound, BlobStoreError, BlobStoreUnavailable, InvalidBlobKey
 from fedgrove_common.atomic_files import move_durably, staged_copy
 from fedgrove_common.names import is_valid_name
 from fedgrove_common.s3 import S3Connection, S3Location, S3Problem
+from fedgrove_common.store_urls import local_folder
 
 logger = logging.getLogger(__name__)
 
@@ -76,21 +76,13 @@ def blob_store_from_url(url: str | None, *, data_dir: Path, endpoint_url: str | 
     `None`/"" → `<data_dir>/blobs`; `file:///abs/path` or a plain path → that folder;
     `s3://bucket/prefix` → S3 (`endpoint_url` overrides `AWS_ENDPOINT_URL`).
     """
-    if not url:
-        return LocalBlobStore(data_dir / "blobs")
-    scheme = urlsplit(url).scheme
-    if scheme == "s3":
-        return S3BlobStore(url, endpoint_url=endpoint_url)
-    if scheme == "file":
-        parts = urlsplit(url)
-        if parts.netloc not in {"", "localhost"}:
-            raise BlobStoreError(f"expected {SETTING} like file:///abs/path, got {url!r} (fix: use three slashes)")
-        return LocalBlobStore(Path(unquote(parts.path)))
-    if scheme and len(scheme) > 1:  # a one-letter "scheme" is a Windows drive
-        raise BlobStoreError(
-            f"expected {SETTING} to be a folder, file:///abs/path or s3://bucket/prefix, got {url!r}"
-        )
-    return LocalBlobStore(Path(url))
+    try:
+        folder = local_folder(url, setting=SETTING, default=data_dir / "blobs")
+    except ValueError as exc:
+        raise BlobStoreError(str(exc)) from exc
+    if folder is None:
+        return S3BlobStore(str(url), endpoint_url=endpoint_url)
+    return LocalBlobStore(folder)
 
 
 class LocalBlobStore:

@@ -19,11 +19,11 @@ import logging
 import mimetypes
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
-from urllib.parse import unquote, urlsplit
 
 from fedgrove_common.atomic_files import replace_durably, staged, staged_copy
 from fedgrove_common.names import NAME_RULE, is_valid_name
 from fedgrove_common.s3 import S3Connection, S3Location, S3Problem
+from fedgrove_common.store_urls import local_folder
 
 logger = logging.getLogger(__name__)
 
@@ -74,18 +74,13 @@ def artifact_store_from_url(
     `None`/"" → `default_dir` (`./runs`); `file:///abs/path` or a plain path → there;
     `s3://bucket/prefix` → S3 (`endpoint_url` overrides `AWS_ENDPOINT_URL`).
     """
-    if not url:
-        return LocalArtifactStore(default_dir)
-    parts = urlsplit(url)
-    if parts.scheme == "s3":
-        return S3ArtifactStore(url, endpoint_url=endpoint_url)
-    if parts.scheme == "file" and parts.netloc in {"", "localhost"}:
-        return LocalArtifactStore(Path(unquote(parts.path)))
-    if len(parts.scheme) > 1:  # a one-letter "scheme" is a Windows drive
-        raise ArtifactStoreError(
-            f"expected {SETTING} to be a folder, file:///abs/path or s3://bucket/prefix, got {url!r}"
-        )
-    return LocalArtifactStore(Path(url))
+    try:
+        folder = local_folder(url, setting=SETTING, default=default_dir)
+    except ValueError as exc:
+        raise ArtifactStoreError(str(exc)) from exc
+    if folder is None:
+        return S3ArtifactStore(str(url), endpoint_url=endpoint_url)
+    return LocalArtifactStore(folder)
 
 
 def check_name(value: str, *, what: str = "artifact name") -> str:
