@@ -16,7 +16,8 @@ from aggregator.analytics import FieldCombiner, FieldMismatch, FieldOverflow, Un
 from aggregator.archive import ParsedArchive
 from aggregator.db import Branch
 from aggregator.errors import BadRequest, Conflict
-from aggregator.fedavg import LayerMismatch, SumOverflow, WeightedSum
+from aggregator.layer_checks import describe_mismatch, specs_of
+from fedgrove_common.fedavg import SumOverflow, WeightedSum
 from fedgrove_common.protocol import FEDERATED_ANALYTICS, PAYLOAD_KIND_KEY, layer_entries
 
 
@@ -54,19 +55,21 @@ class LayerAccumulator:
 
     def __init__(self, template: ParsedArchive) -> None:
         self.kind = template.kind
+        self._specs = specs_of(template.layers)
         self._sum = WeightedSum(template.layers)
 
     def check(self, archive: ParsedArchive) -> None:
         _check_kind(self.kind, archive)
+        problem = describe_mismatch(self._specs, archive.layers)
+        if problem:
+            raise Conflict(problem)
         try:
-            self._sum.check(archive.layers, weighting=archive.weighting, magnitude=archive.magnitude)
-        except LayerMismatch as exc:
-            raise Conflict(str(exc)) from exc
+            self._sum.check(archive.layers, archive.weighting, magnitude=archive.magnitude)
         except SumOverflow as exc:
             raise BadRequest(str(exc)) from exc
 
     def add(self, archive: ParsedArchive) -> None:
-        self._sum.add(archive.weighting, archive.layers, magnitude=archive.magnitude)
+        self._sum.add(archive.layers, archive.weighting, magnitude=archive.magnitude)
 
     def entries(self) -> dict[str, np.ndarray]:
         return layer_entries(self._sum.mean())

@@ -31,8 +31,8 @@ from typing import BinaryIO, Literal
 import numpy as np
 
 from aggregator.errors import BadRequest, PayloadTooLarge
-from aggregator.fedavg import magnitude
 from aggregator.zip_entry import InflateError, ZipEntryReader
+from fedgrove_common.fedavg import magnitude
 from fedgrove_common.protocol import (
     FEDERATED_ANALYTICS,
     FEDERATED_LEARNING,

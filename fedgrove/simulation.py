@@ -26,6 +26,7 @@ from fedgrove.model import (
     to_tensor,
     train_local,
 )
+from fedgrove_common.fedavg import weighted_mean
 
 Arrays = tuple[np.ndarray, np.ndarray]
 
@@ -48,24 +49,19 @@ def leaf_seed(seed: int, organisation: str) -> int:
 
 
 def weighted_average(results: Sequence[tuple[Sequence[np.ndarray], int]]) -> list[np.ndarray]:
-    """FedAvg: per layer, the mean of the leaves' arrays weighted by sample count (float64 sums, float32 out)."""
+    """FedAvg: per layer, the mean of the leaves' arrays weighted by sample count (float64 sums, float32 out),
+    by `fedgrove_common.fedavg`, the server's arithmetic."""
     if not results:
         raise ValueError("expected at least one (parameters, sample count) pair, got none")
-    total = sum(count for _, count in results)
-    if total <= 0 or any(count < 0 for _, count in results):
-        raise ValueError(f"expected non-negative sample counts with a positive sum, got "
-                         f"{[count for _, count in results]}")
-    layers = len(results[0][0])
-    if any(len(params) != layers for params, _ in results):
-        raise ValueError(f"expected every leaf to send {layers} arrays, got "
+    counts = [count for _, count in results]
+    if sum(counts) <= 0 or any(count < 0 for count in counts):
+        raise ValueError(f"expected non-negative sample counts with a positive sum, got {counts}")
+    if len({len(params) for params, _ in results}) != 1:
+        raise ValueError(f"expected every leaf to send {len(results[0][0])} arrays, got "
                          f"{[len(params) for params, _ in results]}")
-    averaged = []
-    for index in range(layers):
-        acc = np.zeros(np.shape(results[0][0][index]), dtype=np.float64)
-        for params, count in results:
-            acc += np.asarray(params[index], dtype=np.float64) * count
-        averaged.append((acc / total).astype(np.float32))
-    return averaged
+    as_float64 = [([np.asarray(p, dtype=np.float64) for p in params], count) for params, count in results]
+    averaged = weighted_mean(as_float64)
+    return [layer.astype(np.float32, copy=False) for layer in averaged]
 
 
 Tensors = tuple[torch.Tensor, torch.Tensor]

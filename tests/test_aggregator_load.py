@@ -38,6 +38,7 @@ from aggregator.db import Aggregation, make_engine, make_session_factory
 from aggregator.registry import LeafCredentials
 from aggregator.server import ServerThread
 from tests.aggregator_fixtures import wait_until_connected
+from tests.fedavg_oracle import weighted_mean_float64
 from tests.upload_helpers import auth_headers
 from tests.load_helpers import (
     ErrorLogTrap,
@@ -50,7 +51,6 @@ from tests.load_helpers import (
     ensure_fd_limit,
     percentiles,
     take_turns_checking_archives,
-    weighted_mean_float64,
 )
 
 pytestmark = pytest.mark.slow
