@@ -1,25 +1,36 @@
 """Recognises a leaf sending its last round's archive again, so that it is answered and not counted twice.
 
 A leaf whose upload completed a round may never see the 201 (a lost response, a task retried after it) and
-send the same archive again, by then into the next round. That archive must be answered with the original
-file id and not counted in the round it now lands in.
+send the same archive again, by then into the next round. That archive is answered with the original file id
+and not counted in the round it now lands in.
+
+It is such a retry only while the leaf has not downloaded the aggregate it contributed to, and only for the
+branch's newest finished round: a leaf that has fetched the aggregate has moved on, so the same archive from
+it is new data (an analytics count that did not change, say) and is counted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from aggregator.archive import ParsedArchive, same_content
 from aggregator.blobstore import BlobStore
 from aggregator.blobstore_errors import BlobNotFound
-from aggregator.db import Aggregation, Contribution
+from aggregator.db import Aggregation, Contribution, Delivery
 from aggregator.registry import LeafIdentity
 from aggregator.round_state import Contributor
 from aggregator.statuses import AggregationStatus
+
+
+@dataclass
+class _NewestFinished:
+    aggregation_id: str | None
+    contributors: dict[str, Contributor] = field(default_factory=dict)  # leaf id -> its upload
 
 
 class ResendDetector:
@@ -29,16 +40,19 @@ class ResendDetector:
         self._sessions = sessions
         self._blobs = blobs
         self._read = read
-        # branch -> leaf -> the leaf's contribution to the newest finished aggregation it took part in
-        self._last_finished: dict[str, dict[str, Contributor]] = {}
+        self._newest: dict[str, _NewestFinished] = {}  # branch -> its newest finished aggregation
 
     def resent(self, leaf: LeafIdentity, parsed: ParsedArchive) -> str | None:
-        """The leaf's contribution to the branch's last finished aggregation, if this archive repeats it: a
-        retried upload whose first attempt completed that aggregation must not count in the next one.
-        Fingerprints decide "different"; "the same" is confirmed array by array against the stored archive."""
-        previous = self._last_finished_contributions(leaf.branch_id).get(leaf.id)
+        """The leaf's upload to the branch's newest finished aggregation, if this archive repeats it and the
+        leaf has not downloaded that aggregate. Fingerprints decide "different"; "the same" is confirmed array
+        by array against the stored archive."""
+        newest = self._newest_finished(leaf.branch_id)
+        previous = newest.contributors.get(leaf.id)
         if previous is None or previous.fingerprint != parsed.fingerprint:
             return None
+        with self._sessions() as session:
+            if session.get(Delivery, (leaf.id, newest.aggregation_id)) is not None:
+                return None
         try:
             with self._blobs.open_local(previous.file_id) as path:
                 earlier = self._read(path)
@@ -46,29 +60,27 @@ class ResendDetector:
             return None
         return previous.file_id if same_content(earlier, parsed) else None
 
-    def finished(self, branch_id: str, contributors: dict[str, Contributor]) -> None:
-        """Remember what each leaf contributed to the aggregation of `branch_id` just finished."""
-        self._last_finished_contributions(branch_id).update(contributors)
+    def finished(self, branch_id: str, aggregation_id: str, contributors: dict[str, Contributor]) -> None:
+        """Remember the aggregation of `branch_id` just finished, and who contributed what."""
+        self._newest[branch_id] = _NewestFinished(aggregation_id, dict(contributors))
 
-    def _last_finished_contributions(self, branch_id: str) -> dict[str, Contributor]:
-        known = self._last_finished.get(branch_id)
+    def _newest_finished(self, branch_id: str) -> _NewestFinished:
+        known = self._newest.get(branch_id)
         if known is not None:
             return known
-        finished = (Aggregation.branch_id == branch_id, Aggregation.status == AggregationStatus.COMPLETE)
-        newest = (
-            select(Contribution.leaf_id, func.max(Aggregation.round).label("round"))
-            .join(Aggregation, Aggregation.id == Contribution.aggregation_id)
-            .where(*finished)
-            .group_by(Contribution.leaf_id)
-            .subquery()
-        )
         with self._sessions() as session:
+            aggregation_id = session.scalar(
+                select(Aggregation.id)
+                .where(Aggregation.branch_id == branch_id, Aggregation.status == AggregationStatus.COMPLETE)
+                .order_by(Aggregation.round.desc())
+                .limit(1)
+            )
             rows = session.execute(
                 select(Contribution.leaf_id, Contribution.id, Contribution.content_digest)
-                .join(Aggregation, Aggregation.id == Contribution.aggregation_id)
-                .join(newest, (newest.c.leaf_id == Contribution.leaf_id) & (newest.c.round == Aggregation.round))
-                .where(*finished)
+                .where(Contribution.aggregation_id == aggregation_id)
             )
-            known = {leaf_id: Contributor(file_id, fingerprint) for leaf_id, file_id, fingerprint in rows}
-        self._last_finished[branch_id] = known
+            known = _NewestFinished(
+                aggregation_id, {leaf_id: Contributor(file_id, fingerprint) for leaf_id, file_id, fingerprint in rows}
+            )
+        self._newest[branch_id] = known
         return known

@@ -221,7 +221,7 @@ class AggregationService:
     def _finalise(self, branch: Branch, state: OpenAggregation) -> str:
         """Finish `state` (see `finishing`); call with the branch's lock held. Returns the aggregate's id."""
         self._rounds.replace(branch.id, self._writer.finish(branch, state))
-        self._resends.finished(branch.id, state.contributors)
+        self._resends.finished(branch.id, state.id, state.contributors)
         self._retries.drop(branch.id)
         logger.info(
             "branch %s: round %d aggregated from %d leaves into %s",
