@@ -57,6 +57,7 @@ def build_context(settings: AggregatorSettings) -> ServerContext:
         scratch_dir=scratch,
         max_archive_bytes=settings.max_archive_bytes,
         max_archive_entries=settings.max_archive_entries,
+        max_sum_bytes=settings.max_sum_bytes,
     )
     return ServerContext(
         settings=settings,

@@ -44,6 +44,7 @@ from fedgrove_common.protocol import (
 
 Kind = Literal["federated_learning", "federated_analytics"]
 
+RUNNING_BYTES_PER_VALUE = 8
 _SLICE_BYTES = 256 * 1024  # a streamed entry is read and checked this much at a time
 _HEADER_PREFIX_BYTES = 12 + 10_000  # magic, version and length, then numpy's largest header by default
 _ENTRY_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}\.npy$")
@@ -65,20 +66,27 @@ class ParsedArchive:
     magnitude: float = 0.0  # the largest |value| in any layer: bounds what the archive adds to a sum
 
 
-def read_archive(path: Path, *, max_decompressed_bytes: int, max_entries: int) -> ParsedArchive:
+def read_archive(
+    path: Path, *, max_decompressed_bytes: int, max_entries: int, max_sum_bytes: int | None = None
+) -> ParsedArchive:
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed below; open's errors are the archive's
     except OSError as exc:
         raise BadRequest("not an npz archive") from exc
     with handle:
-        return read_archive_from(handle, max_decompressed_bytes=max_decompressed_bytes, max_entries=max_entries)
+        return read_archive_from(handle, max_decompressed_bytes=max_decompressed_bytes, max_entries=max_entries,
+                                 max_sum_bytes=max_sum_bytes)
 
 
-def read_archive_from(handle: BinaryIO, *, max_decompressed_bytes: int, max_entries: int) -> ParsedArchive:
+def read_archive_from(
+    handle: BinaryIO, *, max_decompressed_bytes: int, max_entries: int, max_sum_bytes: int | None = None
+) -> ParsedArchive:
     """`read_archive` of an open file on disk (small entries are mapped, so not a BytesIO); it may have been
-    renamed or deleted since it was opened."""
+    renamed or deleted since it was opened. `max_sum_bytes` bounds the running aggregate the archive's values
+    would need (`SumBudget`); None for no bound."""
     entries, magnitudes, fingerprint = _read_entries(
-        handle, max_decompressed_bytes=max_decompressed_bytes, max_entries=max_entries
+        handle, max_decompressed_bytes=max_decompressed_bytes, max_entries=max_entries,
+        budget=SumBudget(max_sum_bytes),
     )
     kind = _declared_kind(entries)
     parsed = _analytics(entries, magnitudes) if kind == FEDERATED_ANALYTICS else _learning(entries, magnitudes)
@@ -103,7 +111,7 @@ def _fingerprint(infos: list[zipfile.ZipInfo]) -> str:
 
 
 def _read_entries(
-    handle: BinaryIO, *, max_decompressed_bytes: int, max_entries: int
+    handle: BinaryIO, *, max_decompressed_bytes: int, max_entries: int, budget: SumBudget
 ) -> tuple[dict[str, np.ndarray], dict[str, float], str]:
     """The arrays by entry name (without .npy), each one's `magnitude`, the fingerprint."""
     try:
@@ -123,7 +131,8 @@ def _read_entries(
             magnitudes: dict[str, float] = {}
             for info in infos:
                 key = info.filename.removesuffix(".npy")
-                entries[key], magnitudes[key] = _read_npy(handle, info, data_end=data_end[info.header_offset])
+                entries[key], magnitudes[key] = _read_npy(handle, info, data_end=data_end[info.header_offset],
+                                                         budget=budget)
             return entries, magnitudes, _fingerprint(infos)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
         # ValueError: a directory name flagged UTF-8 that is not (zipfile raises UnicodeDecodeError)
@@ -142,15 +151,18 @@ def _check_entry(info: zipfile.ZipInfo, seen: set[str]) -> None:
         )
 
 
-def _read_npy(handle: BinaryIO, info: zipfile.ZipInfo, *, data_end: int) -> tuple[np.ndarray, float]:
+def _read_npy(
+    handle: BinaryIO, info: zipfile.ZipInfo, *, data_end: int, budget: SumBudget
+) -> tuple[np.ndarray, float]:
     """The entry's array and its `magnitude`."""
     key = info.filename.removesuffix(".npy")
     try:
         entry = ZipEntryReader(handle, info, data_end=data_end)
         if entry.fits_whole:
-            return _array_in_buffer(key, entry.read_whole())
+            return _array_in_buffer(key, entry.read_whole(), budget)
         shape, fortran, dtype = _npy_header(entry)
         _check_npy_header(key, shape, dtype, data_bytes=entry.remaining)
+        budget.reserve(key, math.prod(shape), dtype)
         array, largest = _read_data(entry, shape, fortran, dtype)
         entry.read_to_end()
         return array, largest
@@ -176,7 +188,7 @@ def _npy_header(handle: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
     raise ValueError(f"unsupported npy version {version}")
 
 
-def _array_in_buffer(key: str, whole: bytearray) -> tuple[np.ndarray, float]:
+def _array_in_buffer(key: str, whole: bytearray, budget: SumBudget) -> tuple[np.ndarray, float]:
     """The array of a whole `.npy` entry, as a view of `whole` (no copy), and its `magnitude`."""
     header = io.BytesIO(memoryview(whole)[:_HEADER_PREFIX_BYTES])
     shape, fortran, dtype = _npy_header(header)
@@ -185,6 +197,7 @@ def _array_in_buffer(key: str, whole: bytearray) -> tuple[np.ndarray, float]:
     if min(shape, default=0) < 0:  # np.empty refuses these in the streamed path; frombuffer reads -1 as "all"
         raise ValueError(f"negative dimension in shape {shape}")
     count = math.prod(shape)
+    budget.reserve(key, count, dtype)
     # frombuffer refuses a zero-size dtype (b"" strings); such an array has no bytes to take
     flat = np.frombuffer(whole, dtype, count, offset) if dtype.itemsize else np.empty(count, dtype)
     array = flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
@@ -210,6 +223,27 @@ def _read_data(
             filled += want
     array = flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
     return array, largest
+
+
+class SumBudget:
+    """What an archive's values would take in a running aggregate, counted entry by entry from the `.npy`
+    headers, before an entry's data is read: a few KiB of deflated zeros cannot make the server hold GiBs.
+    A value takes `RUNNING_BYTES_PER_VALUE` (float64 sums, 64-bit analytics fields), text its own size."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.needed = 0
+
+    def reserve(self, key: str, count: int, dtype: np.dtype) -> None:
+        if self.limit is None or key in (WEIGHTING_KEY, PAYLOAD_KIND_KEY):
+            return
+        self.needed += count * max(dtype.itemsize, RUNNING_BYTES_PER_VALUE)
+        if self.needed > self.limit:
+            raise PayloadTooLarge(
+                f"expected an archive whose running aggregate fits in {self.limit} bytes "
+                f"({RUNNING_BYTES_PER_VALUE} per value), got one needing at least {self.needed} (fix: send a "
+                "smaller model, or raise FEDGROVE_MAX_SUM_BYTES on the server)"
+            )
 
 
 def _check_npy_header(key: str, shape: tuple[int, ...], dtype: np.dtype, *, data_bytes: int) -> None:

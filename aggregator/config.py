@@ -29,6 +29,10 @@ class AggregatorSettings(BaseSettings):
     )
     max_archive_bytes: int = 1024 * MIB
     max_archive_entries: int = 4096
+    max_sum_bytes: int = Field(
+        default=1024 * MIB,
+        description="the running aggregate of one open aggregation: 8 bytes per value, so 128 Mi parameters",
+    )
     download_url_ttl_s: int = 300
     ticket_ttl_s: int = 30
     signing_key: SecretStr | None = None

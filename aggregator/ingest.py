@@ -37,7 +37,7 @@ TakeStored = Callable[[str, int, ParsedArchive], IngestResult]
 
 
 class UploadStore:
-    def __init__(self, *, sessions: sessionmaker, blobs: BlobStore, limits: dict[str, int]) -> None:
+    def __init__(self, *, sessions: sessionmaker, blobs: BlobStore, limits: dict[str, int | None]) -> None:
         self._sessions = sessions
         self._blobs = blobs
         self._limits = limits

@@ -46,11 +46,13 @@ class AggregationService:
         scratch_dir: Path,
         max_archive_bytes: int,
         max_archive_entries: int,
+        max_sum_bytes: int | None = None,
     ) -> None:
         self._sessions = sessions
         self._blobs = blobs
         scratch_dir.mkdir(parents=True, exist_ok=True)
-        self._limits = {"max_decompressed_bytes": max_archive_bytes, "max_entries": max_archive_entries}
+        self._limits = {"max_decompressed_bytes": max_archive_bytes, "max_entries": max_archive_entries,
+                        "max_sum_bytes": max_sum_bytes}
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._uploads = UploadStore(sessions=sessions, blobs=blobs, limits=self._limits)
