@@ -24,10 +24,11 @@ from aggregator.db import make_engine, make_session_factory
 from aggregator.errors import ApiError
 from aggregator.memory import return_large_blocks_to_the_system
 from aggregator.metrics import MetricsStore
-from aggregator.notifier import ConnectionManager, TicketBook
+from aggregator.notifier import ConnectionManager
 from aggregator.registry import Registry
 from aggregator.rounds import AggregationService
 from aggregator.security import UrlSigner, load_or_create_secret
+from aggregator.tickets import TicketBook
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +68,8 @@ def build_context(settings: AggregatorSettings) -> ServerContext:
         reports=BranchReports(sessions=sessions, registry=registry, service=service),
         metrics=MetricsStore(sessions),
         blobs=blobs,
-        connections=ConnectionManager(),
-        tickets=TicketBook(settings.ticket_ttl_s),
+        connections=ConnectionManager(per_leaf=settings.websockets_per_leaf),
+        tickets=TicketBook(settings.ticket_ttl_s, per_leaf=settings.tickets_per_leaf),
         signer=UrlSigner(signing_key),
         admin_token=admin_token,
         scratch_dir=scratch,

@@ -35,6 +35,11 @@ class AggregatorSettings(BaseSettings):
     )
     download_url_ttl_s: int = 300
     ticket_ttl_s: int = 30
+    tickets_per_leaf: int = Field(default=4, ge=1, description="live WebSocket tickets a leaf may hold")
+    websockets_per_leaf: int = Field(default=2, ge=1, description="a new one past this closes the leaf's oldest")
+    ws_max_message_bytes: int = Field(
+        default=4096, description="the largest frame a leaf may send; leaves need send none, only pongs"
+    )
     signing_key: SecretStr | None = None
     admin_token: SecretStr | None = None
     ssl_certfile: Path | None = None

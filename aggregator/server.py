@@ -35,6 +35,7 @@ def _config(settings: AggregatorSettings, *, log_level: str, own_logging: bool) 
         # Notifications are ~100-byte JSON messages: compressing them costs CPU on both sides and a zlib
         # context per connection; every client works without it (the official one offers it, not requires it).
         ws_per_message_deflate=False,
+        ws_max_size=settings.ws_max_message_bytes,  # a larger frame is refused (1009) before it is buffered
         timeout_keep_alive=65,  # longer than clients keep idle connections, so a reused one is not reset
     )
 

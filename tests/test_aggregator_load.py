@@ -326,17 +326,19 @@ def test_1000_idle_websockets_stay_open_while_a_5_leaf_branch_keeps_aggregating(
 ):
     server = soak_server
     idle_count, busy_leaves, soak_s = 1000, 5, _soak_seconds()
+    # The busy branch has 500 more leaves than its target: they never upload, each holds one idle socket.
     busy = _credentials(server.admin("POST", "/branches", json={"tree": "soak", "branch": "busy",
-                                                                 "leaves": busy_leaves}))
+                                                                 "leaves": busy_leaves + 500, "target": busy_leaves}))
     quiet = _credentials(server.admin("POST", "/branches", json={"tree": "soak", "branch": "quiet", "leaves": 500}))
     busy_id, quiet_id = busy[0].branch_id, quiet[0].branch_id
-    clients = [_official_client(server.url, leaf, tmp_path / "downloads" / leaf.name) for leaf in busy]
+    clients = [_official_client(server.url, leaf, tmp_path / "downloads" / leaf.name) for leaf in busy[:busy_leaves]]
     rss_idle = server.rss()
     try:
         _wait_connected(server, busy_id, busy_leaves)
-        # Half of the idle sockets belong to the 500 leaves of a branch that never aggregates, one each; the
-        # other half to the busy branch's leaves, 100 tickets each, so they receive every aggregation too.
-        idle_leaves = quiet + [busy[i % busy_leaves] for i in range(idle_count - len(quiet))]
+        # Half of the idle sockets belong to the 500 leaves of a branch that never aggregates, the other half
+        # to the busy branch's 500 leaves that never upload, so they receive every aggregation too. One socket
+        # a leaf: a leaf may hold two at once.
+        idle_leaves = quiet + busy[busy_leaves:]
         idle = IdleSockets(server.url, idle_leaves)
         opening = time.monotonic()
         with idle.opened(), RssSampler(server.pid) as rss:

@@ -12,10 +12,11 @@ from aggregator.blobstore import BlobStore
 from aggregator.branch_report import BranchReports
 from aggregator.config import AggregatorSettings
 from aggregator.metrics import MetricsStore
-from aggregator.notifier import ConnectionManager, TicketBook
+from aggregator.notifier import ConnectionManager
 from aggregator.registry import Registry
 from aggregator.rounds import AggregationService
 from aggregator.security import UrlSigner
+from aggregator.tickets import TicketBook
 
 
 @dataclass
