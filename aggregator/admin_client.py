@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 
-from aggregator.security import load_or_create_secret
+from aggregator.security import WeakSecret, load_or_create_secret
 
 
 class AdminApiError(RuntimeError):
@@ -22,7 +22,10 @@ def admin_token_from(data_dir: Path, explicit: str | None = None) -> str:
             f"no admin token: {path} does not exist (fix: pass --data-dir of the running server, "
             "or set FEDGROVE_ADMIN_TOKEN)"
         )
-    return load_or_create_secret(path)
+    try:
+        return load_or_create_secret(path)
+    except WeakSecret as exc:
+        raise AdminApiError(str(exc)) from exc
 
 
 class AdminClient:

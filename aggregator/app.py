@@ -6,10 +6,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import SecretStr
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -27,7 +29,7 @@ from aggregator.metrics import MetricsStore
 from aggregator.notifier import ConnectionManager
 from aggregator.registry import Registry
 from aggregator.rounds import AggregationService
-from aggregator.security import UrlSigner, load_or_create_secret
+from aggregator.security import UrlSigner, checked_secret, load_or_create_secret
 from aggregator.tickets import TicketBook
 
 logger = logging.getLogger(__name__)
@@ -41,16 +43,8 @@ def build_context(settings: AggregatorSettings) -> ServerContext:
     blobs = blob_store_from_url(settings.blob_url, data_dir=data_dir)
     scratch = data_dir / "tmp"
     scratch.mkdir(exist_ok=True)
-    signing_key = (
-        settings.signing_key.get_secret_value()
-        if settings.signing_key
-        else load_or_create_secret(data_dir / "signing_key")
-    )
-    admin_token = (
-        settings.admin_token.get_secret_value()
-        if settings.admin_token
-        else load_or_create_secret(data_dir / "admin_token")
-    )
+    signing_key = _secret(settings.signing_key, "FEDGROVE_SIGNING_KEY", data_dir / "signing_key")
+    admin_token = _secret(settings.admin_token, "FEDGROVE_ADMIN_TOKEN", data_dir / "admin_token")
     registry = Registry(sessions)
     service = AggregationService(
         sessions=sessions,
@@ -74,6 +68,13 @@ def build_context(settings: AggregatorSettings) -> ServerContext:
         admin_token=admin_token,
         scratch_dir=scratch,
     )
+
+
+def _secret(configured: SecretStr | None, variable: str, path: Path) -> str:
+    """The secret from the environment when set (and not empty), else the one kept in the data folder."""
+    if configured:
+        return checked_secret(configured.get_secret_value(), source=variable)
+    return load_or_create_secret(path)
 
 
 async def finish_overdue_rounds(context: ServerContext, interval_s: float = 0.5) -> None:

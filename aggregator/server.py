@@ -68,6 +68,7 @@ class ServerThread:
 
     def __init__(self, settings: AggregatorSettings, *, log_level: str = "warning") -> None:
         self.settings = settings
+        self._server = _Server(_config(settings, log_level=log_level, own_logging=False))  # may refuse: no socket yet
         # proto=IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose proto says TCP;
         # without it every response on a kept-alive connection waits ~40 ms for the client's delayed ACK.
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -75,7 +76,6 @@ class ServerThread:
         self._socket.bind((settings.host, settings.port))
         self.port = self._socket.getsockname()[1]
         self.url = base_url(settings, self.port)
-        self._server = _Server(_config(settings, log_level=log_level, own_logging=False))
         self._server.config.port = self.port
         self._thread = threading.Thread(target=self._run, name=f"aggregator-{self.port}", daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once started

@@ -55,6 +55,21 @@ def move_durably(file: Path, target: Path) -> None:
     replace_durably(file, target)
 
 
+def create_durably(path: Path, data: bytes) -> bool:
+    """Write a new file `path` (mode 0600) holding `data`, whole or not at all; False, and nothing written, if
+    `path` exists already (another process created it first: a hard link, unlike a rename, never replaces)."""
+    with staged(path.parent) as (temp, handle):
+        handle.write(data)
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        return False
+    finally:
+        temp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return True
+
+
 def fsync_dir(folder: Path) -> None:
     """Make a rename durable: fsync the folder that holds the new name (a no-op where unsupported)."""
     try:
