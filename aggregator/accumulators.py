@@ -16,7 +16,7 @@ from aggregator.analytics import FieldCombiner, FieldMismatch, FieldOverflow, Un
 from aggregator.archive import ParsedArchive
 from aggregator.db import Branch
 from aggregator.errors import BadRequest, Conflict
-from aggregator.layer_checks import describe_mismatch, specs_of
+from aggregator.layer_checks import declared_layers, describe_mismatch, describe_undeclared, specs_of
 from fedgrove_common.fedavg import SumOverflow, WeightedSum
 from fedgrove_common.protocol import FEDERATED_ANALYTICS, PAYLOAD_KIND_KEY, layer_entries
 
@@ -42,7 +42,7 @@ def new_accumulator(archive: ParsedArchive, branch: Branch) -> Accumulator:
     """An empty accumulator shaped after `archive`, the first contribution of an aggregation."""
     if archive.kind == FEDERATED_ANALYTICS:
         return FieldAccumulator(archive, branch)
-    return LayerAccumulator(archive)
+    return LayerAccumulator(archive, branch)
 
 
 def _check_kind(kind: str, archive: ParsedArchive) -> None:
@@ -51,15 +51,24 @@ def _check_kind(kind: str, archive: ParsedArchive) -> None:
 
 
 class LayerAccumulator:
-    """FedAvg of `layer_<n>` arrays, weighted by each archive's weighting."""
+    """FedAvg of `layer_<n>` arrays, weighted by each archive's weighting, shaped as the branch declares
+    (`layer_checks`) or, where it declares nothing, as the aggregation's first archive."""
 
-    def __init__(self, template: ParsedArchive) -> None:
+    def __init__(self, template: ParsedArchive, branch: Branch) -> None:
         self.kind = template.kind
+        self._declared = declared_layers(branch.model_config_json or {})
+        self._check_declared(template)
         self._specs = specs_of(template.layers)
         self._sum = WeightedSum(template.layers)
 
+    def _check_declared(self, archive: ParsedArchive) -> None:
+        problem = None if self._declared is None else describe_undeclared(self._declared, archive.layers)
+        if problem:
+            raise Conflict(problem)
+
     def check(self, archive: ParsedArchive) -> None:
         _check_kind(self.kind, archive)
+        self._check_declared(archive)
         problem = describe_mismatch(self._specs, archive.layers)
         if problem:
             raise Conflict(problem)

@@ -131,8 +131,9 @@ def _read_entries(
             magnitudes: dict[str, float] = {}
             for info in infos:
                 key = info.filename.removesuffix(".npy")
-                entries[key], magnitudes[key] = _read_npy(handle, info, data_end=data_end[info.header_offset],
-                                                         budget=budget)
+                array, magnitudes[key] = _read_npy(handle, info, data_end=data_end[info.header_offset],
+                                                   budget=budget)
+                entries[key] = _in_native_byte_order(array)
             return entries, magnitudes, _fingerprint(infos)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
         # ValueError: a directory name flagged UTF-8 that is not (zipfile raises UnicodeDecodeError)
@@ -223,6 +224,15 @@ def _read_data(
             filled += want
     array = flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
     return array, largest
+
+
+def _in_native_byte_order(array: np.ndarray) -> np.ndarray:
+    """`array` with its bytes swapped in place if they are not in this machine's order: a big-endian float32
+    is a float32 like any other, and must not stand apart from the others as a dtype of its own."""
+    if array.dtype.isnative:
+        return array
+    native = array.dtype.newbyteorder("=")
+    return array.byteswap(inplace=True).view(native) if array.flags.writeable else array.astype(native)
 
 
 class SumBudget:

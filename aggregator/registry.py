@@ -11,6 +11,7 @@ from sqlalchemy.orm import sessionmaker
 from aggregator.analytics import OPERATIONS
 from aggregator.db import Aggregation, Branch, Leaf, Tree
 from aggregator.errors import BadRequest, Conflict, NotFound, Unauthorized
+from aggregator.layer_checks import UnreadableLayers, declared_layers
 from aggregator.security import hash_token, new_token, token_matches
 from aggregator.statuses import RunStatus
 
@@ -70,6 +71,10 @@ class Registry:
         names = leaf_names or default_leaf_names(branch, leaves)
         if len(names) != leaves or len(set(names)) != leaves:
             raise BadRequest("leaf names must be unique, one per leaf")
+        try:
+            declared_layers(model_config or {})
+        except UnreadableLayers as exc:
+            raise BadRequest(str(exc)) from exc
         for operation in [analytics_default_op, *(analytics_ops or {}).values()]:
             if operation is not None and operation not in OPERATIONS:
                 raise BadRequest(f"unknown analytics operation '{operation}'; expected one of {', '.join(OPERATIONS)}")
