@@ -30,6 +30,10 @@ class Accumulator(Protocol):
     def add(self, archive: ParsedArchive) -> None:
         """Fold `archive` in (it has passed `check`)."""
 
+    def remove(self, archive: ParsedArchive) -> bool:
+        """Take an archive `add` took back out; False, changing nothing, when that cannot be done exactly
+        enough: the caller then folds the remaining archives into a new accumulator."""
+
     def entries(self) -> dict[str, np.ndarray]:
         """The aggregate's archive entries."""
 
@@ -80,6 +84,9 @@ class LayerAccumulator:
     def add(self, archive: ParsedArchive) -> None:
         self._sum.add(archive.layers, archive.weighting, magnitude=archive.magnitude)
 
+    def remove(self, archive: ParsedArchive) -> bool:
+        return self._sum.remove(archive.layers, archive.weighting, magnitude=archive.magnitude)
+
     def entries(self) -> dict[str, np.ndarray]:
         return layer_entries(self._sum.mean())
 
@@ -111,6 +118,9 @@ class FieldAccumulator:
 
     def add(self, archive: ParsedArchive) -> None:
         self._combiner.add(archive.fields)
+
+    def remove(self, archive: ParsedArchive) -> bool:
+        return False  # a min or a max cannot be taken back: analytics archives (small) are folded in again
 
     def entries(self) -> dict[str, np.ndarray]:
         return {**self._combiner.result(), PAYLOAD_KIND_KEY: np.array(FEDERATED_ANALYTICS)}

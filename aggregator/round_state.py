@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from aggregator.accumulators import Accumulator, new_accumulator
 from aggregator.archive import ParsedArchive
 from aggregator.blobstore import BlobStore
+from aggregator.blobstore_errors import BlobNotFound
 from aggregator.db import Aggregation, Branch, Contribution
 from aggregator.errors import NotFound
 from aggregator.statuses import AggregationStatus
@@ -99,6 +100,21 @@ class RoundStates:
     def replace(self, branch_id: str, state: OpenAggregation) -> None:
         """Make `state` the branch's open aggregation (the old one was finished or set aside)."""
         self._open[branch_id] = state
+
+    def replace_upload(self, state: OpenAggregation, branch: Branch, *, replaced: str, new: ParsedArchive) -> None:
+        """Swap the upload `replaced` for `new` in the running aggregate (`state.contributors` already names
+        the new one): only the replaced archive is read again, unless it cannot be taken out exactly enough
+        or cannot be read; then every stored upload is folded in again."""
+        assert state.accumulator is not None
+        try:
+            with self._blobs.open_local(replaced) as path:
+                removed = state.accumulator.remove(self._read(path))
+        except BlobNotFound:
+            removed = False
+        if removed:
+            state.fold(new, branch)
+        else:
+            self.rebuild(state, branch)
 
     def rebuild(self, state: OpenAggregation, branch: Branch) -> None:
         """Fold every stored upload of `state` in again, from an empty accumulator."""

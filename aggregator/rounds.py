@@ -1,7 +1,8 @@
 """Aggregation rounds: the coordinator that puts a branch's uploads, its open round and its finishing in order.
 
 One open aggregation per branch holds at most one contribution per leaf; a re-upload replaces the earlier
-one (and the running aggregate is rebuilt from the stored archives, so the result stays exact). An upload is
+one (taken out of the running aggregate, or the round's stored archives folded in again where that would not
+be exact enough). An upload is
 durable (blob written, row committed) before `read_and_ingest` returns; the in-memory round state is only a
 cache, rebuilt after a restart from the database and the blob store.
 
@@ -111,7 +112,7 @@ class AggregationService:
             if replaced is None:
                 state.fold(parsed, branch)
             else:
-                self._rounds.rebuild(state, branch)
+                self._rounds.replace_upload(state, branch, replaced=replaced, new=parsed)
                 self._blobs.delete(replaced)
             logger.info(
                 "leaf %s uploaded %s to round %d of branch %s (%d/%d)",

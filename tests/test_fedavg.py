@@ -40,3 +40,16 @@ def test_arrays_of_another_shape_or_dtype_are_refused() -> None:
         total.add([np.zeros((2, 3), np.float64)], 1.0)
     with pytest.raises(ValueError, match="^expected contributions with a positive total weighting, got none$"):
         total.mean()
+
+
+def test_a_contribution_taken_back_out_leaves_the_others_mean_and_one_dwarfing_them_is_refused() -> None:
+    total = WeightedSum([np.zeros(2)])
+    total.add([np.array([1.0, 2.0])], 1.0)
+    total.add([np.array([5.0, 4.0])], 3.0)
+
+    assert total.remove([np.array([5.0, 4.0])], 3.0)
+    np.testing.assert_array_equal(total.mean(), [np.array([1.0, 2.0])])
+
+    total.add([np.array([1e30, 0.0])], 1.0)
+    assert not total.remove([np.array([1e30, 0.0])], 1.0)  # 1e30 - 1e30 would leave 1.0 + 1e30 - 1e30 = 0
+    assert (total.count, total.total_weight) == (2, 2.0)
