@@ -109,7 +109,7 @@ def create_app(settings: AggregatorSettings | None = None) -> FastAPI:
         watcher = asyncio.create_task(finish_overdue_rounds(context))
         yield
         watcher.cancel()
-        context.ingest_pool.shutdown(wait=True)
+        context.ingest.shutdown()
         context.service.close()
 
     docs = settings.serve_api_docs

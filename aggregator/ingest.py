@@ -41,8 +41,8 @@ class UploadStore:
         self._sessions = sessions
         self._blobs = blobs
         self._limits = limits
-        # One per ingest thread: each stores its upload while it decodes it.
-        self._store_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="store")
+        # One per ingest thread (`ingest_lanes`): each stores its upload while it decodes it.
+        self._store_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store")
 
     def take(self, archive_path: Path, take_stored: TakeStored) -> IngestResult:
         """Store and decode the upload at `archive_path`, then hand it to `take_stored`; returns what that

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import struct
 import zipfile
+from pathlib import Path
 from typing import BinaryIO
 
 from aggregator.errors import BadRequest, PayloadTooLarge
@@ -74,3 +75,13 @@ def _directory_extent(handle: BinaryIO) -> tuple[int, int]:
         if records.startswith(b"PK\x06\x06") and records[_ZIP64_END_RECORD.size :].startswith(b"PK\x06\x07"):
             end_at, size = zip64_at, _ZIP64_END_RECORD.unpack_from(records)[8]
     return end_at - size, size
+
+
+def declared_inflated_bytes(path: Path, *, max_entries: int) -> int:
+    """What the archive at `path` says it inflates to (the sum of its entries' declared sizes), read from its
+    directory alone; 0 when it is no readable zip (reading it will refuse it, and quickly)."""
+    try:
+        with open(path, "rb") as handle, zip_directory(handle, max_entries=max_entries) as archive:
+            return sum(info.file_size for info in archive.infolist())
+    except (BadRequest, PayloadTooLarge, zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from sqlalchemy.orm import sessionmaker
 from aggregator.blobstore import BlobStore
 from aggregator.branch_report import BranchReports
 from aggregator.config import AggregatorSettings
+from aggregator.ingest_lanes import IngestLanes
 from aggregator.metrics import MetricsStore
 from aggregator.notifier import ConnectionManager
 from aggregator.registry import Registry
@@ -33,9 +33,7 @@ class ServerContext:
     signer: UrlSigner
     admin_token: str
     scratch_dir: Path
-    # Uploads are decoded and folded in by two threads of their own: at most two decoded archives exist at
-    # once, and only these threads' malloc arenas hold archive-sized buffers (with the shared request thread
-    # pool, every thread's arena kept some, and peak RSS grew with the number of concurrent uploads).
-    ingest_pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="ingest")
-    )
+    # Uploads are decoded and folded in by threads of their own (`ingest_lanes`): at most four decoded archives
+    # exist at once, and only these threads' malloc arenas hold archive-sized buffers (with the shared request
+    # thread pool, every thread's arena kept some, and peak RSS grew with the number of concurrent uploads).
+    ingest: IngestLanes = field(default_factory=IngestLanes)

@@ -15,6 +15,7 @@ from aggregator.errors import BadRequest, Conflict, NotFound
 from aggregator.statuses import RunStatus
 from aggregator.downloads import check_file_id
 from aggregator.upload_stream import receive_file_part
+from aggregator.zip_directory import declared_inflated_bytes
 
 router = APIRouter()
 
@@ -36,9 +37,13 @@ async def upload_file(request: Request, leaf: CurrentLeaf, context: Context) -> 
             raise BadRequest("file size does not match x-bk-file-size")
         if received.digest != declared_digest.strip():
             raise BadRequest("file digest does not match x-bk-file-digest")
-        result = await asyncio.get_running_loop().run_in_executor(
-            context.ingest_pool, partial(context.service.read_and_ingest, leaf, received.path, digest=received.digest)
+        inflated = await run_in_threadpool(
+            declared_inflated_bytes, received.path, max_entries=context.settings.max_archive_entries
         )
+        ingesting = context.ingest.submit(
+            leaf.branch_id, inflated, partial(context.service.read_and_ingest, leaf, received.path, digest=received.digest)
+        )
+        result = await asyncio.wrap_future(ingesting)
     finally:
         received.path.unlink(missing_ok=True)  # gone already once the blob store took it
     if result.completed_aggregation_id is not None:
