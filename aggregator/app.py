@@ -79,11 +79,12 @@ def _secret(configured: SecretStr | None, variable: str, path: Path) -> str:
 
 async def finish_overdue_rounds(context: ServerContext, interval_s: float = 0.5) -> None:
     """Close rounds whose branch timeout has passed with a quorum of uploads, finish full rounds whose
-    aggregate could not be stored before, and notify the leaves."""
+    aggregate could not be stored before, try damaged rounds again, and notify the leaves."""
     while True:
         await asyncio.sleep(interval_s)
         try:
             retried = await run_in_threadpool(context.service.retry_unfinished)
+            retried += await run_in_threadpool(context.service.reload_damaged)
             timed_out = await run_in_threadpool(context.service.finalise_overdue)
         except Exception:
             logger.exception("checking round timeouts failed; trying again")

@@ -30,6 +30,7 @@ class BranchReports:
                 )
             )
         leaves = self._registry.leaves(branch_id)
+        damaged = self._service.damaged(branch_id)
         return {
             "branch_id": branch.id,
             "name": branch.name,
@@ -44,6 +45,8 @@ class BranchReports:
             "last_aggregation_id": completed[-1].id if completed else None,
             "leaves": [leaf.name for leaf in leaves],
             "leaves_connected": sorted(leaf.name for leaf in leaves if leaf.id in connected_leaf_ids),
+            # set while the open round cannot be rebuilt from its uploads; `stop` sets it aside
+            "damaged_round": None if damaged is None else {"round": damaged.round, "reason": damaged.reason},
         }
 
     def _leaf_names(self, leaf_ids: list[str]) -> list[str]:

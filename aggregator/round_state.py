@@ -2,7 +2,8 @@
 
 The database and the blob store are the truth; this is a cache of them. A branch's state is loaded on first
 use (after a start or a restart) by reading its open aggregation's rows and folding every stored upload in
-again, so the running aggregate after a crash is the one before it.
+again, so the running aggregate after a crash is the one before it. A round whose uploads cannot be read
+back (a lost or corrupt blob, the store down) is `damaged`: it raises `RoundDamaged` until it loads.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from aggregator.archive import ParsedArchive
 from aggregator.blobstore import BlobStore
 from aggregator.blobstore_errors import BlobNotFound
 from aggregator.db import Aggregation, Branch, Contribution
-from aggregator.errors import NotFound
+from aggregator.errors import NotFound, ServiceUnavailable
 from aggregator.statuses import AggregationStatus
 from fedgrove_common.protocol import FEDERATED_ANALYTICS
 
@@ -75,6 +76,20 @@ class OpenAggregation:
         self.first_upload_at = self.first_upload_at or time.time()
 
 
+@dataclass(frozen=True)
+class DamagedRound:
+    round: int
+    reason: str  # for the operator: names the upload and the blob store's or the reader's error
+
+
+class RoundDamaged(ServiceUnavailable):
+    """A branch's open round cannot be rebuilt from its uploads; a leaf is told to try again later."""
+
+    def __init__(self, damage: DamagedRound) -> None:
+        super().__init__("the branch's open round cannot be read from the blob store; try again later")
+        self.damage = damage
+
+
 class RoundStates:
     """Each branch's `OpenAggregation`, loaded from the database and the blob store on first use. Call every
     method but `open_round` with the branch's lock held."""
@@ -86,13 +101,24 @@ class RoundStates:
         self._blobs = blobs
         self._read = read
         self._open: dict[str, OpenAggregation] = {}
+        self._damaged: dict[str, DamagedRound] = {}
 
     def get(self, branch: Branch) -> OpenAggregation:
+        """The branch's open round; RoundDamaged if its uploads cannot be folded in again."""
         state = self._open.get(branch.id)
         if state is None:
-            state = self._load(branch)
+            state = self.rows(branch)
+            try:
+                self.rebuild(state, branch)
+            except Exception as exc:  # the store's, the reader's or the accumulator's error: all say "unreadable"
+                self._damaged[branch.id] = DamagedRound(state.round, f"{type(exc).__name__}: {exc}")
+                raise RoundDamaged(self._damaged[branch.id]) from exc
+            self._damaged.pop(branch.id, None)
             self._open[branch.id] = state
         return state
+
+    def damaged(self, branch_id: str) -> DamagedRound | None:
+        return self._damaged.get(branch_id)
 
     def cached(self, branch_id: str) -> OpenAggregation | None:
         return self._open.get(branch_id)
@@ -100,6 +126,7 @@ class RoundStates:
     def replace(self, branch_id: str, state: OpenAggregation) -> None:
         """Make `state` the branch's open aggregation (the old one was finished or set aside)."""
         self._open[branch_id] = state
+        self._damaged.pop(branch_id, None)
 
     def replace_upload(self, state: OpenAggregation, branch: Branch, *, replaced: str, new: ParsedArchive) -> None:
         """Swap the upload `replaced` for `new` in the running aggregate (`state.contributors` already names
@@ -123,7 +150,8 @@ class RoundStates:
             with self._blobs.open_local(contributor.file_id) as path:
                 state.fold(self._read(path), branch)
 
-    def _load(self, branch: Branch) -> OpenAggregation:
+    def rows(self, branch: Branch) -> OpenAggregation:
+        """The branch's open round as the database has it, without its running aggregate."""
         with self._sessions() as session:
             row = open_row(session, branch.id)
             state = OpenAggregation(id=row.id, round=row.round)
@@ -133,7 +161,6 @@ class RoundStates:
                 state.contributors[contribution.leaf_id] = Contributor(contribution.id, contribution.content_digest)
                 if state.first_upload_at is None:
                     state.first_upload_at = contribution.created_at.replace(tzinfo=UTC).timestamp()
-        self.rebuild(state, branch)
         return state
 
     def open_round(self, branch_id: str) -> tuple[int, list[str]]:

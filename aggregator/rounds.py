@@ -7,7 +7,7 @@ durable (blob written, row committed) before `read_and_ingest` returns; the in-m
 cache, rebuilt after a restart from the database and the blob store.
 
 Each job has a module of its own; this one holds the branch locks that keep them consistent:
-`ingest` (storage), `round_state` (the open round), `resends`, `finishing` and `finish_retries`,
+`ingest` (storage), `round_state` (the open round), `resends`, `finishing` and `retry_schedule`,
 `set_aside` and `downloads`.
 """
 
@@ -26,12 +26,12 @@ from aggregator.blobstore import BlobStore
 from aggregator.db import Branch
 from aggregator.downloads import Downloads
 from aggregator.errors import Conflict, NotFound
-from aggregator.finish_retries import FIRST_RETRY_S, FinishRetries
 from aggregator.finishing import AggregateWriter
 from aggregator.ingest import IngestResult, UploadStore
 from aggregator.registry import LeafIdentity
 from aggregator.resends import ResendDetector
-from aggregator.round_state import Contributor, OpenAggregation, RoundStates
+from aggregator.retry_schedule import RetrySchedule
+from aggregator.round_state import Contributor, DamagedRound, OpenAggregation, RoundDamaged, RoundStates
 from aggregator.set_aside import set_aside
 from aggregator.statuses import RunStatus
 
@@ -60,7 +60,8 @@ class AggregationService:
         self._rounds = RoundStates(sessions=sessions, blobs=blobs, read=self.read)
         self._resends = ResendDetector(sessions=sessions, blobs=blobs, read=self.read)
         self._writer = AggregateWriter(sessions=sessions, blobs=blobs, scratch_dir=scratch_dir)
-        self._retries = FinishRetries()
+        self._retries = RetrySchedule(first_s=1.0, last_s=60.0)  # finishing rounds whose aggregate was not stored
+        self._reloads = RetrySchedule(first_s=5.0, last_s=300.0)  # rebuilding damaged rounds
         self._downloads = Downloads(sessions)
 
     def read(self, path: Path) -> ParsedArchive:
@@ -93,7 +94,7 @@ class AggregationService:
                 raise NotFound(f"branch {leaf.branch_id} not found")
             if branch.run_status != RunStatus.START:
                 raise Conflict(f"run is not started (run status: {branch.run_status})")
-            state = self._rounds.get(branch)
+            state = self._state(branch)
             if leaf.id not in state.contributors:
                 resent = self._resends.resent(leaf, parsed)
                 if resent is not None:
@@ -123,7 +124,7 @@ class AggregationService:
                 try:
                     completed = self._finalise(branch, state)
                 except Exception:
-                    self._retries.schedule(branch.id, FIRST_RETRY_S)
+                    self._retries.schedule(branch.id, self._retries.first_s)
                     raise
             return IngestResult(file_id=file_id, completed_aggregation_id=completed)
 
@@ -138,12 +139,57 @@ class AggregationService:
             branches = list(session.scalars(select(Branch)))
         for branch in branches:
             with self._lock(branch.id):
-                state = self._rounds.get(branch)
+                try:
+                    state = self._state(branch)
+                except RoundDamaged:
+                    continue  # named in the log and the branch's status; the others are served
                 if state.complete(branch):
-                    aggregation_id = self._finish_or_retry_later(branch, state, FIRST_RETRY_S)
+                    aggregation_id = self._finish_or_retry_later(branch, state, self._retries.first_s)
                     if aggregation_id is not None:
                         finished.append((branch.id, aggregation_id))
         return finished
+
+    def reload_damaged(self, now: float | None = None) -> list[tuple[str, str]]:
+        """Try again to rebuild the rounds whose uploads could not be read (see `round_state`); one that loads
+        and has reached its target is finished. Returns (branch, aggregation) for each one finished."""
+        now = time.time() if now is None else now
+        finished = []
+        for branch_id, next_wait_s in self._reloads.due(now):
+            with self._lock(branch_id):
+                branch = self._branch(branch_id)
+                if branch is None or self._rounds.damaged(branch_id) is None:
+                    self._reloads.drop(branch_id)  # set aside meanwhile
+                    continue
+                try:
+                    state = self._rounds.get(branch)
+                except RoundDamaged:
+                    self._reloads.schedule(branch_id, next_wait_s)
+                    continue
+                self._reloads.drop(branch_id)
+                logger.info("branch %s: round %d rebuilt from its uploads; serving it again", branch_id, state.round)
+                if state.complete(branch):
+                    aggregation_id = self._finish_or_retry_later(branch, state, self._retries.first_s)
+                    if aggregation_id is not None:
+                        finished.append((branch_id, aggregation_id))
+        return finished
+
+    def damaged(self, branch_id: str) -> DamagedRound | None:
+        """Why the branch's open round cannot be rebuilt, while it cannot."""
+        return self._rounds.damaged(branch_id)
+
+    def _state(self, branch: Branch) -> OpenAggregation:
+        """`RoundStates.get`, naming a damaged round in the log the first time and retrying it later."""
+        try:
+            return self._rounds.get(branch)
+        except RoundDamaged as damaged:
+            if branch.id not in self._reloads:
+                wait_s = self._reloads.first_s
+                self._reloads.schedule(branch.id, wait_s)
+                logger.error("branch %s: round %d cannot be rebuilt from its uploads (%s); the other branches are "
+                             "served, this one answers uploads with 503. Tried again in %.0f s; `fedgrove run "
+                             "stop %s` sets the round's uploads aside", branch.id, damaged.damage.round,
+                             damaged.damage.reason, wait_s, branch.id)
+            raise
 
     def retry_unfinished(self, now: float | None = None) -> list[tuple[str, str]]:
         """Finish the rounds that were due but whose aggregate could not be stored (see `finish_retries`).
@@ -171,13 +217,13 @@ class AggregationService:
             branches = list(session.scalars(select(Branch).where(Branch.round_timeout_s.is_not(None))))
         finished = []
         for branch in branches:
-            if branch.id in self._retries:
+            if branch.id in self._retries or self._rounds.damaged(branch.id) is not None:
                 continue
             with self._lock(branch.id):
                 state = self._rounds.get(branch)
                 if not state.due(branch, now):
                     continue
-                aggregation_id = self._finish_or_retry_later(branch, state, FIRST_RETRY_S)
+                aggregation_id = self._finish_or_retry_later(branch, state, self._retries.first_s)
                 if aggregation_id is not None:
                     finished.append((branch.id, aggregation_id))
         return finished
@@ -185,15 +231,17 @@ class AggregationService:
     def set_aside_open_round(self, branch_id: str) -> int:
         """When a run is stopped, set the open round's uploads aside (see `set_aside`) and open a fresh
         round. Returns how many uploads were set aside. A round that is due but waiting for the blob store
-        is finished work, not set aside."""
+        is finished work, not set aside; a damaged one (see `round_state`) is set aside, and served again."""
         with self._lock(branch_id):
             branch = self._branch(branch_id)
             if branch is None:
                 raise NotFound(f"branch {branch_id} not found")
-            state = self._rounds.get(branch)
+            # A damaged round is set aside from its rows alone: its uploads need not be read for that.
+            state = self._rounds.rows(branch) if self._rounds.damaged(branch_id) else self._rounds.get(branch)
             if not state.contributors or branch_id in self._retries:
                 return 0
             self._rounds.replace(branch_id, set_aside(self._sessions, branch_id=branch_id, state=state))
+            self._reloads.drop(branch_id)
         logger.info("branch %s: run stopped; %d upload(s) of round %d set aside in %s",
                     branch_id, len(state.contributors), state.round, state.id)
         return len(state.contributors)

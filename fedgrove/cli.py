@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 aggregator_app = typer.Typer(no_args_is_help=True, help="The aggregation server.")
@@ -171,6 +172,9 @@ def branch_status(
         table.add_row(key, str(status[key]))
     table.add_row("leaves_connected", ", ".join(status["leaves_connected"]) or "-")
     table.add_row("uploaded_leaves", ", ".join(status["uploaded_leaves"]) or "-")
+    damaged = status.get("damaged_round")
+    if damaged is not None:  # its uploads cannot be read back: `fedgrove run stop` sets them aside
+        table.add_row(Text("damaged_round", style="red"), Text(f"round {damaged['round']}: {damaged['reason']}"))
     console.print(table)
     if metrics:
         rows = Table("leaf_id", "aggregation_id", "mode", "data", title="performance")

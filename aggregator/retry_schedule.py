@@ -1,20 +1,19 @@
-"""When to try again to finish a round whose aggregate could not be stored (the blob store was down).
+"""When to try again, per branch, something that failed for want of the blob store: finishing a round whose
+aggregate could not be stored, or rebuilding a round whose uploads could not be read.
 
-Such a round reached its target (or timed out with a quorum): it is finished work, and its leaves are
-notified once it is stored, without any of them uploading again. The first retry comes after a second, each
-later one after twice the wait before, at most a minute apart.
+Each retry waits twice as long as the one before, up to a cap: a store that is back soon is used soon, one
+that stays down is not hammered.
 """
 
 from __future__ import annotations
 
 import time
 
-FIRST_RETRY_S = 1.0
-LAST_RETRY_S = 60.0
 
-
-class FinishRetries:
-    def __init__(self) -> None:
+class RetrySchedule:
+    def __init__(self, *, first_s: float, last_s: float) -> None:
+        self.first_s = first_s
+        self._last_s = last_s
         self._pending: dict[str, tuple[float, float]] = {}  # branch -> (when to try again, the wait before it)
 
     def __contains__(self, branch_id: str) -> bool:
@@ -26,7 +25,7 @@ class FinishRetries:
     def due(self, now: float) -> list[tuple[str, float]]:
         """(branch, the wait to use if this try fails too) of every retry due at `now`."""
         return [
-            (branch_id, min(wait_s * 2, LAST_RETRY_S))
+            (branch_id, min(wait_s * 2, self._last_s))
             for branch_id, (due_at, wait_s) in list(self._pending.items())
             if now >= due_at
         ]
