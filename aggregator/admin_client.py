@@ -63,8 +63,16 @@ class AdminClient:
     def set_run_status(self, branch_id: str, status: str) -> dict:
         return self._call("POST", f"/admin/v1/branches/{branch_id}/run", json={"status": status})
 
-    def metrics(self, branch_id: str) -> list[dict]:
-        return self._call("GET", f"/admin/v1/branches/{branch_id}/metrics")["metrics"]
+    def metrics(self, branch_id: str, *, page_size: int = 100) -> list[dict]:
+        """Every performance report of the branch, oldest first, read a page at a time."""
+        rows: list[dict] = []
+        after: int | None = 0
+        while after is not None:
+            page = self._call("GET", f"/admin/v1/branches/{branch_id}/metrics",
+                              params={"after": after, "limit": page_size})
+            rows.extend(page["metrics"])
+            after = page["next_after"]
+        return rows
 
     def close(self) -> None:
         self._client.close()

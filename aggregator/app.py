@@ -60,7 +60,7 @@ def build_context(settings: AggregatorSettings) -> ServerContext:
         registry=registry,
         service=service,
         reports=BranchReports(sessions=sessions, registry=registry, service=service),
-        metrics=MetricsStore(sessions),
+        metrics=MetricsStore(sessions, max_bytes_per_leaf=settings.max_metrics_bytes_per_leaf),
         blobs=blobs,
         connections=ConnectionManager(per_leaf=settings.websockets_per_leaf),
         tickets=TicketBook(settings.ticket_ttl_s, per_leaf=settings.tickets_per_leaf),

@@ -34,6 +34,9 @@ class AggregatorSettings(BaseSettings):
         description="the running aggregate of one open aggregation: 8 bytes per value, so 128 Mi parameters",
     )
     download_url_ttl_s: int = 300
+    max_metrics_bytes_per_leaf: int = Field(
+        default=16 * MIB, description="the performance reports a leaf may store, in bytes of their data"
+    )
     ticket_ttl_s: int = 30
     tickets_per_leaf: int = Field(default=4, ge=1, description="live WebSocket tickets a leaf may hold")
     websockets_per_leaf: int = Field(default=2, ge=1, description="a new one past this closes the leaf's oldest")

@@ -122,6 +122,15 @@ class PerformanceRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class MetricsUsage(Base):
+    """What a leaf's performance reports take in the database, against its quota."""
+
+    __tablename__ = "metrics_usage"
+    leaf_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reports: Mapped[int] = mapped_column(Integer, default=0)
+    data_bytes: Mapped[int] = mapped_column(Integer, default=0)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -14,6 +14,8 @@ from aggregator.statuses import RunStatus
 
 # Bodies come from `json_body`, not from body-model parameters: those FastAPI reads before the admin check.
 router = APIRouter(prefix="/admin/v1", dependencies=[AdminOnly])
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
 
 
 class CreateBranch(BaseModel):
@@ -70,9 +72,17 @@ async def change_run_status(
 
 
 @router.get("/branches/{branch_id}/metrics")
-async def branch_metrics(branch_id: str, context: Context) -> dict:
-    def read() -> list[dict]:
-        context.registry.branch(branch_id)
-        return context.metrics.for_branch(branch_id)
+async def branch_metrics(
+    branch_id: str,
+    context: Context,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
+) -> dict:
+    """A page of the branch's performance reports; `next_after` is the `after` of the next one (None: done)."""
 
-    return {"metrics": await run_in_threadpool(read)}
+    def read() -> tuple[list[dict], int | None]:
+        context.registry.branch(branch_id)
+        return context.metrics.page(branch_id, after=after, limit=limit)
+
+    rows, next_after = await run_in_threadpool(read)
+    return {"metrics": rows, "next_after": next_after}
