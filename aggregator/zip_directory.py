@@ -83,5 +83,5 @@ def declared_inflated_bytes(path: Path, *, max_entries: int) -> int:
     try:
         with open(path, "rb") as handle, zip_directory(handle, max_entries=max_entries) as archive:
             return sum(info.file_size for info in archive.infolist())
-    except (BadRequest, PayloadTooLarge, zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+    except Exception:  # whatever it is, the reader answers it properly: this only picks a lane
         return 0
