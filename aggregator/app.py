@@ -53,6 +53,8 @@ def build_context(settings: AggregatorSettings) -> ServerContext:
         max_archive_bytes=settings.max_archive_bytes,
         max_archive_entries=settings.max_archive_entries,
         max_sum_bytes=settings.max_sum_bytes,
+        keep_aggregates=settings.keep_aggregates,
+        keep_uploads=settings.keep_uploads,
     )
     return ServerContext(
         settings=settings,

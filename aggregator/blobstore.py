@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 from aggregator.blobstore_errors import BlobNotFound, BlobStoreError, BlobStoreUnavailable, InvalidBlobKey
-from fedgrove_common.atomic_files import move_durably, staged_copy
+from fedgrove_common.atomic_files import TEMP_PREFIX, move_durably, staged_copy
 from fedgrove_common.names import is_valid_name
 from fedgrove_common.s3 import S3Connection, S3Location, S3Problem
 from fedgrove_common.store_urls import local_folder
@@ -51,6 +51,12 @@ class BlobStore(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove the blob; a missing key is not an error."""
+
+    def keys(self) -> Iterator[str]:
+        """Every blob's key (the orphan sweep lists them)."""
+
+    def clear_interrupted(self) -> int:
+        """Delete what interrupted writes left (temporary files); returns how many. Only while none runs."""
 
     def exists(self, key: str) -> bool: ...
 
@@ -140,6 +146,16 @@ class LocalBlobStore:
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def keys(self) -> Iterator[str]:
+        if self.root.is_dir():
+            yield from (path.name for path in self.root.iterdir() if path.is_file() and is_valid_name(path.name))
+
+    def clear_interrupted(self) -> int:
+        leftovers = list(self.root.glob(f"{TEMP_PREFIX}*")) if self.root.is_dir() else []
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return len(leftovers)
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
@@ -218,6 +234,26 @@ class S3BlobStore:
             self._client.delete_object(Bucket=self.location.bucket, Key=self._key(key))
         except Exception as exc:
             self._raise(exc, key)
+
+    def keys(self) -> Iterator[str]:
+        prefix = self.location.key() + "/" if self.location.prefix else ""
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.location.bucket, Prefix=prefix, Delimiter="/"
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    if is_valid_name(key := item["Key"][len(prefix) :]):
+                        yield key
+        except Exception as exc:
+            failure = self._s3.explain(exc, bucket=self.location.bucket)
+            if failure is None:
+                raise
+            unavailable = failure.problem is not S3Problem.OTHER
+            raise (BlobStoreUnavailable if unavailable else BlobStoreError)(failure.message) from exc
+
+    def clear_interrupted(self) -> int:
+        return 0  # an S3 PUT is whole or absent
 
     def _head(self, key: str) -> dict[str, Any]:
         try:

@@ -11,6 +11,9 @@ from aggregator.rounds import AggregationService
 from aggregator.statuses import AggregationStatus
 
 
+FINISHED = (AggregationStatus.COMPLETE, AggregationStatus.EXPIRED)  # expired: its aggregate deleted since
+
+
 class BranchReports:
     def __init__(self, *, sessions: sessionmaker, registry: Registry, service: AggregationService) -> None:
         self._sessions = sessions
@@ -25,7 +28,7 @@ class BranchReports:
             completed = list(
                 session.scalars(
                     select(Aggregation)
-                    .where(Aggregation.branch_id == branch_id, Aggregation.status == AggregationStatus.COMPLETE)
+                    .where(Aggregation.branch_id == branch_id, Aggregation.status.in_(FINISHED))
                     .order_by(Aggregation.round)
                 )
             )

@@ -34,6 +34,13 @@ class AggregatorSettings(BaseSettings):
         description="the running aggregate of one open aggregation: 8 bytes per value, so 128 Mi parameters",
     )
     download_url_ttl_s: int = 300
+    keep_aggregates: int = Field(
+        default=3, ge=0, description="a branch's newest aggregates kept, besides those a leaf has still to download "
+        "(0: all)"
+    )
+    keep_uploads: bool = Field(
+        default=False, description="keep every upload after its round is finished (an audit trail)"
+    )
     max_metrics_bytes_per_leaf: int = Field(
         default=16 * MIB, description="the performance reports a leaf may store, in bytes of their data"
     )

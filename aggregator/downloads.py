@@ -12,7 +12,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import sessionmaker
 
 from aggregator.db import Aggregation, Contribution, Delivery
-from aggregator.errors import BadRequest, Forbidden, NotFound
+from aggregator.errors import BadRequest, Forbidden, Gone, NotFound
 from aggregator.registry import LeafIdentity
 from aggregator.statuses import AggregationStatus
 
@@ -25,8 +25,9 @@ def check_file_id(file_id: str) -> None:
 
 
 class Downloads:
-    def __init__(self, sessions: sessionmaker) -> None:
+    def __init__(self, sessions: sessionmaker, *, keep_aggregates: int) -> None:
         self._sessions = sessions
+        self._keep_aggregates = keep_aggregates
 
     def authorise(self, leaf: LeafIdentity, file_id: str) -> None:
         """Allow a leaf its own branch's aggregates only, and record that it has fetched this one."""
@@ -40,6 +41,11 @@ class Downloads:
                     session.add(Delivery(leaf_id=leaf.id, aggregation_id=file_id))
                     session.commit()
                 return
+            if aggregation is not None and aggregation.status == AggregationStatus.EXPIRED:
+                if aggregation.branch_id != leaf.branch_id:
+                    raise Forbidden("file belongs to another branch")
+                raise Gone(f"expected an aggregate the server keeps, got {file_id}, deleted: a branch keeps its last "
+                           f"{self._keep_aggregates} and those a leaf has not downloaded (fix: download the newest)")
             if session.get(Contribution, file_id) is not None:
                 raise Forbidden("only aggregates can be downloaded")
         raise NotFound("file not found")

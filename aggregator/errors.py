@@ -6,6 +6,7 @@
     ├── NotFound             404
     ├── BadRequest           400: a malformed request or archive
     ├── Conflict             409: valid on its own, but not now or not with this aggregation
+    ├── Gone                 410: an aggregate the retention policy deleted
     ├── PayloadTooLarge      413: over the upload or decompressed-archive limit
     └── ServiceUnavailable   503: the server cannot take it now (a round it cannot read); try again later
 
@@ -42,6 +43,10 @@ class BadRequest(ApiError):
 
 class Conflict(ApiError):
     status_code = 409
+
+
+class Gone(ApiError):
+    status_code = 410
 
 
 class PayloadTooLarge(ApiError):

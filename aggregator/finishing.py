@@ -1,4 +1,5 @@
-"""Finishing an aggregation: its aggregate written to the blob store, its row completed, the next one opened.
+"""Finishing an aggregation: its aggregate written to the blob store (`aggregate_archive`), its row completed,
+the next one opened.
 
 The aggregate is written to the scratch folder and moved into the blob store before any row changes, so a
 failure (the store down) leaves the aggregation open with every upload, to be finished again later.
@@ -12,10 +13,10 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
+from aggregator.aggregate_archive import write_aggregate
 from aggregator.blobstore import BlobStore
 from aggregator.db import Aggregation, Branch, Leaf, utcnow
 from aggregator.round_state import OpenAggregation
@@ -37,7 +38,7 @@ class AggregateWriter:
         scratch = Path(name)
         try:
             with os.fdopen(descriptor, "wb") as handle:
-                np.savez(handle, **state.accumulator.entries())
+                write_aggregate(handle, state.accumulator.entries())
             self._blobs.move_file(state.id, scratch)
         finally:
             scratch.unlink(missing_ok=True)

@@ -30,6 +30,7 @@ from aggregator.finishing import AggregateWriter
 from aggregator.ingest import IngestResult, UploadStore
 from aggregator.registry import LeafIdentity
 from aggregator.resends import ResendDetector
+from aggregator.retention import Retention
 from aggregator.retry_schedule import RetrySchedule
 from aggregator.round_state import Contributor, DamagedRound, OpenAggregation, RoundDamaged, RoundStates
 from aggregator.set_aside import set_aside
@@ -48,6 +49,8 @@ class AggregationService:
         max_archive_bytes: int,
         max_archive_entries: int,
         max_sum_bytes: int | None = None,
+        keep_aggregates: int = 3,
+        keep_uploads: bool = False,
     ) -> None:
         self._sessions = sessions
         self._blobs = blobs
@@ -62,7 +65,9 @@ class AggregationService:
         self._writer = AggregateWriter(sessions=sessions, blobs=blobs, scratch_dir=scratch_dir)
         self._retries = RetrySchedule(first_s=1.0, last_s=60.0)  # finishing rounds whose aggregate was not stored
         self._reloads = RetrySchedule(first_s=5.0, last_s=300.0)  # rebuilding damaged rounds
-        self._downloads = Downloads(sessions)
+        self._downloads = Downloads(sessions, keep_aggregates=keep_aggregates)
+        self._retention = Retention(sessions=sessions, blobs=blobs, keep_aggregates=keep_aggregates,
+                                    keep_uploads=keep_uploads)
 
     def read(self, path: Path) -> ParsedArchive:
         return read_archive(path, **self._limits)
@@ -131,9 +136,10 @@ class AggregationService:
     def recover(self) -> list[tuple[str, str]]:
         """Finish every open aggregation that reached its target before a crash; returns (branch, aggregation).
 
-        Also deletes what a crash left in the scratch folder: no request is running yet at start-up.
+        Also deletes what a crash left in the scratch folder and the blob store: no request is running yet.
         """
         self._writer.clear_scratch()
+        self._retention.sweep()
         finished = []
         with self._sessions() as session:
             branches = list(session.scalars(select(Branch)))
@@ -274,6 +280,10 @@ class AggregationService:
         self._rounds.replace(branch.id, self._writer.finish(branch, state))
         self._resends.finished(branch.id, state.id, state.contributors)
         self._retries.drop(branch.id)
+        try:
+            self._retention.after_finish(branch.id, state.round)
+        except Exception:  # the round is finished: a blob not deleted now is swept at the next start
+            logger.exception("branch %s: the retention policy failed after round %d", branch.id, state.round)
         logger.info(
             "branch %s: round %d aggregated from %d leaves into %s",
             branch.id, state.round, len(state.contributors), state.id,

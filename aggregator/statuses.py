@@ -13,6 +13,7 @@ class AggregationStatus(StrEnum):
     OPEN = "open"  # taking uploads; one per branch
     COMPLETE = "complete"  # averaged; its id is the aggregate's file id
     SET_ASIDE = "set_aside"  # uploads of a stopped run, kept but never averaged
+    EXPIRED = "expired"  # complete, its aggregate deleted by the retention policy (`retention`)
 
 
 class RunStatus(StrEnum):

@@ -151,7 +151,7 @@ def _completed(server: ServerThread, branch_id: str, round_number: int) -> tuple
     with server.context.sessions() as session:
         row = session.scalar(
             select(Aggregation).where(Aggregation.branch_id == branch_id, Aggregation.round == round_number,
-                                      Aggregation.status == "complete")
+                                      Aggregation.status.in_(("complete", "expired")))
         )
         assert row is not None, f"round {round_number} of branch {branch_id} did not finish"
         return row.id, row.completed_at.replace(tzinfo=UTC).timestamp()
@@ -294,7 +294,7 @@ def _completed_times(server: MeasuredAggregator, branch_id: str) -> dict[str, fl
         with make_session_factory(engine)() as session:
             rows = session.execute(
                 select(Aggregation.id, Aggregation.completed_at)
-                .where(Aggregation.branch_id == branch_id, Aggregation.status == "complete")
+                .where(Aggregation.branch_id == branch_id, Aggregation.status.in_(("complete", "expired")))
             )
             return {row.id: row.completed_at.replace(tzinfo=UTC).timestamp() for row in rows}
     finally:

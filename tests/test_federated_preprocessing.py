@@ -18,6 +18,7 @@ import pytest
 from prefect import flow
 from sqlalchemy import select
 
+from aggregator.config import AggregatorSettings
 from aggregator.db import Aggregation, Contribution
 from aggregator.registry import LeafCredentials
 from fedgrove.data import feature_columns, load_dataset, split_dataset
@@ -47,6 +48,13 @@ NAMES = field_names(COLUMNS)
 MIN_RECORDS = 10
 MOMENT_FIELDS = {f"{name}_{suffix}" for name in NAMES for suffix in MOMENT_SUFFIXES}
 NEWTON_FIELDS = set(PER_FEATURE_FIELDS) | set(SCALAR_FIELDS) | set(TAG_FIELDS)
+
+
+@pytest.fixture
+def aggregator_settings(tmp_path: Path) -> AggregatorSettings:
+    """A server that keeps every upload and aggregate: this module reads them all back."""
+    return AggregatorSettings(data_dir=tmp_path / "aggregator", port=0, _env_file=None, keep_aggregates=0,
+                              keep_uploads=True)
 
 
 @pytest.fixture(scope="module")
