@@ -49,7 +49,14 @@ _SLICE_BYTES = 256 * 1024  # a streamed entry is read and checked this much at a
 _HEADER_PREFIX_BYTES = 12 + 10_000  # magic, version and length, then numpy's largest header by default
 _ENTRY_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}\.npy$")
 _LAYER_LIKE_NAME = re.compile(rf"^{LAYER_PREFIX}[0-9]+$")
-_LAYER_DTYPE_KINDS = frozenset("iuf")
+# Only floats are averaged: an integer mean would be rounded or wrapped back into its dtype (uint64 2**64-1
+# from two leaves averaged to 0, int8 1 and 2 to 1), and a model's integer buffers are no weights.
+_LAYER_DTYPE_KINDS = frozenset("f")
+# The weighting is the number of samples a leaf trained on. Inside this range a float32 layer times its
+# weighting neither underflows (5e-324 turned 0.3 into 0.0) nor passes float64's range, and counts up to
+# 1e15 are exact integers.
+MIN_WEIGHTING = 1e-6
+MAX_WEIGHTING = 1e15
 _FIELD_DTYPE_KINDS = frozenset("biufUS")
 _METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})  # what np.savez and savez_compressed write
 _ENCRYPTED_OR_PATCHED = 0x01 | 0x20 | 0x40  # general-purpose flag bits zipfile cannot read either
@@ -286,6 +293,9 @@ def _weighting(entries: dict[str, np.ndarray]) -> float:
     value = float(weighting.reshape(-1)[0])
     if not math.isfinite(value) or value <= 0:
         raise BadRequest(f"weighting must be a finite number greater than 0, got {value}")
+    if not MIN_WEIGHTING <= value <= MAX_WEIGHTING:
+        raise BadRequest(f"expected a weighting between {MIN_WEIGHTING:g} and {MAX_WEIGHTING:g}, got {value:g} "
+                         "(fix: send the number of samples the leaf trained on)")
     return value
 
 
@@ -308,6 +318,10 @@ def _learning(entries: dict[str, np.ndarray], magnitudes: dict[str, float]) -> P
         raise BadRequest("layers must be numbered layer_0 to layer_N without gaps")
     layers = [entries[indexed[i]] for i in range(len(indexed))]
     for index, layer in enumerate(layers):
+        if layer.dtype.kind in "iu":
+            raise BadRequest(f"expected {layer_name(index)} in float16, float32 or float64, got {layer.dtype} (fix: "
+                             "send the model's weights as floats; an integer buffer, a batch counter say, is no "
+                             "weight to average)")
         if layer.dtype.kind not in _LAYER_DTYPE_KINDS:
             raise BadRequest(f"{layer_name(index)} has unsupported dtype {layer.dtype}")
         if not math.isfinite(magnitudes[indexed[index]]):

@@ -19,6 +19,8 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
@@ -56,6 +58,7 @@ class Branch(Base):
     model_config_json: Mapped[dict] = mapped_column(JSON, default=dict)
     round_timeout_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     min_leaves: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_weight_share: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -147,7 +150,21 @@ def make_engine(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True)
     Base.metadata.create_all(engine)
+    _add_missing_columns(engine)
     return engine
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add the nullable columns a newer server declares to the tables an older one created (`create_all`
+    creates missing tables only): a database from before `branches.max_weight_share` gets it, empty."""
+    inspector = inspect(engine)
+    with engine.begin() as connection:
+        for table in Base.metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present and column.nullable:
+                    kind = column.type.compile(engine.dialect)
+                    connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
 
 def make_session_factory(engine: Engine) -> sessionmaker:

@@ -89,6 +89,12 @@ class UploadStore:
             )
             session.commit()
 
+    def forget(self, file_id: str) -> None:
+        """Delete an upload's row (it leaves its round: see `weight_share`)."""
+        with self._sessions() as session:
+            session.execute(delete(Contribution).where(Contribution.id == file_id))
+            session.commit()
+
     def _committed(self, file_id: str) -> bool:
         """Whether the upload's row was committed before a later step failed (finishing the aggregation it
         completed, say, with the store down): its blob then belongs to the open aggregation and must stay.

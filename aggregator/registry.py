@@ -58,12 +58,16 @@ class Registry:
         model_config: dict | None = None,
         round_timeout_s: float | None = None,
         min_leaves: int | None = None,
+        max_weight_share: float | None = None,
     ) -> tuple[str, str, list[LeafCredentials]]:
         target = leaves if target is None else target
         if round_timeout_s is not None and round_timeout_s <= 0:
             raise BadRequest(f"round timeout must be greater than 0 seconds, got {round_timeout_s}")
         if min_leaves is not None and not 1 <= min_leaves <= target:
             raise BadRequest(f"min leaves must be between 1 and the target ({target}), got {min_leaves}")
+        if max_weight_share is not None and not 0 < max_weight_share < 1:
+            raise BadRequest(f"expected max_weight_share between 0 and 1, got {max_weight_share} (fix: leave it "
+                             "out to let any leaf hold any share)")
         if leaves < 1:
             raise BadRequest(f"leaves must be at least 1, got {leaves}")
         if not 1 <= target <= leaves:
@@ -99,6 +103,7 @@ class Registry:
                 model_config_json=model_config or {},
                 round_timeout_s=round_timeout_s,
                 min_leaves=min_leaves,
+                max_weight_share=max_weight_share,
             )
             session.add(branch_row)
             session.flush()

@@ -76,11 +76,9 @@ class ResendDetector:
                 .limit(1)
             )
             rows = session.execute(
-                select(Contribution.leaf_id, Contribution.id, Contribution.content_digest)
+                select(Contribution.leaf_id, Contribution.id, Contribution.content_digest, Contribution.weighting)
                 .where(Contribution.aggregation_id == aggregation_id)
             )
-            known = _NewestFinished(
-                aggregation_id, {leaf_id: Contributor(file_id, fingerprint) for leaf_id, file_id, fingerprint in rows}
-            )
+            known = _NewestFinished(aggregation_id, {row[0]: Contributor(*row[1:]) for row in rows})
         self._newest[branch_id] = known
         return known

@@ -31,6 +31,7 @@ from fedgrove_common.protocol import FEDERATED_ANALYTICS
 class Contributor:
     file_id: str
     fingerprint: str  # `ParsedArchive.fingerprint`, stored as the row's content_digest
+    weighting: float
 
 
 @dataclass
@@ -130,18 +131,23 @@ class RoundStates:
 
     def replace_upload(self, state: OpenAggregation, branch: Branch, *, replaced: str, new: ParsedArchive) -> None:
         """Swap the upload `replaced` for `new` in the running aggregate (`state.contributors` already names
-        the new one): only the replaced archive is read again, unless it cannot be taken out exactly enough
-        or cannot be read; then every stored upload is folded in again."""
+        the new one): see `take_out`."""
+        if self.take_out(state, branch, replaced):
+            state.fold(new, branch)
+
+    def take_out(self, state: OpenAggregation, branch: Branch, file_id: str) -> bool:
+        """Take the upload `file_id` (no longer in `state.contributors`) out of the running aggregate: only its
+        archive is read again, unless it cannot be taken out exactly enough or cannot be read; then every
+        stored upload is folded in again, and False is returned (the aggregate is complete as it is)."""
         assert state.accumulator is not None
         try:
-            with self._blobs.open_local(replaced) as path:
-                removed = state.accumulator.remove(self._read(path))
+            with self._blobs.open_local(file_id) as path:
+                if state.accumulator.remove(self._read(path)):
+                    return True
         except BlobNotFound:
-            removed = False
-        if removed:
-            state.fold(new, branch)
-        else:
-            self.rebuild(state, branch)
+            pass
+        self.rebuild(state, branch)
+        return False
 
     def rebuild(self, state: OpenAggregation, branch: Branch) -> None:
         """Fold every stored upload of `state` in again, from an empty accumulator."""
@@ -158,7 +164,9 @@ class RoundStates:
             for contribution in session.scalars(
                 select(Contribution).where(Contribution.aggregation_id == row.id).order_by(Contribution.created_at)
             ):
-                state.contributors[contribution.leaf_id] = Contributor(contribution.id, contribution.content_digest)
+                state.contributors[contribution.leaf_id] = Contributor(
+                    contribution.id, contribution.content_digest, contribution.weighting
+                )
                 if state.first_upload_at is None:
                     state.first_upload_at = contribution.created_at.replace(tzinfo=UTC).timestamp()
         return state

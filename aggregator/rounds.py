@@ -35,6 +35,7 @@ from aggregator.retry_schedule import RetrySchedule
 from aggregator.round_state import Contributor, DamagedRound, OpenAggregation, RoundDamaged, RoundStates
 from aggregator.set_aside import set_aside
 from aggregator.statuses import RunStatus
+from aggregator.weight_share import dominating, refusal
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class AggregationService:
                     logger.info("leaf %s sent its last round's archive again; answered with %s", leaf.name, resent)
                     return IngestResult(file_id=resent, completed_aggregation_id=None)
             state.check(parsed, branch)
+            taken_out = self._judge_shares(branch, state, leaf.id, parsed.weighting)
             # The open state mirrors the database's rows for this aggregation (both change only here, under the
             # branch lock), so it says which row a re-upload replaces without a query; the unique constraint on
             # (aggregation, leaf) would refuse a second row if they ever disagreed.
@@ -113,13 +115,15 @@ class AggregationService:
             replaced = previous.file_id if previous is not None else None
             self._uploads.commit(aggregation_id=state.id, leaf_id=leaf.id, file_id=file_id, parsed=parsed,
                                  size=size, digest=digest, replaced=replaced)
-            state.contributors[leaf.id] = Contributor(file_id, parsed.fingerprint)
+            state.contributors[leaf.id] = Contributor(file_id, parsed.fingerprint, parsed.weighting)
             state.took_upload()
             if replaced is None:
                 state.fold(parsed, branch)
             else:
                 self._rounds.replace_upload(state, branch, replaced=replaced, new=parsed)
                 self._blobs.delete(replaced)
+            for leaf_id in taken_out:
+                self._take_out(branch, state, leaf_id)
             logger.info(
                 "leaf %s uploaded %s to round %d of branch %s (%d/%d)",
                 leaf.name, file_id, state.round, branch.id, len(state.contributors), branch.aggregation_target,
@@ -229,6 +233,12 @@ class AggregationService:
                 state = self._rounds.get(branch)
                 if not state.due(branch, now):
                     continue
+                if branch.max_weight_share is not None:  # the quorum's weightings are the round's: judge them
+                    weightings = {leaf_id: c.weighting for leaf_id, c in state.contributors.items()}
+                    for leaf_id in dominating(weightings, branch.max_weight_share):
+                        self._take_out(branch, state, leaf_id)
+                    if not state.due(branch, now):
+                        continue
                 aggregation_id = self._finish_or_retry_later(branch, state, self._retries.first_s)
                 if aggregation_id is not None:
                     finished.append((branch.id, aggregation_id))
@@ -263,6 +273,28 @@ class AggregationService:
     def authorise_download(self, leaf: LeafIdentity, file_id: str) -> None:
         """Allow a leaf its own branch's aggregates only, and record that it has fetched this one."""
         self._downloads.authorise(leaf, file_id)
+
+    def _judge_shares(self, branch: Branch, state: OpenAggregation, leaf_id: str, weighting: float) -> list[str]:
+        """With the branch's `max_weight_share` set and this upload completing the round: BadRequest if it would
+        hold too much of the round's weighting; else the leaves already in the round that would (`weight_share`)."""
+        weightings = {other: contributor.weighting for other, contributor in state.contributors.items()}
+        weightings[leaf_id] = weighting
+        if branch.max_weight_share is None or len(weightings) < branch.aggregation_target:
+            return []
+        too_large = dominating(weightings, branch.max_weight_share)
+        if leaf_id in too_large:
+            raise refusal(weighting, weightings, branch.max_weight_share)
+        return too_large
+
+    def _take_out(self, branch: Branch, state: OpenAggregation, leaf_id: str) -> None:
+        """Take a leaf's upload out of the open round: its row, its blob and its share of the running aggregate."""
+        contributor = state.contributors.pop(leaf_id)
+        self._uploads.forget(contributor.file_id)
+        self._rounds.take_out(state, branch, contributor.file_id)
+        self._blobs.delete(contributor.file_id)
+        logger.warning("branch %s: upload %s left round %d: its weighting %g was more than the branch's "
+                       "max_weight_share %g of the round's total", branch.id, contributor.file_id, state.round,
+                       contributor.weighting, branch.max_weight_share)
 
     def _finish_or_retry_later(self, branch: Branch, state: OpenAggregation, wait_s: float) -> str | None:
         """`_finalise`; or, when the aggregate cannot be stored, None and another try in `wait_s`. Call with

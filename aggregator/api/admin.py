@@ -29,6 +29,7 @@ class CreateBranch(BaseModel):
     model_config_data: dict | None = Field(default=None, alias="model_config")
     round_timeout_s: float | None = Field(default=None, gt=0)
     min_leaves: int | None = Field(default=None, ge=1)
+    max_weight_share: float | None = Field(default=None, gt=0, lt=1)
 
 
 class RunStatusChange(BaseModel):
@@ -49,6 +50,7 @@ async def create_branch(request: Annotated[CreateBranch, Depends(json_body(Creat
             model_config=request.model_config_data,
             round_timeout_s=request.round_timeout_s,
             min_leaves=request.min_leaves,
+            max_weight_share=request.max_weight_share,
         )
     )
     return {"tree_id": tree_id, "branch_id": branch_id, "leaves": [vars(c) for c in credentials]}
