@@ -22,7 +22,7 @@ from aggregator.blobstore import blob_store_from_url
 from aggregator.blobstore_errors import BlobStoreUnavailable
 from aggregator.branch_report import BranchReports
 from aggregator.config import AggregatorSettings
-from aggregator.db import make_engine, make_session_factory
+from aggregator.db import make_engine, make_session_factory, owner_only
 from aggregator.errors import ApiError
 from aggregator.memory import return_large_blocks_to_the_system
 from aggregator.metrics import MetricsStore
@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 def build_context(settings: AggregatorSettings) -> ServerContext:
     return_large_blocks_to_the_system()
     data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    owner_only(data_dir, 0o700)  # it holds the secrets, the database and every upload
     sessions = make_session_factory(make_engine(settings.resolved_database_url()))
     blobs = blob_store_from_url(settings.blob_url, data_dir=data_dir)
     scratch = data_dir / "tmp"

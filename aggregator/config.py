@@ -34,6 +34,10 @@ class AggregatorSettings(BaseSettings):
         description="the running aggregate of one open aggregation: 8 bytes per value, so 128 Mi parameters",
     )
     download_url_ttl_s: int = 300
+    public_url: str | None = Field(
+        default=None, description="the server's URL as leaves reach it (behind a proxy, say): download links name "
+        "it; without it they name the host the request was sent to"
+    )
     keep_aggregates: int = Field(
         default=3, ge=0, description="a branch's newest aggregates kept, besides those a leaf has still to download "
         "(0: all)"

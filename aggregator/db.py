@@ -6,6 +6,9 @@ aggregation and branch, so that an open aggregation can be rebuilt after a crash
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +29,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from aggregator.statuses import AggregationStatus, RunStatus
+
+logger = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -134,9 +139,23 @@ class MetricsUsage(Base):
     data_bytes: Mapped[int] = mapped_column(Integer, default=0)
 
 
+def owner_only(path: Path, mode: int) -> None:
+    """Give `path` `mode` (0600, 0700) if it has another; a file this process may not change is left as it is."""
+    try:
+        if path.exists() and stat.S_IMODE(path.stat().st_mode) != mode:
+            path.chmod(mode)
+    except PermissionError:
+        logger.warning("could not restrict %s to its owner (mode %o)", path, mode)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        database = Path(url.removeprefix("sqlite:///"))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        # Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the database's mode.
+        os.close(os.open(database, os.O_CREAT | os.O_WRONLY, 0o600))
+        for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+            owner_only(path, 0o600)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")

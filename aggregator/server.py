@@ -11,6 +11,7 @@ import time
 
 import uvicorn
 
+from aggregator.access_log import redact_query_secrets
 from aggregator.app import create_app
 from aggregator.config import AggregatorSettings
 
@@ -22,6 +23,7 @@ def _config(settings: AggregatorSettings, *, log_level: str, own_logging: bool) 
     """`own_logging`: install uvicorn's logging configuration (a process of its own). Inside another program
     it must not: uvicorn's `dictConfig` closes every handler of the process (Prefect's API log handler
     blocked ~5 s draining, then stayed closed)."""
+    redact_query_secrets()
     return uvicorn.Config(
         create_app(settings),
         host=settings.host,

@@ -57,7 +57,8 @@ async def download_link(file_id: str, request: Request, leaf: CurrentLeaf, conte
     ttl = context.settings.download_url_ttl_s
     url = await run_in_threadpool(context.blobs.presigned_url, file_id, expires_in=ttl)
     if url is None:
-        url = f"{str(request.base_url).rstrip('/')}/blobs/{file_id}?{context.signer.query(file_id, ttl_s=ttl)}"
+        base = context.settings.public_url or str(request.base_url)  # the request's Host header, when not configured
+        url = f"{base.rstrip('/')}/blobs/{file_id}?{context.signer.query(file_id, ttl_s=ttl)}"
     return {"data": {"download_url": url}}
 
 
