@@ -30,8 +30,9 @@ class AggregatorSettings(BaseSettings):
     max_archive_bytes: int = 1024 * MIB
     max_archive_entries: int = 4096
     max_sum_bytes: int = Field(
-        default=1024 * MIB,
-        description="the running aggregate of one open aggregation: 8 bytes per value, so 128 Mi parameters",
+        default=512 * MIB,
+        description="the running aggregate of one open aggregation, 8 bytes a value: 64 Mi parameters, as many "
+        "float32 ones as the upload limit lets through",
     )
     download_url_ttl_s: int = 300
     public_url: str | None = Field(
