@@ -2,9 +2,8 @@
 
 An archive is a zip of `.npy` files. Before anything is decompressed, the zip directory is checked:
 its records are counted before zipfile builds an object for each, then the entries' names, flags,
-compression methods and declared sizes. Each entry's `.npy` header is checked (no object dtype, no
-more elements than the entry's bytes) before its data is read. Only stored and deflated entries are
-read: `ZipEntryReader` inflates in bounded steps and never past the declared size, so a decompression
+compression methods and declared sizes. Each entry is then read by `npy_entry`, its header checked before
+its data is read. Only stored and deflated entries are read: `ZipEntryReader` inflates in bounded steps and never past the declared size, so a decompression
 bomb is refused by the sum of declared sizes alone (bzip2 and lzma are refused outright; zipfile's
 readers for them decompress a whole read at once, whatever the entry declares).
 
@@ -16,11 +15,8 @@ is never hashed twice. A fingerprint is a hint: equal fingerprints are confirmed
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import re
-import threading
-import tokenize
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +25,8 @@ from typing import BinaryIO, Literal
 import numpy as np
 
 from aggregator.errors import BadRequest, PayloadTooLarge
+from aggregator.npy_entry import SumBudget, in_native_byte_order, read_npy
 from aggregator.zip_directory import zip_directory
-from aggregator.zip_entry import InflateError, ZipEntryReader
-from fedgrove_common.fedavg import magnitude
 from fedgrove_common.protocol import (
     FEDERATED_ANALYTICS,
     FEDERATED_LEARNING,
@@ -44,9 +39,6 @@ from fedgrove_common.protocol import (
 
 Kind = Literal["federated_learning", "federated_analytics"]
 
-RUNNING_BYTES_PER_VALUE = 8
-_SLICE_BYTES = 256 * 1024  # a streamed entry is read and checked this much at a time
-_HEADER_PREFIX_BYTES = 12 + 10_000  # magic, version and length, then numpy's largest header by default
 _ENTRY_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}\.npy$")
 _LAYER_LIKE_NAME = re.compile(rf"^{LAYER_PREFIX}[0-9]+$")
 # Only floats are averaged: an integer mean would be rounded or wrapped back into its dtype (uint64 2**64-1
@@ -138,9 +130,9 @@ def _read_entries(
             magnitudes: dict[str, float] = {}
             for info in infos:
                 key = info.filename.removesuffix(".npy")
-                array, magnitudes[key] = _read_npy(handle, info, data_end=data_end[info.header_offset],
+                array, magnitudes[key] = read_npy(handle, info, data_end=data_end[info.header_offset],
                                                    budget=budget)
-                entries[key] = _in_native_byte_order(array)
+                entries[key] = in_native_byte_order(array)
             return entries, magnitudes, _fingerprint(infos)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
         # ValueError: a directory name flagged UTF-8 that is not (zipfile raises UnicodeDecodeError)
@@ -157,119 +149,6 @@ def _check_entry(info: zipfile.ZipInfo, seen: set[str]) -> None:
         raise BadRequest(
             f"entry '{key}' uses compression method {info.compress_type}; expected 0 (stored) or 8 (deflate)"
         )
-
-
-def _read_npy(
-    handle: BinaryIO, info: zipfile.ZipInfo, *, data_end: int, budget: SumBudget
-) -> tuple[np.ndarray, float]:
-    """The entry's array and its `magnitude`."""
-    key = info.filename.removesuffix(".npy")
-    try:
-        entry = ZipEntryReader(handle, info, data_end=data_end)
-        if entry.fits_whole:
-            return _array_in_buffer(key, entry.read_whole(), budget)
-        shape, fortran, dtype = _npy_header(entry)
-        _check_npy_header(key, shape, dtype, data_bytes=entry.remaining)
-        budget.reserve(key, math.prod(shape), dtype)
-        array, largest = _read_data(entry, shape, fortran, dtype)
-        entry.read_to_end()
-        return array, largest
-    # EntryError (a ValueError): bad local header, overlap, truncation or CRC; InflateError: a broken deflate
-    # stream; TokenError/SyntaxError: numpy's repair of an old-style header; RecursionError: a header nested
-    # past the parser's limit ("-" * 4000 + "1")
-    except (ValueError, OSError, EOFError, InflateError, SyntaxError, tokenize.TokenError, RecursionError) as exc:
-        raise BadRequest(f"entry '{key}' is not a valid npy array") from exc
-
-
-# numpy parses the header with ast.literal_eval, which CPython 3.11 can break when threads parse at once
-# ("SystemError: AST constructor recursion depth mismatch", python/cpython#106905): one parse at a time.
-_HEADER_LOCK = threading.Lock()
-
-
-def _npy_header(handle: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
-    version = np.lib.format.read_magic(handle)
-    with _HEADER_LOCK:
-        if version == (1, 0):
-            return np.lib.format.read_array_header_1_0(handle)
-        if version in ((2, 0), (3, 0)):
-            return np.lib.format.read_array_header_2_0(handle)
-    raise ValueError(f"unsupported npy version {version}")
-
-
-def _array_in_buffer(key: str, whole: bytearray, budget: SumBudget) -> tuple[np.ndarray, float]:
-    """The array of a whole `.npy` entry, as a view of `whole` (no copy), and its `magnitude`."""
-    header = io.BytesIO(memoryview(whole)[:_HEADER_PREFIX_BYTES])
-    shape, fortran, dtype = _npy_header(header)
-    offset = header.tell()
-    _check_npy_header(key, shape, dtype, data_bytes=len(whole) - offset)
-    if min(shape, default=0) < 0:  # np.empty refuses these in the streamed path; frombuffer reads -1 as "all"
-        raise ValueError(f"negative dimension in shape {shape}")
-    count = math.prod(shape)
-    budget.reserve(key, count, dtype)
-    # frombuffer refuses a zero-size dtype (b"" strings); such an array has no bytes to take
-    flat = np.frombuffer(whole, dtype, count, offset) if dtype.itemsize else np.empty(count, dtype)
-    array = flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
-    return array, magnitude(flat)
-
-
-def _read_data(
-    entry: ZipEntryReader, shape: tuple[int, ...], fortran: bool, dtype: np.dtype
-) -> tuple[np.ndarray, float]:
-    """The array's bytes, read straight into a new array (the header is parsed once, never pickled), and
-    its `magnitude`, taken slice by slice while each slice is still in the cache."""
-    flat = np.empty(math.prod(shape), dtype=dtype)
-    largest = 0.0
-    if flat.nbytes:
-        view, filled = memoryview(flat).cast("B"), 0
-        step = max(_SLICE_BYTES // dtype.itemsize, 1) * dtype.itemsize
-        while filled < flat.nbytes:
-            want = min(step, flat.nbytes - filled)
-            if entry.readinto(view[filled : filled + want]) != want:  # the reader fills all it can
-                raise ValueError("truncated npy data")
-            values = flat[filled // dtype.itemsize : (filled + want) // dtype.itemsize]
-            largest = max(largest, magnitude(values))
-            filled += want
-    array = flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
-    return array, largest
-
-
-def _in_native_byte_order(array: np.ndarray) -> np.ndarray:
-    """`array` with its bytes swapped in place if they are not in this machine's order: a big-endian float32
-    is a float32 like any other, and must not stand apart from the others as a dtype of its own."""
-    if array.dtype.isnative:
-        return array
-    native = array.dtype.newbyteorder("=")
-    return array.byteswap(inplace=True).view(native) if array.flags.writeable else array.astype(native)
-
-
-class SumBudget:
-    """What an archive's values would take in a running aggregate, counted entry by entry from the `.npy`
-    headers, before an entry's data is read: a few KiB of deflated zeros cannot make the server hold GiBs.
-    A value takes `RUNNING_BYTES_PER_VALUE` (float64 sums, 64-bit analytics fields), text its own size."""
-
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.needed = 0
-
-    def reserve(self, key: str, count: int, dtype: np.dtype) -> None:
-        if self.limit is None or key in (WEIGHTING_KEY, PAYLOAD_KIND_KEY):
-            return
-        self.needed += count * max(dtype.itemsize, RUNNING_BYTES_PER_VALUE)
-        if self.needed > self.limit:
-            raise PayloadTooLarge(
-                f"expected an archive whose running aggregate fits in {self.limit} bytes "
-                f"({RUNNING_BYTES_PER_VALUE} per value), got one needing at least {self.needed} (fix: send a "
-                "smaller model, or raise FEDGROVE_MAX_SUM_BYTES on the server)"
-            )
-
-
-def _check_npy_header(key: str, shape: tuple[int, ...], dtype: np.dtype, *, data_bytes: int) -> None:
-    if dtype.hasobject:
-        raise BadRequest(f"entry '{key}' holds Python objects; pickled data is not accepted")
-    if dtype.fields is not None or dtype.kind not in "biufcUS":
-        raise BadRequest(f"entry '{key}' has unsupported dtype {dtype}")
-    if math.prod(shape) * max(dtype.itemsize, 1) > data_bytes:  # an empty dtype still bounds the count
-        raise BadRequest(f"entry '{key}' declares more data than it holds")
 
 
 def _declared_kind(entries: dict[str, np.ndarray]) -> Kind:

@@ -11,20 +11,18 @@ it is new data (an analytics count that did not change, say) and is counted.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from aggregator.archive import ParsedArchive, same_content
-from aggregator.blobstore import BlobStore
 from aggregator.blobstore_errors import BlobNotFound
 from aggregator.db import Aggregation, Contribution, Delivery
 from aggregator.registry import LeafIdentity
 from aggregator.round_state import Contributor
 from aggregator.statuses import AggregationStatus
+from aggregator.stored_archives import StoredArchives
 
 
 @dataclass
@@ -34,12 +32,9 @@ class _NewestFinished:
 
 
 class ResendDetector:
-    def __init__(
-        self, *, sessions: sessionmaker, blobs: BlobStore, read: Callable[[Path], ParsedArchive]
-    ) -> None:
+    def __init__(self, *, sessions: sessionmaker, archives: StoredArchives) -> None:
         self._sessions = sessions
-        self._blobs = blobs
-        self._read = read
+        self._archives = archives
         self._newest: dict[str, _NewestFinished] = {}  # branch -> its newest finished aggregation
 
     def resent(self, leaf: LeafIdentity, parsed: ParsedArchive) -> str | None:
@@ -54,8 +49,7 @@ class ResendDetector:
             if session.get(Delivery, (leaf.id, newest.aggregation_id)) is not None:
                 return None
         try:
-            with self._blobs.open_local(previous.file_id) as path:
-                earlier = self._read(path)
+            earlier = self._archives.read(previous.file_id)
         except BlobNotFound:
             return None
         return previous.file_id if same_content(earlier, parsed) else None

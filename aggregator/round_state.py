@@ -9,21 +9,19 @@ back (a lost or corrupt blob, the store down) is `damaged`: it raises `RoundDama
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator.accumulators import Accumulator, new_accumulator
 from aggregator.archive import ParsedArchive
-from aggregator.blobstore import BlobStore
 from aggregator.blobstore_errors import BlobNotFound
 from aggregator.db import Aggregation, Branch, Contribution
 from aggregator.errors import NotFound, ServiceUnavailable
 from aggregator.statuses import AggregationStatus
+from aggregator.stored_archives import StoredArchives
 from fedgrove_common.protocol import FEDERATED_ANALYTICS
 
 
@@ -95,12 +93,9 @@ class RoundStates:
     """Each branch's `OpenAggregation`, loaded from the database and the blob store on first use. Call every
     method but `open_round` with the branch's lock held."""
 
-    def __init__(
-        self, *, sessions: sessionmaker, blobs: BlobStore, read: Callable[[Path], ParsedArchive]
-    ) -> None:
+    def __init__(self, *, sessions: sessionmaker, archives: StoredArchives) -> None:
         self._sessions = sessions
-        self._blobs = blobs
-        self._read = read
+        self._archives = archives
         self._open: dict[str, OpenAggregation] = {}
         self._damaged: dict[str, DamagedRound] = {}
 
@@ -141,9 +136,8 @@ class RoundStates:
         stored upload is folded in again, and False is returned (the aggregate is complete as it is)."""
         assert state.accumulator is not None
         try:
-            with self._blobs.open_local(file_id) as path:
-                if state.accumulator.remove(self._read(path)):
-                    return True
+            if state.accumulator.remove(self._archives.read(file_id)):
+                return True
         except BlobNotFound:
             pass
         self.rebuild(state, branch)
@@ -153,8 +147,7 @@ class RoundStates:
         """Fold every stored upload of `state` in again, from an empty accumulator."""
         state.accumulator = None
         for contributor in state.contributors.values():
-            with self._blobs.open_local(contributor.file_id) as path:
-                state.fold(self._read(path), branch)
+            state.fold(self._archives.read(contributor.file_id), branch)
 
     def rows(self, branch: Branch) -> OpenAggregation:
         """The branch's open round as the database has it, without its running aggregate."""

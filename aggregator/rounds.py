@@ -2,13 +2,12 @@
 
 One open aggregation per branch holds at most one contribution per leaf; a re-upload replaces the earlier
 one (taken out of the running aggregate, or the round's stored archives folded in again where that would not
-be exact enough). An upload is
-durable (blob written, row committed) before `read_and_ingest` returns; the in-memory round state is only a
-cache, rebuilt after a restart from the database and the blob store.
+be exact enough). An upload is durable (blob written, row committed) before `read_and_ingest` returns; the
+in-memory round state is only a cache, rebuilt after a restart from the database and the blob store.
 
-Each job has a module of its own; this one holds the branch locks that keep them consistent:
-`ingest` (storage), `round_state` (the open round), `resends`, `finishing` and `retry_schedule`,
-`set_aside` and `downloads`.
+Each job has a module of its own; this one holds the branch locks that keep them consistent: `ingest`
+(storage), `round_state` (the open round, damaged rounds), `resends`, `weight_share`, `finishing` and
+`retry_schedule`, `retention`, `set_aside` and `downloads`.
 """
 
 from __future__ import annotations
@@ -35,7 +34,8 @@ from aggregator.retry_schedule import RetrySchedule
 from aggregator.round_state import Contributor, DamagedRound, OpenAggregation, RoundDamaged, RoundStates
 from aggregator.set_aside import set_aside
 from aggregator.statuses import RunStatus
-from aggregator.weight_share import dominating, refusal
+from aggregator.stored_archives import StoredArchives
+from aggregator.weight_share import dominating, judge_upload
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,9 @@ class AggregationService:
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._uploads = UploadStore(sessions=sessions, blobs=blobs, limits=self._limits)
-        self._rounds = RoundStates(sessions=sessions, blobs=blobs, read=self.read)
-        self._resends = ResendDetector(sessions=sessions, blobs=blobs, read=self.read)
+        archives = StoredArchives(blobs, self.read)
+        self._rounds = RoundStates(sessions=sessions, archives=archives)
+        self._resends = ResendDetector(sessions=sessions, archives=archives)
         self._writer = AggregateWriter(sessions=sessions, blobs=blobs, scratch_dir=scratch_dir)
         self._retries = RetrySchedule(first_s=1.0, last_s=60.0)  # finishing rounds whose aggregate was not stored
         self._reloads = RetrySchedule(first_s=5.0, last_s=300.0)  # rebuilding damaged rounds
@@ -107,7 +108,9 @@ class AggregationService:
                     logger.info("leaf %s sent its last round's archive again; answered with %s", leaf.name, resent)
                     return IngestResult(file_id=resent, completed_aggregation_id=None)
             state.check(parsed, branch)
-            taken_out = self._judge_shares(branch, state, leaf.id, parsed.weighting)
+            weightings = {leaf_id: contributor.weighting for leaf_id, contributor in state.contributors.items()}
+            taken_out = judge_upload({**weightings, leaf.id: parsed.weighting}, leaf_id=leaf.id,
+                                     limit=branch.max_weight_share, target=branch.aggregation_target)
             # The open state mirrors the database's rows for this aggregation (both change only here, under the
             # branch lock), so it says which row a re-upload replaces without a query; the unique constraint on
             # (aggregation, leaf) would refuse a second row if they ever disagreed.
@@ -273,18 +276,6 @@ class AggregationService:
     def authorise_download(self, leaf: LeafIdentity, file_id: str) -> None:
         """Allow a leaf its own branch's aggregates only, and record that it has fetched this one."""
         self._downloads.authorise(leaf, file_id)
-
-    def _judge_shares(self, branch: Branch, state: OpenAggregation, leaf_id: str, weighting: float) -> list[str]:
-        """With the branch's `max_weight_share` set and this upload completing the round: BadRequest if it would
-        hold too much of the round's weighting; else the leaves already in the round that would (`weight_share`)."""
-        weightings = {other: contributor.weighting for other, contributor in state.contributors.items()}
-        weightings[leaf_id] = weighting
-        if branch.max_weight_share is None or len(weightings) < branch.aggregation_target:
-            return []
-        too_large = dominating(weightings, branch.max_weight_share)
-        if leaf_id in too_large:
-            raise refusal(weighting, weightings, branch.max_weight_share)
-        return too_large
 
     def _take_out(self, branch: Branch, state: OpenAggregation, leaf_id: str) -> None:
         """Take a leaf's upload out of the open round: its row, its blob and its share of the running aggregate."""

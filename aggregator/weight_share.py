@@ -21,7 +21,21 @@ def dominating(weightings: Mapping[str, float], limit: float) -> list[str]:
     return [leaf_id for leaf_id, weighting in weightings.items() if weighting > limit * total]
 
 
-def refusal(weighting: float, weightings: Mapping[str, float], limit: float) -> BadRequest:
+def judge_upload(
+    weightings: Mapping[str, float], *, leaf_id: str, limit: float | None, target: int
+) -> list[str]:
+    """`weightings` are the round's with the upload of `leaf_id` in it. When the upload completes the round and
+    a limit is set: BadRequest if the upload holds more than `limit` of the total, else the other leaves that
+    do (to be taken out); [] otherwise."""
+    if limit is None or len(weightings) < target:
+        return []
+    too_large = dominating(weightings, limit)
+    if leaf_id in too_large:
+        raise _refusal(weightings[leaf_id], weightings, limit)
+    return too_large
+
+
+def _refusal(weighting: float, weightings: Mapping[str, float], limit: float) -> BadRequest:
     total = math.fsum(weightings.values())
     return BadRequest(
         f"expected a weighting of at most {limit:g} of the round's total weighting (the branch's max_weight_share), "
