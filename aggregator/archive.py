@@ -3,8 +3,8 @@
 An archive is a zip of `.npy` files. Before anything is decompressed, the zip directory is checked:
 its records are counted before zipfile builds an object for each, then the entries' names, flags,
 compression methods and declared sizes. Each entry is then read by `npy_entry`, its header checked before
-its data is read. Only stored and deflated entries are read: `ZipEntryReader` inflates in bounded steps and never past the declared size, so a decompression
-bomb is refused by the sum of declared sizes alone (bzip2 and lzma are refused outright; zipfile's
+its data is read. Only stored and deflated entries are read: `ZipEntryReader` inflates in bounded steps
+and never past the declared size, so a decompression bomb is refused by the sum of declared sizes alone (bzip2 and lzma are refused outright; zipfile's
 readers for them decompress a whole read at once, whatever the entry declares).
 
 Each archive also gets a fingerprint of what it says, from the zip directory's CRC-32 and size of every

@@ -4,7 +4,6 @@ inflated size (issue #17, item 2). The server runs in a thread of this process, 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest

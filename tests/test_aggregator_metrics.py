@@ -75,7 +75,8 @@ def test_branch_status_shows_what_a_leaf_sent_as_text_never_as_markup(aggregator
                    "TERM": "xterm-256color", "FORCE_COLOR": "1"}
 
     shown = subprocess.run(
-        [sys.executable, "-m", "fedgrove.cli", "branch", "status", leaf.branch_id, "--metrics", "--host", aggregator.url],
+        [sys.executable, "-m", "fedgrove.cli", "branch", "status", leaf.branch_id, "--metrics",
+         "--host", aggregator.url],
         capture_output=True, text=True, env=environment, timeout=60,
     )
 

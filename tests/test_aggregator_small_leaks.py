@@ -58,7 +58,8 @@ def test_the_access_log_shows_no_ticket_and_no_link_signature(tmp_path: Path, ca
         assert httpx.get(link).status_code == 200
         (leaf,) = server.context.registry.create_branch(tree="t", branch="ws", leaves=1)[2]
         ticket = httpx.post(f"{server.url}/api/v1/ws/ticket", headers=auth_headers(leaf)).json()["data"]
-        url = f"{server.url.replace('http', 'ws')}/api/v1/ws?ticket={ticket['ticket_id']}&request_id={ticket['request_id']}"
+        query = f"ticket={ticket['ticket_id']}&request_id={ticket['request_id']}"
+        url = f"{server.url.replace('http', 'ws')}/api/v1/ws?{query}"
         with connect(url, open_timeout=10) as websocket:
             websocket.ping().wait(timeout=10)
 

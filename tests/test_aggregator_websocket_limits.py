@@ -22,7 +22,8 @@ def _ticket(server: ServerThread, leaf: LeafCredentials) -> dict[str, str]:
 
 
 def _connect(server: ServerThread, ticket: dict[str, str]) -> ClientConnection:
-    url = f"{server.url.replace('http://', 'ws://')}/api/v1/ws?ticket={ticket['ticket_id']}&request_id={ticket['request_id']}"
+    query = f"ticket={ticket['ticket_id']}&request_id={ticket['request_id']}"
+    url = f"{server.url.replace('http://', 'ws://')}/api/v1/ws?{query}"
     return connect(url, open_timeout=10, max_size=None)
 
 

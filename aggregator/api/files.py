@@ -40,9 +40,8 @@ async def upload_file(request: Request, leaf: CurrentLeaf, context: Context) -> 
         inflated = await run_in_threadpool(
             declared_inflated_bytes, received.path, max_entries=context.settings.max_archive_entries
         )
-        ingesting = context.ingest.submit(
-            leaf.branch_id, inflated, partial(context.service.read_and_ingest, leaf, received.path, digest=received.digest)
-        )
+        ingest = partial(context.service.read_and_ingest, leaf, received.path, digest=received.digest)
+        ingesting = context.ingest.submit(leaf.branch_id, inflated, ingest)
         result = await asyncio.wrap_future(ingesting)
     finally:
         received.path.unlink(missing_ok=True)  # gone already once the blob store took it
