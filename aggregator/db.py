@@ -142,8 +142,9 @@ class MetricsUsage(Base):
 def owner_only(path: Path, mode: int) -> None:
     """Give `path` `mode` (0600, 0700) if it has another; a file this process may not change is left as it is."""
     try:
-        if path.exists() and stat.S_IMODE(path.stat().st_mode) != mode:
+        if path.exists() and (was := stat.S_IMODE(path.stat().st_mode)) != mode:
             path.chmod(mode)
+            logger.info("%s was mode %o, now %o: readable by its owner only", path, was, mode)
     except PermissionError:
         logger.warning("could not restrict %s to its owner (mode %o)", path, mode)
 

@@ -6,13 +6,16 @@
 * Uploads: until their round is finished, and those of the branch's newest finished round after it (a leaf
   may send one again after a lost 201: see `resends`); all of them with `keep_uploads` (an audit trail).
   Set-aside uploads are kept.
-* At start-up, before any request: every blob the database does not account for (stored, then the process
-  died before its row was committed) and every temporary file of an interrupted write.
+* At start-up, before any request: every blob of the server's own (a uuid hex key) that the database does
+  not account for (stored, then the process died before its row was committed), and every temporary file of
+  an interrupted write. A key of another shape is never the server's: a store shared with other files
+  (`s3://bucket` with a model beside) keeps them.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import sessionmaker
@@ -23,6 +26,7 @@ from aggregator.statuses import AggregationStatus
 
 logger = logging.getLogger(__name__)
 COMPLETE = AggregationStatus.COMPLETE
+_SERVER_KEY = re.compile(r"[0-9a-f]{32}")  # uuid4().hex: every upload's and aggregate's key
 
 
 class Retention:
@@ -97,7 +101,7 @@ class Retention:
                 uploads = uploads.where(Contribution.aggregation_id.in_(kept_rounds))
             referenced = set(session.scalars(uploads))
             referenced |= set(session.scalars(select(Aggregation.id).where(Aggregation.status == COMPLETE)))
-        orphans = [key for key in self._blobs.keys() if key not in referenced]
+        orphans = [key for key in self._blobs.keys() if _SERVER_KEY.fullmatch(key) and key not in referenced]
         for key in orphans:
             self._blobs.delete(key)
         swept = len(orphans) + self._blobs.clear_interrupted()

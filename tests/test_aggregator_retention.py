@@ -80,11 +80,14 @@ def test_an_aggregate_a_leaf_has_not_downloaded_is_kept(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("leftover", ["0123456789abcdef0123456789abcdef", ".put~abc.tmp"], ids=["orphan", "temp"])
-def test_blobs_a_crash_left_behind_are_deleted_at_start_up(tmp_path: Path, leftover: str) -> None:
+def test_blobs_a_crash_left_behind_are_deleted_at_start_up_and_files_not_the_servers_are_kept(
+    tmp_path: Path, leftover: str
+) -> None:
     settings = _settings(tmp_path / "aggregator")
     with ServerThread(settings) as server:
         (leaf,) = server.context.registry.create_branch(tree="t", branch="b", leaves=1)[2]
         _round(server, leaf, download=True)
+    (settings.data_dir / "blobs" / "model.pt").write_bytes(b"someone else's, in the same store")
     kept = _blobs(settings)
     (settings.data_dir / "blobs" / leftover).write_bytes(b"stored, never committed")
 
