@@ -21,6 +21,7 @@ demo: $(VENV)/.installed
 	$(BIN)/fedgrove demo
 
 test: $(VENV)/.installed-test chromium
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 # Debian's headless chromium, for tests/test_prefect_ui.py (installed once; as root, or through sudo).

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from aggregator.config import AggregatorSettings
+from aggregator.security import WeakSecret
 from aggregator.server import serve_forever
 
 
@@ -18,7 +20,11 @@ def main() -> None:
     arguments = parser.parse_args()
     overrides = {k: v for k, v in vars(arguments).items() if v is not None}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve_forever(AggregatorSettings(**overrides))
+    try:
+        serve_forever(AggregatorSettings(**overrides))
+    except WeakSecret as exc:
+        logging.getLogger("aggregator").error("not started: %s", exc)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 
-from aggregator.security import load_or_create_secret
+from aggregator.security import WeakSecret, load_or_create_secret
 
 
 class AdminApiError(RuntimeError):
@@ -22,7 +22,10 @@ def admin_token_from(data_dir: Path, explicit: str | None = None) -> str:
             f"no admin token: {path} does not exist (fix: pass --data-dir of the running server, "
             "or set FEDGROVE_ADMIN_TOKEN)"
         )
-    return load_or_create_secret(path)
+    try:
+        return load_or_create_secret(path)
+    except WeakSecret as exc:
+        raise AdminApiError(str(exc)) from exc
 
 
 class AdminClient:
@@ -60,8 +63,16 @@ class AdminClient:
     def set_run_status(self, branch_id: str, status: str) -> dict:
         return self._call("POST", f"/admin/v1/branches/{branch_id}/run", json={"status": status})
 
-    def metrics(self, branch_id: str) -> list[dict]:
-        return self._call("GET", f"/admin/v1/branches/{branch_id}/metrics")["metrics"]
+    def metrics(self, branch_id: str, *, page_size: int = 100) -> list[dict]:
+        """Every performance report of the branch, oldest first, read a page at a time."""
+        rows: list[dict] = []
+        after: int | None = 0
+        while after is not None:
+            page = self._call("GET", f"/admin/v1/branches/{branch_id}/metrics",
+                              params={"after": after, "limit": page_size})
+            rows.extend(page["metrics"])
+            after = page["next_after"]
+        return rows
 
     def close(self) -> None:
         self._client.close()

@@ -6,10 +6,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import SecretStr
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -18,14 +20,17 @@ from aggregator.api.context import ServerContext
 from aggregator.api.limits import BodyLimits
 from aggregator.blobstore import blob_store_from_url
 from aggregator.blobstore_errors import BlobStoreUnavailable
+from aggregator.branch_report import BranchReports
 from aggregator.config import AggregatorSettings
-from aggregator.db import make_engine, make_session_factory
+from aggregator.db import make_engine, make_session_factory, owner_only
 from aggregator.errors import ApiError
 from aggregator.memory import return_large_blocks_to_the_system
-from aggregator.notifier import ConnectionManager, TicketBook
+from aggregator.metrics import MetricsStore
+from aggregator.notifier import ConnectionManager
 from aggregator.registry import Registry
 from aggregator.rounds import AggregationService
-from aggregator.security import UrlSigner, load_or_create_secret
+from aggregator.security import UrlSigner, checked_secret, load_or_create_secret
+from aggregator.tickets import TicketBook
 
 logger = logging.getLogger(__name__)
 
@@ -33,48 +38,56 @@ logger = logging.getLogger(__name__)
 def build_context(settings: AggregatorSettings) -> ServerContext:
     return_large_blocks_to_the_system()
     data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    owner_only(data_dir, 0o700)  # it holds the secrets, the database and every upload
     sessions = make_session_factory(make_engine(settings.resolved_database_url()))
     blobs = blob_store_from_url(settings.blob_url, data_dir=data_dir)
     scratch = data_dir / "tmp"
     scratch.mkdir(exist_ok=True)
-    signing_key = (
-        settings.signing_key.get_secret_value()
-        if settings.signing_key
-        else load_or_create_secret(data_dir / "signing_key")
-    )
-    admin_token = (
-        settings.admin_token.get_secret_value()
-        if settings.admin_token
-        else load_or_create_secret(data_dir / "admin_token")
+    signing_key = _secret(settings.signing_key, "FEDGROVE_SIGNING_KEY", data_dir / "signing_key")
+    admin_token = _secret(settings.admin_token, "FEDGROVE_ADMIN_TOKEN", data_dir / "admin_token")
+    registry = Registry(sessions)
+    service = AggregationService(
+        sessions=sessions,
+        blobs=blobs,
+        scratch_dir=scratch,
+        max_archive_bytes=settings.max_archive_bytes,
+        max_archive_entries=settings.max_archive_entries,
+        max_sum_bytes=settings.max_sum_bytes,
+        keep_aggregates=settings.keep_aggregates,
+        keep_uploads=settings.keep_uploads,
     )
     return ServerContext(
         settings=settings,
         sessions=sessions,
-        registry=Registry(sessions),
-        service=AggregationService(
-            sessions=sessions,
-            blobs=blobs,
-            scratch_dir=scratch,
-            max_archive_bytes=settings.max_archive_bytes,
-            max_archive_entries=settings.max_archive_entries,
-        ),
+        registry=registry,
+        service=service,
+        reports=BranchReports(sessions=sessions, registry=registry, service=service),
+        metrics=MetricsStore(sessions, max_bytes_per_leaf=settings.max_metrics_bytes_per_leaf),
         blobs=blobs,
-        connections=ConnectionManager(),
-        tickets=TicketBook(settings.ticket_ttl_s),
+        connections=ConnectionManager(per_leaf=settings.websockets_per_leaf),
+        tickets=TicketBook(settings.ticket_ttl_s, per_leaf=settings.tickets_per_leaf),
         signer=UrlSigner(signing_key),
         admin_token=admin_token,
         scratch_dir=scratch,
     )
 
 
+def _secret(configured: SecretStr | None, variable: str, path: Path) -> str:
+    """The secret from the environment when set (and not empty), else the one kept in the data folder."""
+    if configured:
+        return checked_secret(configured.get_secret_value(), source=variable)
+    return load_or_create_secret(path)
+
+
 async def finish_overdue_rounds(context: ServerContext, interval_s: float = 0.5) -> None:
     """Close rounds whose branch timeout has passed with a quorum of uploads, finish full rounds whose
-    aggregate could not be stored before, and notify the leaves."""
+    aggregate could not be stored before, try damaged rounds again, and notify the leaves."""
     while True:
         await asyncio.sleep(interval_s)
         try:
             retried = await run_in_threadpool(context.service.retry_unfinished)
+            retried += await run_in_threadpool(context.service.reload_damaged)
             timed_out = await run_in_threadpool(context.service.finalise_overdue)
         except Exception:
             logger.exception("checking round timeouts failed; trying again")
@@ -95,13 +108,12 @@ def create_app(settings: AggregatorSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        context.loop = asyncio.get_running_loop()
         for branch_id, aggregation_id in await run_in_threadpool(context.service.recover):
             logger.info("recovered aggregation %s of branch %s after a restart", aggregation_id, branch_id)
         watcher = asyncio.create_task(finish_overdue_rounds(context))
         yield
         watcher.cancel()
-        context.ingest_pool.shutdown(wait=True)
+        context.ingest.shutdown()
         context.service.close()
 
     docs = settings.serve_api_docs

@@ -2,10 +2,9 @@
 
 An archive is a zip of `.npy` files. Before anything is decompressed, the zip directory is checked:
 its records are counted before zipfile builds an object for each, then the entries' names, flags,
-compression methods and declared sizes. Each entry's `.npy` header is checked (no object dtype, no
-more elements than the entry's bytes) before its data is read. Only stored and deflated entries are
-read: `ZipEntryReader` inflates in bounded steps and never past the declared size, so a decompression
-bomb is refused by the sum of declared sizes alone (bzip2 and lzma are refused outright; zipfile's
+compression methods and declared sizes. Each entry is then read by `npy_entry`, its header checked before
+its data is read. Only stored and deflated entries are read: `ZipEntryReader` inflates in bounded steps
+and never past the declared size, so a decompression bomb is refused by the sum of declared sizes alone (bzip2 and lzma are refused outright; zipfile's
 readers for them decompress a whole read at once, whatever the entry declares).
 
 Each archive also gets a fingerprint of what it says, from the zip directory's CRC-32 and size of every
@@ -16,13 +15,8 @@ is never hashed twice. A fingerprint is a hint: equal fingerprints are confirmed
 from __future__ import annotations
 
 import hashlib
-import io
 import math
-import os
 import re
-import struct
-import threading
-import tokenize
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,29 +25,34 @@ from typing import BinaryIO, Literal
 import numpy as np
 
 from aggregator.errors import BadRequest, PayloadTooLarge
-from aggregator.fedavg import magnitude
-from aggregator.zip_entry import InflateError, ZipEntryReader
+from aggregator.npy_entry import SumBudget, in_native_byte_order, read_npy
+from aggregator.zip_directory import zip_directory
+from fedgrove_common.protocol import (
+    FEDERATED_ANALYTICS,
+    FEDERATED_LEARNING,
+    LAYER_NAME,
+    LAYER_PREFIX,
+    PAYLOAD_KIND_KEY,
+    WEIGHTING_KEY,
+    layer_name,
+)
 
-FEDERATED_LEARNING = "federated_learning"
-FEDERATED_ANALYTICS = "federated_analytics"
-PAYLOAD_KIND_KEY = "__bk_payload_kind__"
 Kind = Literal["federated_learning", "federated_analytics"]
 
-_SLICE_BYTES = 256 * 1024  # a streamed entry is read and checked this much at a time
-_HEADER_PREFIX_BYTES = 12 + 10_000  # magic, version and length, then numpy's largest header by default
 _ENTRY_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}\.npy$")
-_LAYER_NAME = re.compile(r"^layer_(0|[1-9][0-9]*)$")  # one name per index: no layer_01 beside layer_1
-_LAYER_LIKE_NAME = re.compile(r"^layer_[0-9]+$")
-_LAYER_DTYPE_KINDS = frozenset("iuf")
+_LAYER_LIKE_NAME = re.compile(rf"^{LAYER_PREFIX}[0-9]+$")
+# Only floats are averaged: an integer mean would be rounded or wrapped back into its dtype (uint64 2**64-1
+# from two leaves averaged to 0, int8 1 and 2 to 1), and a model's integer buffers are no weights.
+_LAYER_DTYPE_KINDS = frozenset("f")
+# The weighting is the number of samples a leaf trained on. Inside this range a float32 layer times its
+# weighting neither underflows (5e-324 turned 0.3 into 0.0) nor passes float64's range, and counts up to
+# 1e15 are exact integers.
+MIN_WEIGHTING = 1e-6
+MAX_WEIGHTING = 1e15
 _FIELD_DTYPE_KINDS = frozenset("biufUS")
 _METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})  # what np.savez and savez_compressed write
 _ENCRYPTED_OR_PATCHED = 0x01 | 0x20 | 0x40  # general-purpose flag bits zipfile cannot read either
 
-# The zip records `_directory_records` reads, as laid out in the zip specification (APPNOTE 4.3).
-_END_RECORD = struct.Struct("<4s4H2LH")
-_ZIP64_LOCATOR = struct.Struct("<4sLQL")
-_ZIP64_END_RECORD = struct.Struct("<4sQ2H2L4Q")
-_DIRECTORY_RECORD = struct.Struct("<4s24x3H12x")  # signature, then the name, extra and comment lengths
 
 
 @dataclass
@@ -66,20 +65,27 @@ class ParsedArchive:
     magnitude: float = 0.0  # the largest |value| in any layer: bounds what the archive adds to a sum
 
 
-def read_archive(path: Path, *, max_decompressed_bytes: int, max_entries: int) -> ParsedArchive:
+def read_archive(
+    path: Path, *, max_decompressed_bytes: int, max_entries: int, max_sum_bytes: int | None = None
+) -> ParsedArchive:
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed below; open's errors are the archive's
     except OSError as exc:
         raise BadRequest("not an npz archive") from exc
     with handle:
-        return read_archive_from(handle, max_decompressed_bytes=max_decompressed_bytes, max_entries=max_entries)
+        return read_archive_from(handle, max_decompressed_bytes=max_decompressed_bytes, max_entries=max_entries,
+                                 max_sum_bytes=max_sum_bytes)
 
 
-def read_archive_from(handle: BinaryIO, *, max_decompressed_bytes: int, max_entries: int) -> ParsedArchive:
+def read_archive_from(
+    handle: BinaryIO, *, max_decompressed_bytes: int, max_entries: int, max_sum_bytes: int | None = None
+) -> ParsedArchive:
     """`read_archive` of an open file on disk (small entries are mapped, so not a BytesIO); it may have been
-    renamed or deleted since it was opened."""
+    renamed or deleted since it was opened. `max_sum_bytes` bounds the running aggregate the archive's values
+    would need (`SumBudget`); None for no bound."""
     entries, magnitudes, fingerprint = _read_entries(
-        handle, max_decompressed_bytes=max_decompressed_bytes, max_entries=max_entries
+        handle, max_decompressed_bytes=max_decompressed_bytes, max_entries=max_entries,
+        budget=SumBudget(max_sum_bytes),
     )
     kind = _declared_kind(entries)
     parsed = _analytics(entries, magnitudes) if kind == FEDERATED_ANALYTICS else _learning(entries, magnitudes)
@@ -104,11 +110,11 @@ def _fingerprint(infos: list[zipfile.ZipInfo]) -> str:
 
 
 def _read_entries(
-    handle: BinaryIO, *, max_decompressed_bytes: int, max_entries: int
+    handle: BinaryIO, *, max_decompressed_bytes: int, max_entries: int, budget: SumBudget
 ) -> tuple[dict[str, np.ndarray], dict[str, float], str]:
     """The arrays by entry name (without .npy), each one's `magnitude`, the fingerprint."""
     try:
-        with _zip_directory(handle, max_entries=max_entries) as archive:
+        with zip_directory(handle, max_entries=max_entries) as archive:
             infos = archive.infolist()
             if len(infos) > max_entries:
                 raise PayloadTooLarge(f"archive has more than {max_entries} entries")
@@ -124,66 +130,13 @@ def _read_entries(
             magnitudes: dict[str, float] = {}
             for info in infos:
                 key = info.filename.removesuffix(".npy")
-                entries[key], magnitudes[key] = _read_npy(handle, info, data_end=data_end[info.header_offset])
+                array, magnitudes[key] = read_npy(handle, info, data_end=data_end[info.header_offset],
+                                                   budget=budget)
+                entries[key] = in_native_byte_order(array)
             return entries, magnitudes, _fingerprint(infos)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
         # ValueError: a directory name flagged UTF-8 that is not (zipfile raises UnicodeDecodeError)
         raise BadRequest("not an npz archive") from exc
-
-
-def _zip_directory(handle: BinaryIO, *, max_entries: int) -> zipfile.ZipFile:
-    """The archive's directory, read from the open upload (one file handle serves every step) once it is
-    known to be a zip with at most `max_entries` records."""
-    if not zipfile.is_zipfile(handle):
-        raise BadRequest("not an npz archive")
-    if _directory_records(handle, stop_after=max_entries) > max_entries:
-        raise PayloadTooLarge(f"archive has more than {max_entries} entries")
-    return zipfile.ZipFile(handle)
-
-
-def _directory_records(handle: BinaryIO, *, stop_after: int) -> int:
-    """Count the central directory's records, stopping past `stop_after`, reading 46 bytes per record.
-
-    zipfile parses the whole directory into one object per record before anything can be counted:
-    a few hundred bytes of memory for each ~50 bytes of upload. The directory is found as zipfile
-    finds it: the end record (after an optional comment), then the zip64 end record if there is one.
-    """
-    start, size = _directory_extent(handle)
-    handle.seek(start)
-    count = offset = 0
-    while offset < size and count <= stop_after:
-        record = handle.read(_DIRECTORY_RECORD.size)
-        if len(record) != _DIRECTORY_RECORD.size:
-            raise BadRequest("not an npz archive")
-        signature, name_length, extra_length, comment_length = _DIRECTORY_RECORD.unpack(record)
-        if signature != b"PK\x01\x02":
-            raise BadRequest("not an npz archive")
-        skip = name_length + extra_length + comment_length
-        handle.seek(skip, os.SEEK_CUR)
-        offset += _DIRECTORY_RECORD.size + skip
-        count += 1
-    return count
-
-
-def _directory_extent(handle: BinaryIO) -> tuple[int, int]:
-    """(offset, size) of the central directory: it ends where the (zip64) end record starts."""
-    file_size = handle.seek(0, os.SEEK_END)
-    tail_start = max(file_size - _END_RECORD.size - 0xFFFF, 0)
-    handle.seek(tail_start)
-    tail = handle.read()
-    at = len(tail) - _END_RECORD.size
-    if not (tail[at : at + 4] == b"PK\x05\x06" and tail.endswith(b"\0\0")):
-        at = tail.rfind(b"PK\x05\x06")
-    if at < 0 or len(tail) - at < _END_RECORD.size:
-        raise BadRequest("not an npz archive")
-    end_at, size = tail_start + at, _END_RECORD.unpack_from(tail, at)[5]
-    zip64_at = end_at - _ZIP64_LOCATOR.size - _ZIP64_END_RECORD.size
-    if zip64_at >= 0:
-        handle.seek(zip64_at)
-        records = handle.read(_ZIP64_END_RECORD.size + _ZIP64_LOCATOR.size)
-        if records.startswith(b"PK\x06\x06") and records[_ZIP64_END_RECORD.size :].startswith(b"PK\x06\x07"):
-            end_at, size = zip64_at, _ZIP64_END_RECORD.unpack_from(records)[8]
-    return end_at - size, size
 
 
 def _check_entry(info: zipfile.ZipInfo, seen: set[str]) -> None:
@@ -196,85 +149,6 @@ def _check_entry(info: zipfile.ZipInfo, seen: set[str]) -> None:
         raise BadRequest(
             f"entry '{key}' uses compression method {info.compress_type}; expected 0 (stored) or 8 (deflate)"
         )
-
-
-def _read_npy(handle: BinaryIO, info: zipfile.ZipInfo, *, data_end: int) -> tuple[np.ndarray, float]:
-    """The entry's array and its `magnitude`."""
-    key = info.filename.removesuffix(".npy")
-    try:
-        entry = ZipEntryReader(handle, info, data_end=data_end)
-        if entry.fits_whole:
-            return _array_in_buffer(key, entry.read_whole())
-        shape, fortran, dtype = _npy_header(entry)
-        _check_npy_header(key, shape, dtype, data_bytes=entry.remaining)
-        array, largest = _read_data(entry, shape, fortran, dtype)
-        entry.read_to_end()
-        return array, largest
-    # EntryError (a ValueError): bad local header, overlap, truncation or CRC; InflateError: a broken deflate
-    # stream; TokenError/SyntaxError: numpy's repair of an old-style header; RecursionError: a header nested
-    # past the parser's limit ("-" * 4000 + "1")
-    except (ValueError, OSError, EOFError, InflateError, SyntaxError, tokenize.TokenError, RecursionError) as exc:
-        raise BadRequest(f"entry '{key}' is not a valid npy array") from exc
-
-
-# numpy parses the header with ast.literal_eval, which CPython 3.11 can break when threads parse at once
-# ("SystemError: AST constructor recursion depth mismatch", python/cpython#106905): one parse at a time.
-_HEADER_LOCK = threading.Lock()
-
-
-def _npy_header(handle: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
-    version = np.lib.format.read_magic(handle)
-    with _HEADER_LOCK:
-        if version == (1, 0):
-            return np.lib.format.read_array_header_1_0(handle)
-        if version in ((2, 0), (3, 0)):
-            return np.lib.format.read_array_header_2_0(handle)
-    raise ValueError(f"unsupported npy version {version}")
-
-
-def _array_in_buffer(key: str, whole: bytearray) -> tuple[np.ndarray, float]:
-    """The array of a whole `.npy` entry, as a view of `whole` (no copy), and its `magnitude`."""
-    header = io.BytesIO(memoryview(whole)[:_HEADER_PREFIX_BYTES])
-    shape, fortran, dtype = _npy_header(header)
-    offset = header.tell()
-    _check_npy_header(key, shape, dtype, data_bytes=len(whole) - offset)
-    if min(shape, default=0) < 0:  # np.empty refuses these in the streamed path; frombuffer reads -1 as "all"
-        raise ValueError(f"negative dimension in shape {shape}")
-    count = math.prod(shape)
-    # frombuffer refuses a zero-size dtype (b"" strings); such an array has no bytes to take
-    flat = np.frombuffer(whole, dtype, count, offset) if dtype.itemsize else np.empty(count, dtype)
-    array = flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
-    return array, magnitude(flat)
-
-
-def _read_data(
-    entry: ZipEntryReader, shape: tuple[int, ...], fortran: bool, dtype: np.dtype
-) -> tuple[np.ndarray, float]:
-    """The array's bytes, read straight into a new array (the header is parsed once, never pickled), and
-    its `magnitude`, taken slice by slice while each slice is still in the cache."""
-    flat = np.empty(math.prod(shape), dtype=dtype)
-    largest = 0.0
-    if flat.nbytes:
-        view, filled = memoryview(flat).cast("B"), 0
-        step = max(_SLICE_BYTES // dtype.itemsize, 1) * dtype.itemsize
-        while filled < flat.nbytes:
-            want = min(step, flat.nbytes - filled)
-            if entry.readinto(view[filled : filled + want]) != want:  # the reader fills all it can
-                raise ValueError("truncated npy data")
-            values = flat[filled // dtype.itemsize : (filled + want) // dtype.itemsize]
-            largest = max(largest, magnitude(values))
-            filled += want
-    array = flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)
-    return array, largest
-
-
-def _check_npy_header(key: str, shape: tuple[int, ...], dtype: np.dtype, *, data_bytes: int) -> None:
-    if dtype.hasobject:
-        raise BadRequest(f"entry '{key}' holds Python objects; pickled data is not accepted")
-    if dtype.fields is not None or dtype.kind not in "biufcUS":
-        raise BadRequest(f"entry '{key}' has unsupported dtype {dtype}")
-    if math.prod(shape) * max(dtype.itemsize, 1) > data_bytes:  # an empty dtype still bounds the count
-        raise BadRequest(f"entry '{key}' declares more data than it holds")
 
 
 def _declared_kind(entries: dict[str, np.ndarray]) -> Kind:
@@ -290,14 +164,17 @@ def _declared_kind(entries: dict[str, np.ndarray]) -> Kind:
 
 
 def _weighting(entries: dict[str, np.ndarray]) -> float:
-    if "weighting" not in entries:
+    if WEIGHTING_KEY not in entries:
         raise BadRequest("missing weighting")
-    weighting = entries["weighting"]
+    weighting = entries[WEIGHTING_KEY]
     if weighting.size != 1 or weighting.dtype.kind not in "iuf":
         raise BadRequest("weighting must be a single number")
     value = float(weighting.reshape(-1)[0])
     if not math.isfinite(value) or value <= 0:
         raise BadRequest(f"weighting must be a finite number greater than 0, got {value}")
+    if not MIN_WEIGHTING <= value <= MAX_WEIGHTING:
+        raise BadRequest(f"expected a weighting between {MIN_WEIGHTING:g} and {MAX_WEIGHTING:g}, got {value:g} "
+                         "(fix: send the number of samples the leaf trained on)")
     return value
 
 
@@ -305,9 +182,9 @@ def _learning(entries: dict[str, np.ndarray], magnitudes: dict[str, float]) -> P
     weighting = _weighting(entries)
     indexed: dict[int, str] = {}
     for key in entries:
-        if key in ("weighting", PAYLOAD_KIND_KEY):
+        if key in (WEIGHTING_KEY, PAYLOAD_KIND_KEY):
             continue
-        match = _LAYER_NAME.match(key)
+        match = LAYER_NAME.match(key)
         if match is None and _LAYER_LIKE_NAME.match(key):
             raise BadRequest(f"entry '{key}' is not a layer name: layers are layer_0, layer_1, ... without "
                              "leading zeros")
@@ -320,16 +197,20 @@ def _learning(entries: dict[str, np.ndarray], magnitudes: dict[str, float]) -> P
         raise BadRequest("layers must be numbered layer_0 to layer_N without gaps")
     layers = [entries[indexed[i]] for i in range(len(indexed))]
     for index, layer in enumerate(layers):
+        if layer.dtype.kind in "iu":
+            raise BadRequest(f"expected {layer_name(index)} in float16, float32 or float64, got {layer.dtype} (fix: "
+                             "send the model's weights as floats; an integer buffer, a batch counter say, is no "
+                             "weight to average)")
         if layer.dtype.kind not in _LAYER_DTYPE_KINDS:
-            raise BadRequest(f"layer_{index} has unsupported dtype {layer.dtype}")
+            raise BadRequest(f"{layer_name(index)} has unsupported dtype {layer.dtype}")
         if not math.isfinite(magnitudes[indexed[index]]):
-            raise BadRequest(f"layer_{index} contains NaN or Inf")
+            raise BadRequest(f"{layer_name(index)} contains NaN or Inf")
     largest = max(magnitudes[key] for key in indexed.values())
     return ParsedArchive(kind=FEDERATED_LEARNING, weighting=weighting, layers=layers, magnitude=largest)
 
 
 def _analytics(entries: dict[str, np.ndarray], magnitudes: dict[str, float]) -> ParsedArchive:
-    fields = {k: v for k, v in entries.items() if k not in ("weighting", PAYLOAD_KIND_KEY)}
+    fields = {k: v for k, v in entries.items() if k not in (WEIGHTING_KEY, PAYLOAD_KIND_KEY)}
     if not fields:
         raise BadRequest("no fields in a federated_analytics archive")
     for key, array in fields.items():

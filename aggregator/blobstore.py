@@ -6,35 +6,32 @@ One small interface, `BlobStore`, and two implementations chosen by `FEDGROVE_BL
   and signs its own download links, so `presigned_url` is None and `local_path` the file.
 * `S3BlobStore`: objects under `s3://bucket/prefix`; downloads go straight to S3 through presigned URLs.
 
-Keys are opaque names (the server uses uuid hex): 1-128 characters from `[A-Za-z0-9._-]`, not `.`/`..`.
-A key is validated before anything touches the disk or the network, so a path-traversal attempt fails
-with `InvalidBlobKey` and nothing else. A writer never exposes a half-written blob: the local store
-writes a temporary file in the same folder, fsyncs it and renames it into place; an S3 PUT is atomic.
+Keys are opaque names (the server uses uuid hex) under `fedgrove_common.names`' rule, validated before
+anything touches the disk or the network, so a path-traversal attempt fails with `InvalidBlobKey` and nothing
+else. A writer never exposes a half-written blob: the local store writes through
+`fedgrove_common.atomic_files` (temporary file, fsync, rename, fsync of the folder); an S3 PUT is atomic.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
-from urllib.parse import unquote, urlsplit
 
 from aggregator.blobstore_errors import BlobNotFound, BlobStoreError, BlobStoreUnavailable, InvalidBlobKey
-from fedgrove.s3 import MAX_PRESIGN_SECONDS, S3Connection, S3Location, S3Problem
+from fedgrove_common.atomic_files import TEMP_PREFIX, move_durably, staged_copy
+from fedgrove_common.names import is_valid_name
+from fedgrove_common.s3 import S3Connection, S3Location, S3Problem
+from fedgrove_common.store_urls import local_folder
 
 logger = logging.getLogger(__name__)
 
 SETTING = "FEDGROVE_BLOB_URL"
-_KEY = re.compile(r"[A-Za-z0-9._-]{1,128}")
-# Temporary files carry a "~", which no valid key can, so a temp file is never mistaken for a blob.
-_TEMP_PREFIX = ".put~"
 
 
 class BlobStore(Protocol):
@@ -55,6 +52,12 @@ class BlobStore(Protocol):
     def delete(self, key: str) -> None:
         """Remove the blob; a missing key is not an error."""
 
+    def keys(self) -> Iterator[str]:
+        """Every blob's key (the orphan sweep lists them)."""
+
+    def clear_interrupted(self) -> int:
+        """Delete what interrupted writes left (temporary files); returns how many. Only while none runs."""
+
     def exists(self, key: str) -> bool: ...
 
     def size(self, key: str) -> int:
@@ -68,7 +71,7 @@ class BlobStore(Protocol):
 
 
 def validate_key(key: str) -> str:
-    if not isinstance(key, str) or not _KEY.fullmatch(key) or key in {".", ".."}:
+    if not is_valid_name(key):
         raise InvalidBlobKey(key)
     return key
 
@@ -79,21 +82,13 @@ def blob_store_from_url(url: str | None, *, data_dir: Path, endpoint_url: str | 
     `None`/"" → `<data_dir>/blobs`; `file:///abs/path` or a plain path → that folder;
     `s3://bucket/prefix` → S3 (`endpoint_url` overrides `AWS_ENDPOINT_URL`).
     """
-    if not url:
-        return LocalBlobStore(data_dir / "blobs")
-    scheme = urlsplit(url).scheme
-    if scheme == "s3":
-        return S3BlobStore(url, endpoint_url=endpoint_url)
-    if scheme == "file":
-        parts = urlsplit(url)
-        if parts.netloc not in {"", "localhost"}:
-            raise BlobStoreError(f"expected {SETTING} like file:///abs/path, got {url!r} (fix: use three slashes)")
-        return LocalBlobStore(Path(unquote(parts.path)))
-    if scheme and len(scheme) > 1:  # a one-letter "scheme" is a Windows drive
-        raise BlobStoreError(
-            f"expected {SETTING} to be a folder, file:///abs/path or s3://bucket/prefix, got {url!r}"
-        )
-    return LocalBlobStore(Path(url))
+    try:
+        folder = local_folder(url, setting=SETTING, default=data_dir / "blobs")
+    except ValueError as exc:
+        raise BlobStoreError(str(exc)) from exc
+    if folder is None:
+        return S3BlobStore(str(url), endpoint_url=endpoint_url)
+    return LocalBlobStore(folder)
 
 
 class LocalBlobStore:
@@ -116,14 +111,11 @@ class LocalBlobStore:
 
     def put_file(self, key: str, source: Path) -> None:
         self._path(key)  # a bad key writes nothing
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(dir=self.root, prefix=_TEMP_PREFIX, suffix=".tmp")
+        temp = staged_copy(self.root, source)
         try:
-            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-                shutil.copyfileobj(src, out, length=1024 * 1024)
-            self._rename_in(key, Path(temp_name))
+            self._rename_in(key, temp)
         except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
+            temp.unlink(missing_ok=True)
             raise
 
     def move_file(self, key: str, source: Path) -> None:
@@ -138,12 +130,9 @@ class LocalBlobStore:
             Path(source).unlink(missing_ok=True)
 
     def _rename_in(self, key: str, file: Path) -> None:
-        """Make `file` (on the store's filesystem) the blob `key`: fsync it, rename it, fsync the folder."""
+        """Make `file` (on the store's filesystem) the blob `key`, durably."""
         path = self._path(key)
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(file, path)
-        _fsync_dir(self.root)
+        move_durably(file, path)
         logger.debug("stored blob %s (%d bytes) in %s", key, path.stat().st_size, self.root)
 
     def fetch(self, key: str, destination: Path) -> Path:
@@ -156,6 +145,16 @@ class LocalBlobStore:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def keys(self) -> Iterator[str]:
+        if self.root.is_dir():
+            yield from (path.name for path in self.root.iterdir() if path.is_file() and is_valid_name(path.name))
+
+    def clear_interrupted(self) -> int:
+        leftovers = list(self.root.glob(f"{TEMP_PREFIX}*")) if self.root.is_dir() else []
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return len(leftovers)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -236,6 +235,26 @@ class S3BlobStore:
         except Exception as exc:
             self._raise(exc, key)
 
+    def keys(self) -> Iterator[str]:
+        prefix = self.location.key() + "/" if self.location.prefix else ""
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.location.bucket, Prefix=prefix, Delimiter="/"
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    if is_valid_name(key := item["Key"][len(prefix) :]):
+                        yield key
+        except Exception as exc:
+            failure = self._s3.explain(exc, bucket=self.location.bucket)
+            if failure is None:
+                raise
+            unavailable = failure.problem is not S3Problem.OTHER
+            raise (BlobStoreUnavailable if unavailable else BlobStoreError)(failure.message) from exc
+
+    def clear_interrupted(self) -> int:
+        return 0  # an S3 PUT is whole or absent
+
     def _head(self, key: str) -> dict[str, Any]:
         try:
             return self._client.head_object(Bucket=self.location.bucket, Key=self._key(key))
@@ -254,28 +273,12 @@ class S3BlobStore:
 
     def presigned_url(self, key: str, *, expires_in: int) -> str | None:
         """A GET URL anyone can use until it expires. Does not check that the blob exists."""
-        if not 1 <= expires_in <= MAX_PRESIGN_SECONDS:
-            raise ValueError(f"expected expires_in between 1 and {MAX_PRESIGN_SECONDS} seconds, got {expires_in}")
-        params = {"Bucket": self.location.bucket, "Key": self._key(key)}
+        object_key = self._key(key)
         try:
-            return self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
-        except Exception as exc:
+            return self._s3.presigned_get_url(bucket=self.location.bucket, key=object_key, expires_in=expires_in)
+        except Exception as exc:  # a bad lifetime's ValueError is no S3 error: `_raise` raises it as it is
             self._raise(exc, key)
 
     def local_path(self, key: str) -> Path | None:
         validate_key(key)
         return None
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable: fsync the folder that holds the new name (a no-op where unsupported)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

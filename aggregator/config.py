@@ -29,8 +29,32 @@ class AggregatorSettings(BaseSettings):
     )
     max_archive_bytes: int = 1024 * MIB
     max_archive_entries: int = 4096
+    max_sum_bytes: int = Field(
+        default=512 * MIB,
+        description="the running aggregate of one open aggregation, 8 bytes a value: 64 Mi parameters, as many "
+        "float32 ones as the upload limit lets through",
+    )
     download_url_ttl_s: int = 300
+    public_url: str | None = Field(
+        default=None, description="the server's URL as leaves reach it (behind a proxy, say): download links name "
+        "it; without it they name the host the request was sent to"
+    )
+    keep_aggregates: int = Field(
+        default=3, ge=0, description="a branch's newest aggregates kept, besides those a leaf has still to download "
+        "(0: all)"
+    )
+    keep_uploads: bool = Field(
+        default=False, description="keep every upload after its round is finished (an audit trail)"
+    )
+    max_metrics_bytes_per_leaf: int = Field(
+        default=16 * MIB, description="the performance reports a leaf may store, in bytes of their data"
+    )
     ticket_ttl_s: int = 30
+    tickets_per_leaf: int = Field(default=4, ge=1, description="live WebSocket tickets a leaf may hold")
+    websockets_per_leaf: int = Field(default=2, ge=1, description="a new one past this closes the leaf's oldest")
+    ws_max_message_bytes: int = Field(
+        default=4096, description="the largest frame a leaf may send; leaves need send none, only pongs"
+    )
     signing_key: SecretStr | None = None
     admin_token: SecretStr | None = None
     ssl_certfile: Path | None = None

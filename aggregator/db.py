@@ -6,6 +6,9 @@ aggregation and branch, so that an open aggregation can be rebuilt after a crash
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,9 +22,15 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from aggregator.statuses import AggregationStatus, RunStatus
+
+logger = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -47,13 +56,14 @@ class Branch(Base):
     tree_id: Mapped[str] = mapped_column(ForeignKey("trees.id"))
     name: Mapped[str] = mapped_column(String(200))
     aggregation_target: Mapped[int] = mapped_column(Integer)
-    run_status: Mapped[str] = mapped_column(String(16), default="start")
+    run_status: Mapped[str] = mapped_column(String(16), default=RunStatus.START)
     run_number: Mapped[int] = mapped_column(Integer, default=1)
     analytics_ops: Mapped[dict] = mapped_column(JSON, default=dict)
     analytics_default_op: Mapped[str | None] = mapped_column(String(16), nullable=True)
     model_config_json: Mapped[dict] = mapped_column(JSON, default=dict)
     round_timeout_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     min_leaves: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_weight_share: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -76,7 +86,7 @@ class Aggregation(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     branch_id: Mapped[str] = mapped_column(ForeignKey("branches.id"), index=True)
     round: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="open")
+    status: Mapped[str] = mapped_column(String(16), default=AggregationStatus.OPEN)
     kind: Mapped[str | None] = mapped_column(String(32), nullable=True)
     contributors: Mapped[int] = mapped_column(Integer, default=0)
     weight_total: Mapped[float] = mapped_column(Float, default=0.0)
@@ -120,9 +130,33 @@ class PerformanceRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class MetricsUsage(Base):
+    """What a leaf's performance reports take in the database, against its quota."""
+
+    __tablename__ = "metrics_usage"
+    leaf_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reports: Mapped[int] = mapped_column(Integer, default=0)
+    data_bytes: Mapped[int] = mapped_column(Integer, default=0)
+
+
+def owner_only(path: Path, mode: int) -> None:
+    """Give `path` `mode` (0600, 0700) if it has another; a file this process may not change is left as it is."""
+    try:
+        if path.exists() and (was := stat.S_IMODE(path.stat().st_mode)) != mode:
+            path.chmod(mode)
+            logger.info("%s was mode %o, now %o: readable by its owner only", path, was, mode)
+    except PermissionError:
+        logger.warning("could not restrict %s to its owner (mode %o)", path, mode)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        database = Path(url.removeprefix("sqlite:///"))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        # Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the database's mode.
+        os.close(os.open(database, os.O_CREAT | os.O_WRONLY, 0o600))
+        for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+            owner_only(path, 0o600)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -136,7 +170,21 @@ def make_engine(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True)
     Base.metadata.create_all(engine)
+    _add_missing_columns(engine)
     return engine
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add the nullable columns a newer server declares to the tables an older one created (`create_all`
+    creates missing tables only): a database from before `branches.max_weight_share` gets it, empty."""
+    inspector = inspect(engine)
+    with engine.begin() as connection:
+        for table in Base.metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present and column.nullable:
+                    kind = column.type.compile(engine.dialect)
+                    connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
 
 def make_session_factory(engine: Engine) -> sessionmaker:

@@ -6,7 +6,9 @@
     ├── NotFound             404
     ├── BadRequest           400: a malformed request or archive
     ├── Conflict             409: valid on its own, but not now or not with this aggregation
-    └── PayloadTooLarge      413: over the upload or decompressed-archive limit
+    ├── Gone                 410: an aggregate the retention policy deleted
+    ├── PayloadTooLarge      413: over the upload or decompressed-archive limit
+    └── ServiceUnavailable   503: the server cannot take it now (a round it cannot read); try again later
 
 Messages are short fixed strings (with the offending name or value where it helps) so that tests can
 assert them exactly and clients can show them as they are.
@@ -43,5 +45,13 @@ class Conflict(ApiError):
     status_code = 409
 
 
+class Gone(ApiError):
+    status_code = 410
+
+
 class PayloadTooLarge(ApiError):
     status_code = 413
+
+
+class ServiceUnavailable(ApiError):
+    status_code = 503

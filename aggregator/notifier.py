@@ -2,6 +2,9 @@
 
 Each aggregation is sent to a connection at most once: the official client's queue holds one id and
 blocks its consumer on a second, so a duplicate would surface later as a stale id.
+
+A leaf holds at most `per_leaf` connections: a new one closes the oldest (1008, with the reason), not the
+other way round, so a leaf reconnecting before the server noticed its old socket die is never shut out.
 """
 
 from __future__ import annotations
@@ -9,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
-import time
 from dataclasses import dataclass, field
 
 from fastapi import WebSocket
@@ -30,21 +31,42 @@ class Connection:
             await self.websocket.send_text(json.dumps({"message_type": message_type, "body": body}))
 
 
-class ConnectionManager:
-    def __init__(self) -> None:
-        self._branches: dict[str, set[Connection]] = {}
+    async def close(self, *, code: int, reason: str) -> None:
+        try:
+            await self.websocket.close(code=code, reason=reason)
+        except Exception as exc:  # closing already
+            logger.debug("closing the socket of leaf %s: %s", self.leaf_id, exc)
 
-    def add(self, branch_id: str, connection: Connection) -> None:
+
+class ConnectionManager:
+    def __init__(self, *, per_leaf: int) -> None:
+        self._per_leaf = per_leaf
+        self._branches: dict[str, set[Connection]] = {}
+        self._of_leaf: dict[str, list[Connection]] = {}  # oldest first
+
+    def add(self, branch_id: str, connection: Connection) -> list[Connection]:
+        """Serve `connection`; returns the leaf's oldest connections past its cap, for the caller to close."""
         self._branches.setdefault(branch_id, set()).add(connection)
+        held = self._of_leaf.setdefault(connection.leaf_id, [])
+        held.append(connection)
+        superseded = held[: max(len(held) - self._per_leaf, 0)]
+        for old in superseded:
+            self.remove(branch_id, old)
+        return superseded
 
     def remove(self, branch_id: str, connection: Connection) -> None:
         self._branches.get(branch_id, set()).discard(connection)
+        held = self._of_leaf.get(connection.leaf_id, [])
+        if connection in held:
+            held.remove(connection)
+        if not held:
+            self._of_leaf.pop(connection.leaf_id, None)
+
+    def of_leaf(self, leaf_id: str) -> list[Connection]:
+        return list(self._of_leaf.get(leaf_id, []))
 
     def connected_leaves(self, branch_id: str) -> set[str]:
         return {connection.leaf_id for connection in self._branches.get(branch_id, set())}
-
-    def connection_count(self) -> int:
-        return sum(len(connections) for connections in self._branches.values())
 
     async def send_aggregation(self, connection: Connection, aggregation_id: str) -> None:
         if aggregation_id in connection.sent:
@@ -67,34 +89,3 @@ class ConnectionManager:
                 logger.info("could not send run status to leaf %s: %s", connection.leaf_id, exc)
 
         await asyncio.gather(*(send(c) for c in list(self._branches.get(branch_id, set()))))
-
-
-@dataclass(frozen=True)
-class Ticket:
-    leaf_id: str
-    branch_id: str
-    request_id: str
-    expires_at: float
-
-
-class TicketBook:
-    """Single-use, short-lived WebSocket tickets; kept in memory (a client asks anew on reconnect)."""
-
-    def __init__(self, ttl_s: int) -> None:
-        self._ttl_s = ttl_s
-        self._tickets: dict[str, Ticket] = {}
-
-    def issue(self, *, leaf_id: str, branch_id: str) -> tuple[str, Ticket]:
-        now = time.time()
-        for ticket_id in [t for t, ticket in self._tickets.items() if ticket.expires_at < now]:
-            del self._tickets[ticket_id]
-        ticket_id = secrets.token_urlsafe(24)
-        ticket = Ticket(leaf_id, branch_id, secrets.token_hex(8), now + self._ttl_s)
-        self._tickets[ticket_id] = ticket
-        return ticket_id, ticket
-
-    def redeem(self, ticket_id: str, request_id: str) -> Ticket | None:
-        ticket = self._tickets.pop(ticket_id, None)
-        if ticket is None or ticket.request_id != request_id or ticket.expires_at < time.time():
-            return None
-        return ticket

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fedgrove.child_process import ended_with_this_process, free_loopback_port, wait_until_healthy
+from fedgrove_common.child_process import ended_with_this_process, free_loopback_port, wait_until_healthy
 
 
 def environment_without_fedgrove_settings() -> dict[str, str]:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
 
 from aggregator.analytics import OPERATIONS
 from aggregator.db import Aggregation, Branch, Leaf, Tree
 from aggregator.errors import BadRequest, Conflict, NotFound, Unauthorized
+from aggregator.layer_checks import UnreadableLayers, declared_layers
 from aggregator.security import hash_token, new_token, token_matches
-
-RUN_STATUSES = ("start", "pause", "stop")
+from aggregator.statuses import RunStatus
 
 
 @dataclass(frozen=True)
@@ -58,12 +58,16 @@ class Registry:
         model_config: dict | None = None,
         round_timeout_s: float | None = None,
         min_leaves: int | None = None,
+        max_weight_share: float | None = None,
     ) -> tuple[str, str, list[LeafCredentials]]:
         target = leaves if target is None else target
         if round_timeout_s is not None and round_timeout_s <= 0:
             raise BadRequest(f"round timeout must be greater than 0 seconds, got {round_timeout_s}")
         if min_leaves is not None and not 1 <= min_leaves <= target:
             raise BadRequest(f"min leaves must be between 1 and the target ({target}), got {min_leaves}")
+        if max_weight_share is not None and not 0 < max_weight_share < 1:
+            raise BadRequest(f"expected max_weight_share between 0 and 1, got {max_weight_share} (fix: leave it "
+                             "out to let any leaf hold any share)")
         if leaves < 1:
             raise BadRequest(f"leaves must be at least 1, got {leaves}")
         if not 1 <= target <= leaves:
@@ -71,6 +75,10 @@ class Registry:
         names = leaf_names or default_leaf_names(branch, leaves)
         if len(names) != leaves or len(set(names)) != leaves:
             raise BadRequest("leaf names must be unique, one per leaf")
+        try:
+            declared_layers(model_config or {})
+        except UnreadableLayers as exc:
+            raise BadRequest(str(exc)) from exc
         for operation in [analytics_default_op, *(analytics_ops or {}).values()]:
             if operation is not None and operation not in OPERATIONS:
                 raise BadRequest(f"unknown analytics operation '{operation}'; expected one of {', '.join(OPERATIONS)}")
@@ -88,13 +96,14 @@ class Registry:
                 tree_id=tree_row.id,
                 name=branch,
                 aggregation_target=target,
-                run_status="start",
+                run_status=RunStatus.START,
                 run_number=1,
                 analytics_ops=analytics_ops or {},
                 analytics_default_op=analytics_default_op,
                 model_config_json=model_config or {},
                 round_timeout_s=round_timeout_s,
                 min_leaves=min_leaves,
+                max_weight_share=max_weight_share,
             )
             session.add(branch_row)
             session.flush()
@@ -148,13 +157,13 @@ class Registry:
         return row
 
     def set_run_status(self, branch_id: str, status: str) -> Branch:
-        if status not in RUN_STATUSES:
-            raise BadRequest(f"run status must be one of {', '.join(RUN_STATUSES)}, got '{status}'")
+        if status not in tuple(RunStatus):
+            raise BadRequest(f"run status must be one of {', '.join(RunStatus)}, got '{status}'")
         with self._sessions() as session:
             row = session.get(Branch, branch_id)
             if row is None:
                 raise NotFound(f"branch {branch_id} not found")
-            if status == "start" and row.run_status == "stop":
+            if status == RunStatus.START and row.run_status == RunStatus.STOP:
                 row.run_number += 1
             row.run_status = status
             session.commit()
@@ -163,11 +172,6 @@ class Registry:
     def leaves(self, branch_id: str) -> list[Leaf]:
         with self._sessions() as session:
             return list(session.scalars(select(Leaf).where(Leaf.branch_id == branch_id).order_by(Leaf.name)))
-
-    def completed_aggregations(self, session: Session, branch_id: str) -> int:
-        return session.scalar(
-            select(func.count()).where(Aggregation.branch_id == branch_id, Aggregation.status == "complete")
-        )
 
 
 def _bearer_credentials(authorization: str | None) -> tuple[str, str]:

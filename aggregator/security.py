@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from pathlib import Path
 
 from aggregator.errors import Forbidden
+from fedgrove_common.atomic_files import create_durably
+
+MIN_SECRET_CHARS = 32
+
+
+class WeakSecret(ValueError):
+    """A secret the server would start with is empty or too short to guess at: it refuses to start."""
 
 
 def new_token() -> str:
@@ -29,16 +35,26 @@ def token_matches(token: str, stored_hash: str) -> bool:
     return hmac.compare_digest(hash_token(token), stored_hash)
 
 
-def load_or_create_secret(path: Path) -> str:
-    """Read a secret kept beside the data, creating it (mode 0600) on first use."""
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    value = new_token()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value + "\n")
+def checked_secret(value: str, *, source: str) -> str:
+    """`value`, unless it is shorter than `MIN_SECRET_CHARS`: then WeakSecret naming `source` (a file or a
+    variable). An empty file is what a crash or a full disk right after creating it, a `touch` or an empty
+    mounted secret leaves: with it the admin API would take an empty token and links an empty key."""
+    if len(value) < MIN_SECRET_CHARS:
+        raise WeakSecret(
+            f"expected a secret of at least {MIN_SECRET_CHARS} characters in {source}, got {len(value)} (fix: "
+            f"delete the file to have the server write a new one, or write at least {MIN_SECRET_CHARS} random "
+            "characters to it)"
+        )
     return value
+
+
+def load_or_create_secret(path: Path) -> str:
+    """Read a secret kept beside the data, creating it on first use: written whole or not at all (mode 0600,
+    fsynced), never over one another process wrote first. WeakSecret if the file holds too short a one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        create_durably(path, (new_token() + "\n").encode())
+    return checked_secret(path.read_text().strip(), source=str(path))
 
 
 class UrlSigner:

@@ -3,6 +3,7 @@ background thread on a loopback port for tests and for the coordinator's embedde
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -10,6 +11,7 @@ import time
 
 import uvicorn
 
+from aggregator.access_log import redact_query_secrets
 from aggregator.app import create_app
 from aggregator.config import AggregatorSettings
 
@@ -21,6 +23,7 @@ def _config(settings: AggregatorSettings, *, log_level: str, own_logging: bool) 
     """`own_logging`: install uvicorn's logging configuration (a process of its own). Inside another program
     it must not: uvicorn's `dictConfig` closes every handler of the process (Prefect's API log handler
     blocked ~5 s draining, then stayed closed)."""
+    redact_query_secrets()
     return uvicorn.Config(
         create_app(settings),
         host=settings.host,
@@ -34,6 +37,7 @@ def _config(settings: AggregatorSettings, *, log_level: str, own_logging: bool) 
         # Notifications are ~100-byte JSON messages: compressing them costs CPU on both sides and a zlib
         # context per connection; every client works without it (the official one offers it, not requires it).
         ws_per_message_deflate=False,
+        ws_max_size=settings.ws_max_message_bytes,  # a larger frame is refused (1009) before it is buffered
         timeout_keep_alive=65,  # longer than clients keep idle connections, so a reused one is not reset
     )
 
@@ -66,6 +70,7 @@ class ServerThread:
 
     def __init__(self, settings: AggregatorSettings, *, log_level: str = "warning") -> None:
         self.settings = settings
+        self._server = _Server(_config(settings, log_level=log_level, own_logging=False))  # may refuse: no socket yet
         # proto=IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose proto says TCP;
         # without it every response on a kept-alive connection waits ~40 ms for the client's delayed ACK.
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -73,16 +78,21 @@ class ServerThread:
         self._socket.bind((settings.host, settings.port))
         self.port = self._socket.getsockname()[1]
         self.url = base_url(settings, self.port)
-        self._server = _Server(_config(settings, log_level=log_level, own_logging=False))
         self._server.config.port = self.port
         self._thread = threading.Thread(target=self._run, name=f"aggregator-{self.port}", daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once started
 
     @property
     def context(self):  # type: ignore[no-untyped-def]
         return self._server.config.app.state.context
 
     def _run(self) -> None:
-        self._server.run(sockets=[self._socket])
+        with asyncio.Runner(loop_factory=self._server.config.get_loop_factory()) as runner:
+            runner.run(self._serve())
+
+    async def _serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self._server.serve(sockets=[self._socket])
 
     def start(self, timeout_s: float = 30) -> ServerThread:
         self._thread.start()

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from fedgrove.child_process import free_loopback_port, wait_until_healthy
+from fedgrove_common.child_process import free_loopback_port, wait_until_healthy
 
 LOOPBACK = "127.0.0.1"
 MB = 1_000_000  # decimal megabytes everywhere in this benchmark

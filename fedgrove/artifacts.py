@@ -17,24 +17,18 @@ from __future__ import annotations
 import json
 import logging
 import mimetypes
-import os
-import re
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, NoReturn, Protocol
-from urllib.parse import unquote, urlsplit
+from typing import Any, NoReturn, Protocol
 
-from fedgrove.s3 import MAX_PRESIGN_SECONDS, S3Connection, S3Location, S3Problem
+from fedgrove_common.atomic_files import replace_durably, staged, staged_copy
+from fedgrove_common.names import NAME_RULE, is_valid_name
+from fedgrove_common.s3 import S3Connection, S3Location, S3Problem
+from fedgrove_common.store_urls import local_folder
 
 logger = logging.getLogger(__name__)
 
 WEEK = 7 * 24 * 3600
 SETTING = "the artifact store URL"
-_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
-_TEMP_PREFIX = ".put~"  # "~" is not allowed in names: a temp file is never listed as an artifact
 
 
 class ArtifactStoreError(Exception):
@@ -80,25 +74,18 @@ def artifact_store_from_url(
     `None`/"" → `default_dir` (`./runs`); `file:///abs/path` or a plain path → there;
     `s3://bucket/prefix` → S3 (`endpoint_url` overrides `AWS_ENDPOINT_URL`).
     """
-    if not url:
-        return LocalArtifactStore(default_dir)
-    parts = urlsplit(url)
-    if parts.scheme == "s3":
-        return S3ArtifactStore(url, endpoint_url=endpoint_url)
-    if parts.scheme == "file" and parts.netloc in {"", "localhost"}:
-        return LocalArtifactStore(Path(unquote(parts.path)))
-    if len(parts.scheme) > 1:  # a one-letter "scheme" is a Windows drive
-        raise ArtifactStoreError(
-            f"expected {SETTING} to be a folder, file:///abs/path or s3://bucket/prefix, got {url!r}"
-        )
-    return LocalArtifactStore(Path(url))
+    try:
+        folder = local_folder(url, setting=SETTING, default=default_dir)
+    except ValueError as exc:
+        raise ArtifactStoreError(str(exc)) from exc
+    if folder is None:
+        return S3ArtifactStore(str(url), endpoint_url=endpoint_url)
+    return LocalArtifactStore(folder)
 
 
 def check_name(value: str, *, what: str = "artifact name") -> str:
-    if not isinstance(value, str) or not _NAME.fullmatch(value) or value in {".", ".."}:
-        raise InvalidArtifactName(
-            f"expected a {what} of 1-128 characters from [A-Za-z0-9._-], not '.' or '..', got {value!r}"
-        )
+    if not is_valid_name(value):
+        raise InvalidArtifactName(f"expected a {what} of {NAME_RULE}, got {value!r}")
     return value
 
 
@@ -107,7 +94,7 @@ def _json_bytes(obj: Any) -> bytes:
 
 
 class LocalArtifactStore:
-    """Artifacts as files in `<root>/<run-id>/`, each written atomically (temp file, fsync, rename)."""
+    """Artifacts as files in `<root>/<run-id>/`, each written atomically (`fedgrove_common.atomic_files`)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).expanduser().resolve()
@@ -121,35 +108,14 @@ class LocalArtifactStore:
     def _path(self, run_id: str, name: str) -> Path:
         return self._run_dir(run_id) / check_name(name)
 
-    @contextmanager
-    def _staged(self, run_id: str) -> Iterator[tuple[Path, IO[bytes]]]:
-        """A temp file in the run's folder, fsynced on exit and removed unless the caller renamed it."""
-        folder = self._run_dir(run_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=folder, prefix=_TEMP_PREFIX, suffix=".tmp")
-        temp = Path(name)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                yield temp, out
-                out.flush()
-                os.fsync(out.fileno())
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-
-    def _stage_file(self, run_id: str, source: Path) -> Path:
-        with self._staged(run_id) as (temp, out), open(source, "rb") as src:
-            shutil.copyfileobj(src, out, length=1024 * 1024)
-        return temp
-
     def write_file(self, run_id: str, name: str, source: Path) -> str:
         return self.publish_run(run_id, {name: source})[name]
 
     def write_json(self, run_id: str, name: str, obj: Any) -> str:
         path = self._path(run_id, name)
-        with self._staged(run_id) as (temp, out):
+        with staged(path.parent) as (temp, out):
             out.write(_json_bytes(obj))
-        os.replace(temp, path)
+        replace_durably(temp, path)
         return str(path)
 
     def read_bytes(self, run_id: str, name: str) -> bytes:
@@ -164,19 +130,19 @@ class LocalArtifactStore:
 
     def publish_run(self, run_id: str, files: dict[str, Path]) -> dict[str, str]:
         targets = {name: self._path(run_id, name) for name in files}
-        staged: dict[str, Path] = {}
+        copies: dict[str, Path] = {}
         try:
             for name, source in files.items():
-                staged[name] = self._stage_file(run_id, source)
+                copies[name] = staged_copy(self._run_dir(run_id), source)
         except OSError as exc:
-            for temp in staged.values():
+            for temp in copies.values():
                 temp.unlink(missing_ok=True)
             raise ArtifactStoreError(
                 f"expected a readable file for artifact {name!r} of run {run_id!r}, got {exc}; "
                 f"nothing of this call was published (fix: write the file before publishing)"
             ) from exc
-        for name, temp in staged.items():
-            os.replace(temp, targets[name])
+        for name, temp in copies.items():
+            replace_durably(temp, targets[name])
         logger.info("published %d artifact(s) of run %s to %s", len(files), run_id, self.root)
         return {name: str(path) for name, path in targets.items()}
 
@@ -184,7 +150,7 @@ class LocalArtifactStore:
         folder = self._run_dir(run_id)
         if not folder.is_dir():
             return []
-        return sorted(p.name for p in folder.iterdir() if p.is_file() and _NAME.fullmatch(p.name))
+        return sorted(p.name for p in folder.iterdir() if p.is_file() and is_valid_name(p.name))
 
 
 class S3ArtifactStore:
@@ -243,13 +209,11 @@ class S3ArtifactStore:
 
     def url(self, run_id: str, name: str, *, expires_in: int = WEEK) -> str:
         """A presigned GET URL; does not check that the artifact exists."""
-        if not 1 <= expires_in <= MAX_PRESIGN_SECONDS:
-            raise ValueError(f"expected expires_in between 1 and {MAX_PRESIGN_SECONDS} seconds, got {expires_in}")
         key = self._key(run_id, name)
         try:
-            return self._client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.location.bucket, "Key": key}, ExpiresIn=expires_in
-            )
+            return self._s3.presigned_get_url(bucket=self.location.bucket, key=key, expires_in=expires_in)
+        except ValueError:
+            raise  # a lifetime out of range: the caller's mistake, not the store's
         except Exception as exc:
             self._raise(exc, key=key)
 
@@ -292,4 +256,4 @@ class S3ArtifactStore:
                 names.extend(item["Key"][len(prefix) :] for item in page.get("Contents", []))
         except Exception as exc:
             self._raise(exc, key=prefix)
-        return sorted(n for n in names if _NAME.fullmatch(n))
+        return sorted(n for n in names if is_valid_name(n))

@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from fedgrove.child_process import ended_with_this_process, free_loopback_port, wait_until_healthy
+from fedgrove_common.child_process import ended_with_this_process, free_loopback_port, wait_until_healthy
 
 if TYPE_CHECKING:
     from prefect.settings import Settings

@@ -22,10 +22,12 @@ from fedgrove.results import SiteResult, parameter_digest
 from fedgrove.site_table import SiteTable, site_seed
 from fedgrove.site_training import SiteArrays, fit, initial_parameters, measure, site_arrays, train_alone
 from fedgrove.spec import FederationSpec
+from fedgrove_common.fedavg import weighted_mean
 
 
 def weighted_average(results: Sequence[tuple[Sequence[np.ndarray], float]]) -> list[np.ndarray]:
-    """FedAvg: per layer, the mean of the sites' arrays weighted by their weighting (float64 sums, float32 out)."""
+    """FedAvg: per layer, the mean of the sites' arrays weighted by their weighting (float64 sums, float32 out),
+    by `fedgrove_common.fedavg`, the server's own arithmetic."""
     if not results:
         raise ValueError("expected at least one (parameters, weighting) pair, got none")
     total = float(sum(weight for _, weight in results))
@@ -34,13 +36,8 @@ def weighted_average(results: Sequence[tuple[Sequence[np.ndarray], float]]) -> l
     layers = len(results[0][0])
     if any(len(params) != layers for params, _ in results):
         raise ValueError(f"expected every site to send {layers} arrays, got {[len(p) for p, _ in results]}")
-    averaged = []
-    for index in range(layers):
-        acc = np.zeros(np.shape(results[0][0][index]), dtype=np.float64)
-        for params, weight in results:
-            acc += np.asarray(params[index], dtype=np.float64) * weight
-        averaged.append((acc / total).astype(np.float32))
-    return averaged
+    as_float64 = [([np.asarray(p, dtype=np.float64) for p in params], float(weight)) for params, weight in results]
+    return [layer.astype(np.float32, copy=False) for layer in weighted_mean(as_float64)]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import IO
 
 import pandas as pd
 
-from fedgrove.s3 import S3Connection, S3Location, S3Problem
+from fedgrove_common.s3 import S3Connection, S3Location, S3Problem
 from fedgrove.sources import DataSource, FileFormat, SourceError, s3_location, source_error
 
 SNIFF_BYTES = 64 * 1024  # CSV text has no NUL byte; a binary file almost always has one in its first 64 KiB
@@ -109,7 +109,7 @@ _S3_PROBLEMS = {  # problem: (what was expected and what came, in general terms;
 def _s3_error(
     source: DataSource, s3: S3Connection, location: S3Location, exc: Exception, *, setting: str
 ) -> SourceError:
-    """The detail is `fedgrove.s3`'s sentence (bucket, key, endpoint, access key id; never the secret), with the
+    """The detail is `fedgrove_common.s3`'s sentence (bucket, key, endpoint, access key id; never the secret), with the
     fix added where it has none."""
     failure = s3.explain(exc, bucket=location.bucket, key=location.prefix)
     problem = S3Problem.OTHER if failure is None else failure.problem

@@ -25,7 +25,7 @@ from typing import Any, Self
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from fedgrove.s3 import S3Location
+from fedgrove_common.s3 import S3Location
 
 SITE_DATA_VARIABLE = "FEDGROVE_SITE_DATA"
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from fedgrove_cli.console import console, fail as _fail
 
@@ -136,19 +137,24 @@ def branch_status(
     if as_json:
         print(json.dumps(status))
         return
-    table = Table(show_header=False, title=f"branch {status['name']}")
+    # Every value is shown as Text: what leaves (and the branch's creator) sent is never read as Rich markup.
+    table = Table(show_header=False, title=Text(f"branch {status['name']}"))
     for key in (
         "branch_id", "tree_id", "aggregation_target", "run_status", "run_number", "open_round",
         "uploads_in_open_aggregation", "aggregations_completed", "last_aggregation_id",
     ):
-        table.add_row(key, str(status[key]))
-    table.add_row("leaves_connected", ", ".join(status["leaves_connected"]) or "-")
-    table.add_row("uploaded_leaves", ", ".join(status["uploaded_leaves"]) or "-")
+        table.add_row(key, Text(str(status[key])))
+    table.add_row("leaves_connected", Text(", ".join(status["leaves_connected"]) or "-"))
+    table.add_row("uploaded_leaves", Text(", ".join(status["uploaded_leaves"]) or "-"))
+    damaged = status.get("damaged_round")
+    if damaged is not None:  # its uploads cannot be read back: `fedgrove run stop` sets them aside
+        table.add_row(Text("damaged_round", style="red"), Text(f"round {damaged['round']}: {damaged['reason']}"))
     console.print(table)
     if metrics:
         rows = Table("leaf_id", "aggregation_id", "mode", "data", title="performance")
         for record in status["metrics"]:
-            rows.add_row(record["leaf_id"], record["aggregation_id"], record["mode"], json.dumps(record["data"]))
+            rows.add_row(*(Text(str(record[key])) for key in ("leaf_id", "aggregation_id", "mode")),
+                         Text(json.dumps(record["data"])))
         console.print(rows)
 
 

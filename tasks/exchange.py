@@ -22,10 +22,9 @@ from branchkey import APIConfig, Client, RetryConfig
 from prefect import get_run_logger, task
 
 from fedgrove.settings import LeafSettings
+from fedgrove_common.protocol import FEDERATED_ANALYTICS, LAYER_NAME, LAYER_PREFIX, PAYLOAD_KIND_KEY, WEIGHTING_KEY
 from tasks.options import LOCAL, TRANSIENT
 
-FEDERATED_ANALYTICS = "federated_analytics"
-PAYLOAD_KIND_KEY = "__bk_payload_kind__"
 
 
 class AggregationTimeout(RuntimeError):
@@ -143,7 +142,7 @@ def waiting_for(session: LeafSession) -> str:
 def load_aggregate(session: LeafSession, aggregation_id: str, *, template: list[np.ndarray]) -> list[np.ndarray]:
     """Download the aggregate and check it fits the local model (count, shapes, dtypes, finite values)."""
     archive = _download(session, aggregation_id)
-    names = sorted((k for k in archive if k.startswith("layer_")), key=lambda k: int(k[6:]))
+    names = sorted((k for k in archive if LAYER_NAME.match(k)), key=lambda k: int(k.removeprefix(LAYER_PREFIX)))
     if len(names) != len(template):
         raise AggregateMismatch(f"aggregate {aggregation_id} has {len(names)} layers; the local model has "
                                 f"{len(template)}")
@@ -165,7 +164,7 @@ def load_pooled_sums(session: LeafSession, aggregation_id: str) -> dict[str, np.
     """Download a combined federated-analytics archive and mark it loaded."""
     fields = _download(session, aggregation_id)
     kind = fields.pop(PAYLOAD_KIND_KEY, None)
-    fields.pop("weighting", None)
+    fields.pop(WEIGHTING_KEY, None)
     if kind is None or str(kind.reshape(-1)[0]) != FEDERATED_ANALYTICS:
         raise AggregateMismatch(
             f"expected aggregation {aggregation_id} to be a {FEDERATED_ANALYTICS} archive, got "

@@ -21,8 +21,7 @@ from pathlib import Path
 
 from prefect import get_run_logger
 
-from aggregator.admin_client import AdminClient
-from aggregator.process import AggregatorProcess
+from aggregator.embedded import AdminClient, AggregatorProcess
 from fedgrove.settings import PipelineSettings, write_leaf_env
 
 

@@ -16,6 +16,7 @@ from prefect import task
 
 from fedgrove.artifacts import ArtifactNotFound, artifact_store_from_url
 from fedgrove.results import SiteResult
+from fedgrove_common.protocol import layer_entries, layer_name
 from tasks.options import TRANSIENT
 
 
@@ -35,7 +36,7 @@ def publish_site_result(
     summary_name, parameters_name = site_result_names(result.site)
     staging.mkdir(parents=True, exist_ok=True)
     (staging / summary_name).write_text(result.model_dump_json(indent=2) + "\n")
-    np.savez(staging / parameters_name, **{f"layer_{i}": layer for i, layer in enumerate(parameters)})
+    np.savez(staging / parameters_name, **layer_entries(parameters))
     store = artifact_store_from_url(artifacts_url)
     return store.publish_run(run_id, {summary_name: staging / summary_name,
                                       parameters_name: staging / parameters_name})
@@ -55,5 +56,5 @@ def read_site_result(*, run_id: str, artifacts_url: str | None, site: str) -> tu
             "consortium's shared s3:// bucket)"
         ) from None
     with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
-        parameters = [archive[f"layer_{i}"] for i in range(len(archive.files))]
+        parameters = [archive[layer_name(i)] for i in range(len(archive.files))]
     return SiteResult.model_validate_json(summary), parameters

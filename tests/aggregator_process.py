@@ -9,7 +9,7 @@ import httpx
 
 from aggregator.process import AggregatorProcess as _AggregatorProcess
 from aggregator.process import environment_without_fedgrove_settings
-from fedgrove.child_process import free_loopback_port as free_port
+from fedgrove_common.child_process import free_loopback_port as free_port
 
 __all__ = ["AggregatorProcess", "free_port"]
 

@@ -181,16 +181,6 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def weighted_mean_float64(contributions: Sequence[tuple[float, Sequence[np.ndarray]]]) -> list[np.ndarray]:
-    """FedAvg computed here independently of the server: sum(w·x) / sum(w) in float64, in the layers' dtype."""
-    total = math.fsum(weighting for weighting, _ in contributions)
-    means = []
-    for index, first in enumerate(contributions[0][1]):
-        stacked = np.stack([layers[index].astype(np.float64) * weighting for weighting, layers in contributions])
-        means.append((stacked.sum(axis=0) / total).astype(first.dtype))
-    return means
-
-
 # --- official clients in threads of one process ---------------------------------------------------
 
 _NPZ_CHECKS = threading.Lock()

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from fedgrove.child_process import free_loopback_port
+from fedgrove_common.child_process import free_loopback_port
 
 logger = logging.getLogger(__name__)
 

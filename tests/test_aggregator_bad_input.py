@@ -508,8 +508,8 @@ _L0, _L1 = _layers(1)
          "entry 'layer_01' is not a layer name: layers are layer_0, layer_1, ... without leading zeros"),
         (_entries(weighting=np.array([1e308]), layer_0=np.full((4, 7), 3.0, np.float32),
                   layer_1=np.full(7, -2.0, np.float32)),
-         "weighting 1e+308 × the archive's largest value 3 could take the aggregation's float64 sum past "
-         "1.798e+308; send a smaller weighting (the number of samples the leaf trained on)"),
+         "expected a weighting between 1e-06 and 1e+15, got 1e+308 (fix: send the number of samples the leaf "
+         "trained on)"),
         (_entries(weighting=_W, layer_0=np.where(_L0 > 0, np.nan, _L0), layer_1=_L1), "layer_0 contains NaN or Inf"),
         (_entries(weighting=_W, layer_0=_L0, layer_1=np.full(7, -np.inf, np.float32)), "layer_1 contains NaN or Inf"),
         (_entries(weighting=_W, layer_0=_L0.astype(np.complex64), layer_1=_L1),
@@ -520,7 +520,7 @@ _L0, _L1 = _layers(1)
     ],
     ids=["no-weighting", "two-weightings", "text-weighting", "nan-weighting", "inf-weighting", "zero-weighting",
          "negative-weighting", "no-layers", "gap", "no-layer-0", "extra-entry", "leading-zero-layer",
-         "weighting-overflows-the-sum", "nan-layer", "inf-layer",
+         "weighting-out-of-range", "nan-layer", "inf-layer",
          "complex-layer", "bool-layer", "unknown-kind"],
 )
 def test_an_archive_the_aggregation_cannot_use_is_400(seeded: Seeded, body: bytes, message: str) -> None:
@@ -530,24 +530,25 @@ def test_an_archive_the_aggregation_cannot_use_is_400(seeded: Seeded, body: byte
     seeded.assert_unchanged()
 
 
-def test_a_weighting_that_would_overflow_the_total_is_400_and_the_round_still_averages(server: ServerThread) -> None:
-    """Two leaves sending weighting 1e308 made the aggregate NaN; the second is now refused, and a smaller
-    weighting in its place gives the exact, finite mean."""
+def test_values_whose_weighted_sum_would_overflow_are_400_and_the_round_still_averages(server: ServerThread) -> None:
+    """Two leaves sending float64 values of 1e300 with weighting 1e8 made the aggregate Inf; the second is now
+    refused, and a smaller weighting in its place gives the exact, finite mean."""
     first, second = _new_branch(server, 2)
-    ones, twos = [np.ones(s, np.float32) for s in SHAPES], [np.full(s, 2.0, np.float32) for s in SHAPES]
-    assert upload(server.url, first, npz_bytes(weights(1e308, ones))).status_code == 201
+    ones, twos = [np.full(s, 1e300) for s in SHAPES], [np.full(s, 2e300) for s in SHAPES]
+    assert upload(server.url, first, npz_bytes(weights(1e8, ones))).status_code == 201
 
-    response = upload(server.url, second, npz_bytes(weights(1e308, twos)))
+    response = upload(server.url, second, npz_bytes(weights(1e8, twos)))
 
-    _refused(response, 400, "weighting 1e+308 would take the aggregation's total weighting past 1.798e+308; "
-                            "send a smaller weighting (the number of samples the leaf trained on)")
+    _refused(response, 400, "weighting 1e+08 × the archive's largest value 2e+300 could take the aggregation's "
+                            "float64 sum past 1.798e+308; send a smaller weighting (the number of samples the leaf "
+                            "trained on)")
     assert branch_state(server, first.branch_id).open_round == (1, [first.id])
-    assert upload(server.url, second, npz_bytes(weights(1e307, twos))).status_code == 201
+    assert upload(server.url, second, npz_bytes(weights(1e7, twos))).status_code == 201
     status = httpx.get(f"{server.url}/admin/v1/branches/{first.branch_id}", headers=_admin(server)).json()
     with server.context.blobs.open_local(status["last_aggregation_id"]) as path, \
             np.load(path, allow_pickle=False) as aggregate:
         for index, shape in enumerate(SHAPES):
-            np.testing.assert_allclose(aggregate[f"layer_{index}"], np.full(shape, 1.2 / 1.1), rtol=1e-6)
+            np.testing.assert_allclose(aggregate[f"layer_{index}"], np.full(shape, 1.2 / 1.1 * 1e300), rtol=1e-6)
 
 
 @pytest.mark.parametrize(

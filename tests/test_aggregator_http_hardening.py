@@ -199,7 +199,7 @@ def test_metrics_with_a_lone_surrogate_are_400_and_not_stored(aggregator, branch
 
     _refused(response, 400, f"{field} {SURROGATE}")
     metrics = _metrics(aggregator, leaf.branch_id)
-    assert (metrics.status_code, metrics.json()) == (200, {"metrics": []})
+    assert (metrics.status_code, metrics.json()) == (200, {"metrics": [], "next_after": None})
 
 
 def test_a_field_name_with_a_lone_surrogate_is_400(aggregator, branch) -> None:

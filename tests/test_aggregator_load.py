@@ -38,6 +38,7 @@ from aggregator.db import Aggregation, make_engine, make_session_factory
 from aggregator.registry import LeafCredentials
 from aggregator.server import ServerThread
 from tests.aggregator_fixtures import wait_until_connected
+from tests.fedavg_oracle import weighted_mean_float64
 from tests.upload_helpers import auth_headers
 from tests.load_helpers import (
     ErrorLogTrap,
@@ -50,7 +51,6 @@ from tests.load_helpers import (
     ensure_fd_limit,
     percentiles,
     take_turns_checking_archives,
-    weighted_mean_float64,
 )
 
 pytestmark = pytest.mark.slow
@@ -151,7 +151,7 @@ def _completed(server: ServerThread, branch_id: str, round_number: int) -> tuple
     with server.context.sessions() as session:
         row = session.scalar(
             select(Aggregation).where(Aggregation.branch_id == branch_id, Aggregation.round == round_number,
-                                      Aggregation.status == "complete")
+                                      Aggregation.status.in_(("complete", "expired")))
         )
         assert row is not None, f"round {round_number} of branch {branch_id} did not finish"
         return row.id, row.completed_at.replace(tzinfo=UTC).timestamp()
@@ -294,7 +294,7 @@ def _completed_times(server: MeasuredAggregator, branch_id: str) -> dict[str, fl
         with make_session_factory(engine)() as session:
             rows = session.execute(
                 select(Aggregation.id, Aggregation.completed_at)
-                .where(Aggregation.branch_id == branch_id, Aggregation.status == "complete")
+                .where(Aggregation.branch_id == branch_id, Aggregation.status.in_(("complete", "expired")))
             )
             return {row.id: row.completed_at.replace(tzinfo=UTC).timestamp() for row in rows}
     finally:
@@ -326,17 +326,19 @@ def test_1000_idle_websockets_stay_open_while_a_5_leaf_branch_keeps_aggregating(
 ):
     server = soak_server
     idle_count, busy_leaves, soak_s = 1000, 5, _soak_seconds()
+    # The busy branch has 500 more leaves than its target: they never upload, each holds one idle socket.
     busy = _credentials(server.admin("POST", "/branches", json={"tree": "soak", "branch": "busy",
-                                                                 "leaves": busy_leaves}))
+                                                                 "leaves": busy_leaves + 500, "target": busy_leaves}))
     quiet = _credentials(server.admin("POST", "/branches", json={"tree": "soak", "branch": "quiet", "leaves": 500}))
     busy_id, quiet_id = busy[0].branch_id, quiet[0].branch_id
-    clients = [_official_client(server.url, leaf, tmp_path / "downloads" / leaf.name) for leaf in busy]
+    clients = [_official_client(server.url, leaf, tmp_path / "downloads" / leaf.name) for leaf in busy[:busy_leaves]]
     rss_idle = server.rss()
     try:
         _wait_connected(server, busy_id, busy_leaves)
-        # Half of the idle sockets belong to the 500 leaves of a branch that never aggregates, one each; the
-        # other half to the busy branch's leaves, 100 tickets each, so they receive every aggregation too.
-        idle_leaves = quiet + [busy[i % busy_leaves] for i in range(idle_count - len(quiet))]
+        # Half of the idle sockets belong to the 500 leaves of a branch that never aggregates, the other half
+        # to the busy branch's 500 leaves that never upload, so they receive every aggregation too. One socket
+        # a leaf: a leaf may hold two at once.
+        idle_leaves = quiet + busy[busy_leaves:]
         idle = IdleSockets(server.url, idle_leaves)
         opening = time.monotonic()
         with idle.opened(), RssSampler(server.pid) as rss:

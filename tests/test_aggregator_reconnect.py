@@ -16,7 +16,7 @@ def _cut(server, leaf_id: str, branch_id: str) -> None:
     manager = server.context.connections
     connections = [c for c in manager._branches.get(branch_id, set()) if c.leaf_id == leaf_id]
     assert connections, "the leaf was not connected"
-    loop = server.context.loop
+    loop = server.loop
     for connection in connections:
         asyncio.run_coroutine_threadsafe(connection.websocket.close(code=1011), loop).result(timeout=5)
 

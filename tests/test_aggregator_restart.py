@@ -21,8 +21,8 @@ from sqlalchemy import select
 
 from aggregator.blobstore import LocalBlobStore
 from aggregator.db import Aggregation, Contribution, make_engine, make_session_factory
-from aggregator.fedavg import weighted_mean
 from tests.aggregator_process import AggregatorProcess
+from tests.fedavg_oracle import weighted_mean_float64
 from tests.upload_helpers import digest_of, npz_bytes, weights
 
 pytestmark = pytest.mark.slow
@@ -95,7 +95,7 @@ def _upload(client: Client, folder: Path, contribution: Upload) -> str:
 def _assert_weighted_mean(path: str, contributions: list[Upload]) -> None:
     with np.load(path, allow_pickle=False) as archive:
         assert sorted(archive.files) == ["layer_0", "layer_1"]
-        for index, expected in enumerate(weighted_mean(contributions)):
+        for index, expected in enumerate(weighted_mean_float64(contributions)):
             np.testing.assert_allclose(archive[f"layer_{index}"], expected, rtol=1e-6, atol=1e-7)
 
 

@@ -18,9 +18,9 @@ from aggregator.admin_client import AdminClient
 from aggregator.blobstore_errors import BlobStoreUnavailable
 from aggregator.config import AggregatorSettings
 from aggregator.db import Aggregation
-from aggregator.fedavg import weighted_mean
 from aggregator.rounds import AggregationService
 from aggregator.server import ServerThread
+from tests.fedavg_oracle import weighted_mean_float64
 from tests.store_faults import finalise_fails_once
 from tests.upload_helpers import branch_state, npz_bytes, upload
 
@@ -58,7 +58,7 @@ def test_five_leaves_in_threads_get_the_weighted_mean_for_three_rounds(branch, l
         round_dir = tmp_path / f"round-{round_number}"
         round_dir.mkdir()
         _upload_all(clients, round_dir, contributions)
-        expected = weighted_mean(contributions)
+        expected = weighted_mean_float64(contributions)
         ids = set()
         for client in clients:
             aggregation_id = client.queue.get(timeout=10)
@@ -72,12 +72,23 @@ def test_five_leaves_in_threads_get_the_weighted_mean_for_three_rounds(branch, l
         seen |= ids
 
 
-def test_weighted_mean_is_accumulated_in_float64():
-    big = [np.full((3,), 1e8, dtype=np.float32)]
-    small = [np.full((3,), 1.0, dtype=np.float32)]
-    result = weighted_mean([(1.0, big), (1e8, small)])
-    expected = (1e8 * 1.0 + 1.0 * 1e8) / (1e8 + 1.0)
-    np.testing.assert_allclose(result[0], np.float32(expected), rtol=1e-7)
+def test_the_aggregate_is_weighted_and_summed_in_float64(branch, leaf_client, tmp_path):
+    """Three leaves upload in turn. Weighting 1 + 2**-30 is 1 in float32, so float32 products lose layer_0's
+    2**-30; and 2**24 + 1 is no float32, so a float32 running sum of layer_1 loses the 1. Expected values are
+    computed by hand: the float64 numerators and the total weighting are exact, one rounding to float32."""
+    credentials = branch(leaves=3)
+    clients = [leaf_client(c) for c in credentials]
+    uploads = [(1 + 2**-30, [1.0, 2.0**24]), (1.0, [-1.0, 1.0]), (1.0, [0.0, -(2.0**24)])]
+    for index, (client, (weighting, values)) in enumerate(zip(clients, uploads, strict=True)):
+        layers = [np.full(3, value, np.float32) for value in values]
+        client.file_upload(client.save_weights(str(tmp_path / f"leaf-{index}"), weighting, layers))
+
+    aggregation_id = clients[0].queue.get(timeout=10)
+
+    total = 3 + 2**-30
+    with np.load(clients[0].file_download(aggregation_id), allow_pickle=False) as archive:
+        np.testing.assert_array_equal(archive["layer_0"], np.full(3, np.float32(2**-30 / total)))
+        np.testing.assert_array_equal(archive["layer_1"], np.full(3, np.float32((1 + 2**-6) / total)))
 
 
 def test_reupload_replaces_the_leafs_contribution_and_is_not_counted_twice(aggregator, branch, leaf_client, tmp_path):
@@ -91,7 +102,7 @@ def test_reupload_replaces_the_leafs_contribution_and_is_not_counted_twice(aggre
     assert status == (1, [credentials[0].id])
     second.file_upload(second.save_weights(str(tmp_path / "other"), 10.0, other))
     aggregation_id = second.queue.get(timeout=10)
-    expected = weighted_mean([(30.0, fresh), (10.0, other)])
+    expected = weighted_mean_float64([(30.0, fresh), (10.0, other)])
     with np.load(second.file_download(aggregation_id), allow_pickle=False) as archive:
         for index, layer in enumerate(expected):
             np.testing.assert_allclose(archive[f"layer_{index}"], layer, rtol=1e-6)
@@ -254,7 +265,7 @@ def test_an_upload_whose_aggregation_cannot_be_finished_keeps_its_contribution(t
         assert len(failures) == 1
         assert [aggregation.contributors for aggregation in finished] == [2]
         with restarted.context.blobs.open_local(finished[0].id) as path, np.load(path, allow_pickle=False) as aggregate:
-            np.testing.assert_allclose(aggregate["layer_0"], weighted_mean(contributions)[0], rtol=1e-6)
+            np.testing.assert_allclose(aggregate["layer_0"], weighted_mean_float64(contributions)[0], rtol=1e-6)
 
 
 def test_a_full_round_whose_aggregate_could_not_be_stored_is_finished_once_the_store_is_back(
@@ -278,7 +289,7 @@ def test_a_full_round_whose_aggregate_could_not_be_stored_is_finished_once_the_s
     assert len(failures) == 1
     assert notified[0] == notified[1]
     with np.load(clients[0].file_download(notified[0]), allow_pickle=False) as aggregate:
-        for index, expected in enumerate(weighted_mean(contributions)):
+        for index, expected in enumerate(weighted_mean_float64(contributions)):
             np.testing.assert_allclose(aggregate[f"layer_{index}"], expected, rtol=1e-6)
     state = branch_state(aggregator, credentials[0].branch_id)
     assert state.open_round == (2, [])
@@ -313,7 +324,7 @@ def test_a_stopped_runs_uploads_are_set_aside_and_the_next_run_averages_only_its
     _upload_all([first, second], tmp_path, fresh)
     aggregation_id = first.queue.get(timeout=10)
     with np.load(first.file_download(aggregation_id), allow_pickle=False) as archive:
-        for index, expected in enumerate(weighted_mean(fresh)):
+        for index, expected in enumerate(weighted_mean_float64(fresh)):
             np.testing.assert_allclose(archive[f"layer_{index}"], expected, rtol=1e-6)
     with aggregator.context.sessions() as session:
         statuses = sorted(session.scalars(select(Aggregation.status).where(Aggregation.branch_id == branch_id)))

@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import select
 
 from aggregator.db import Aggregation
-from aggregator.fedavg import weighted_mean
 from tests.store_faults import finalise_fails_once
 from tasks.exchange import AggregationTimeout, LeafSession, wait_for_aggregation
+from tests.fedavg_oracle import weighted_mean_float64
 
 
 def _upload(client, tmp_path, name: str, weighting: float, value: float) -> list[np.ndarray]:
@@ -33,7 +33,7 @@ def test_after_the_round_timeout_a_quorum_is_aggregated_and_the_missing_leaf_rec
     assert clients[1].queue.get(timeout=5) == aggregation_id
     assert clients[2].queue.get(timeout=5) == aggregation_id  # the straggler is told too
     with np.load(clients[0].file_download(aggregation_id), allow_pickle=False) as archive:
-        np.testing.assert_allclose(archive["layer_0"], weighted_mean([(10.0, first), (30.0, second)])[0])
+        np.testing.assert_allclose(archive["layer_0"], weighted_mean_float64([(10.0, first), (30.0, second)])[0])
     with aggregator.context.sessions() as session:
         row = session.get(Aggregation, aggregation_id)
         assert row.missing_leaves == [credentials[2].id]
@@ -56,7 +56,7 @@ def test_a_timed_out_round_whose_aggregate_could_not_be_stored_is_finished_when_
     assert len(failures) == 1
     assert [client.queue.get(timeout=5) for client in clients[1:]] == [aggregation_id, aggregation_id]
     with np.load(clients[0].file_download(aggregation_id), allow_pickle=False) as archive:
-        np.testing.assert_allclose(archive["layer_0"], weighted_mean([(10.0, first), (30.0, second)])[0])
+        np.testing.assert_allclose(archive["layer_0"], weighted_mean_float64([(10.0, first), (30.0, second)])[0])
     warnings = [r.getMessage() for r in caplog.records if r.name == "aggregator.rounds" and r.levelname == "WARNING"]
     assert warnings == [f"branch {credentials[0].branch_id}: its round is due but the aggregate could not be "
                         "stored (injected: the store is down); trying again in 1 s"]

@@ -103,6 +103,24 @@ def test_exists_size_and_delete(store: BlobStore, archive: Path) -> None:
     assert not store.exists("abc123")
 
 
+def test_keys_lists_every_blob_and_nothing_else(store: BlobStore, archive: Path) -> None:
+    assert list(store.keys()) == []
+    for key in ("abc123", "def456"):
+        store.put_file(key, archive)
+
+    assert sorted(store.keys()) == ["abc123", "def456"]
+    assert store.clear_interrupted() == 0
+
+
+def test_clear_interrupted_deletes_a_local_stores_temporary_files_only(tmp_path: Path, archive: Path) -> None:
+    store = LocalBlobStore(tmp_path / "blobs")
+    store.put_file("abc123", archive)
+    (tmp_path / "blobs" / ".put~interrupted.tmp").write_bytes(b"half")
+
+    assert store.clear_interrupted() == 1
+    assert _tree(tmp_path / "blobs") == {"abc123"}
+
+
 def test_delete_of_a_missing_key_is_not_an_error(store: BlobStore) -> None:
     store.delete("never-written")
 

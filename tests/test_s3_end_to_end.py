@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from aggregator.config import AggregatorSettings
-from aggregator.fedavg import weighted_mean
 from aggregator.server import ServerThread
 from fedgrove.demo import DemoOptions
 from flows.federated_training import RunOptions, federated_training
 from tests.aggregator_fixtures import wait_until_connected
+from tests.fedavg_oracle import weighted_mean_float64
 from tests.upload_helpers import branch_state, npz_bytes, upload
 
 
@@ -39,7 +39,7 @@ def test_aggregator_on_an_s3_blob_store_hands_the_official_client_presigned_down
                 client.file_upload(client.save_weights(str(tmp_path / f"w{index}"), weighting, layers))
             aggregation_id = clients[0].queue.get(timeout=10)
             with np.load(clients[0].file_download(aggregation_id), allow_pickle=False) as archive:
-                np.testing.assert_allclose(archive["layer_0"], weighted_mean(contributions)[0])
+                np.testing.assert_allclose(archive["layer_0"], weighted_mean_float64(contributions)[0])
             headers = {"Authorization": f"Bearer {credentials[1].id}:{credentials[1].session_token}"}
             link = httpx.get(f"{server.url}/api/v1/file/download/{aggregation_id}", headers=headers).json()
             url = link["data"]["download_url"]

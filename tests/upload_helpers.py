@@ -211,15 +211,23 @@ class StreamedUpload:
 class BranchState:
     open_round: tuple[int, list[str]]
     blobs: frozenset[str]  # every file in the blob folder
-    referenced: frozenset[str]  # the blobs the database accounts for: uploads and finished aggregates
+    # the blobs the database accounts for, as the retention policy keeps them: finished (not expired)
+    # aggregates, and the uploads of open and set-aside rounds and of each branch's newest finished round
+    referenced: frozenset[str]
     scratch: frozenset[str]
 
 
 def branch_state(server: ServerThread, branch_id: str) -> BranchState:
     data_dir = server.settings.data_dir
     with server.context.sessions() as session:
-        uploads = session.scalars(select(Contribution.id))
-        aggregates = session.scalars(select(Aggregation.id).where(Aggregation.status == "complete"))
+        rounds = session.scalars(select(Aggregation)).all()
+        newest = {}
+        for row in rounds:
+            if row.status == "complete" and row.round > newest.get(row.branch_id, (0, ""))[0]:
+                newest[row.branch_id] = (row.round, row.id)
+        kept = {row.id for row in rounds if row.status in ("open", "set_aside")} | {id_ for _, id_ in newest.values()}
+        uploads = session.scalars(select(Contribution.id).where(Contribution.aggregation_id.in_(kept)))
+        aggregates = [row.id for row in rounds if row.status == "complete"]
         referenced = frozenset([*uploads, *aggregates])
     return BranchState(
         open_round=server.context.service.open_round(branch_id),

@@ -31,6 +31,7 @@ async def get_branch_config(branch_id: str, leaf: CurrentLeaf, context: Context)
                     "analytics_default_op": branch.analytics_default_op,
                     "round_timeout_s": branch.round_timeout_s,
                     "min_leaves": branch.min_leaves,
+                    "max_weight_share": branch.max_weight_share,
                 },
                 "open_aggregation": {
                     "round": round_number,

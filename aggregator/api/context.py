@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.orm import sessionmaker
 
 from aggregator.blobstore import BlobStore
+from aggregator.branch_report import BranchReports
 from aggregator.config import AggregatorSettings
-from aggregator.notifier import ConnectionManager, TicketBook
+from aggregator.ingest_lanes import IngestLanes
+from aggregator.metrics import MetricsStore
+from aggregator.notifier import ConnectionManager
 from aggregator.registry import Registry
 from aggregator.rounds import AggregationService
 from aggregator.security import UrlSigner
+from aggregator.tickets import TicketBook
 
 
 @dataclass
@@ -23,16 +25,15 @@ class ServerContext:
     sessions: sessionmaker
     registry: Registry
     service: AggregationService
+    reports: BranchReports
+    metrics: MetricsStore
     blobs: BlobStore
     connections: ConnectionManager
     tickets: TicketBook
     signer: UrlSigner
     admin_token: str
     scratch_dir: Path
-    loop: asyncio.AbstractEventLoop | None = None  # the serving loop, once started
-    # Uploads are decoded and folded in by two threads of their own: at most two decoded archives exist at
-    # once, and only these threads' malloc arenas hold archive-sized buffers (with the shared request thread
-    # pool, every thread's arena kept some, and peak RSS grew with the number of concurrent uploads).
-    ingest_pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="ingest")
-    )
+    # Uploads are decoded and folded in by threads of their own (`ingest_lanes`): at most four decoded archives
+    # exist at once, and only these threads' malloc arenas hold archive-sized buffers (with the shared request
+    # thread pool, every thread's arena kept some, and peak RSS grew with the number of concurrent uploads).
+    ingest: IngestLanes = field(default_factory=IngestLanes)

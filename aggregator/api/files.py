@@ -12,8 +12,10 @@ from starlette.concurrency import run_in_threadpool
 from aggregator.api.deps import Context, CurrentLeaf
 from aggregator.blobstore_errors import BlobNotFound
 from aggregator.errors import BadRequest, Conflict, NotFound
-from aggregator.rounds import check_file_id
+from aggregator.statuses import RunStatus
+from aggregator.downloads import check_file_id
 from aggregator.upload_stream import receive_file_part
+from aggregator.zip_directory import declared_inflated_bytes
 
 router = APIRouter()
 
@@ -27,7 +29,7 @@ async def upload_file(request: Request, leaf: CurrentLeaf, context: Context) -> 
     if declared_digest is None:
         raise BadRequest("missing x-bk-file-digest header")
     branch = await run_in_threadpool(context.registry.branch, leaf.branch_id)
-    if branch.run_status != "start":
+    if branch.run_status != RunStatus.START:
         raise Conflict(f"run is not started (run status: {branch.run_status})")
     received = await receive_file_part(request, context.scratch_dir)
     try:
@@ -35,9 +37,12 @@ async def upload_file(request: Request, leaf: CurrentLeaf, context: Context) -> 
             raise BadRequest("file size does not match x-bk-file-size")
         if received.digest != declared_digest.strip():
             raise BadRequest("file digest does not match x-bk-file-digest")
-        result = await asyncio.get_running_loop().run_in_executor(
-            context.ingest_pool, partial(context.service.read_and_ingest, leaf, received.path, digest=received.digest)
+        inflated = await run_in_threadpool(
+            declared_inflated_bytes, received.path, max_entries=context.settings.max_archive_entries
         )
+        ingest = partial(context.service.read_and_ingest, leaf, received.path, digest=received.digest)
+        ingesting = context.ingest.submit(leaf.branch_id, inflated, ingest)
+        result = await asyncio.wrap_future(ingesting)
     finally:
         received.path.unlink(missing_ok=True)  # gone already once the blob store took it
     if result.completed_aggregation_id is not None:
@@ -51,7 +56,8 @@ async def download_link(file_id: str, request: Request, leaf: CurrentLeaf, conte
     ttl = context.settings.download_url_ttl_s
     url = await run_in_threadpool(context.blobs.presigned_url, file_id, expires_in=ttl)
     if url is None:
-        url = f"{str(request.base_url).rstrip('/')}/blobs/{file_id}?{context.signer.query(file_id, ttl_s=ttl)}"
+        base = context.settings.public_url or str(request.base_url)  # the request's Host header, when not configured
+        url = f"{base.rstrip('/')}/blobs/{file_id}?{context.signer.query(file_id, ttl_s=ttl)}"
     return {"data": {"download_url": url}}
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from fastapi import Request
@@ -20,8 +20,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from aggregator.errors import BadRequest
+from aggregator.json_values import MAX_DEPTH, is_text, nesting_depth, scalars
 
-MAX_DEPTH = 32
 Model = TypeVar("Model", bound=BaseModel)
 
 
@@ -37,7 +37,7 @@ async def json_object(request: Request) -> dict:
         if not is_text(field):
             raise BadRequest("a field name of the body is not valid UTF-8 text (it holds a lone UTF-16 surrogate); "
                              "send UTF-8 text")
-        if not all(is_text(scalar) for scalar in _scalars(value) if isinstance(scalar, str)):
+        if not all(is_text(scalar) for scalar in scalars(value) if isinstance(scalar, str)):
             raise BadRequest(f"{field[:64]} is not valid UTF-8 text (it holds a lone UTF-16 surrogate); "
                              "send UTF-8 text")
     return body
@@ -49,7 +49,7 @@ def json_body(model: type[Model]) -> Callable[[Request], Awaitable[Model]]:
     async def read(request: Request) -> Model:
         body = await json_object(request)
         for field, value in body.items():
-            if not all(math.isfinite(scalar) for scalar in _scalars(value) if isinstance(scalar, float)):
+            if not all(math.isfinite(scalar) for scalar in scalars(value) if isinstance(scalar, float)):
                 raise BadRequest(f"{field[:64]} holds NaN, Infinity or a number too large for JSON; "
                                  "send finite numbers")
             if nesting_depth(value) > MAX_DEPTH:
@@ -61,38 +61,3 @@ def json_body(model: type[Model]) -> Callable[[Request], Awaitable[Model]]:
                 from exc
 
     return read
-
-
-def is_text(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def nesting_depth(value: object, limit: int = MAX_DEPTH) -> int:
-    """How deep lists and objects nest, a scalar counting as one level (counting stops past `limit`)."""
-    depth, level = 0, [value]
-    while level and depth <= limit:
-        depth += 1
-        level = [
-            child
-            for item in level
-            for child in (item.values() if isinstance(item, dict) else item if isinstance(item, list) else ())
-        ]
-    return depth
-
-
-def _scalars(value: object) -> Iterator[object]:
-    """Every key and scalar of a JSON value, however deep (without recursion)."""
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
-        else:
-            yield item

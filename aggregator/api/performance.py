@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from aggregator.api.deps import Context, CurrentLeaf, require_branch
 from aggregator.api.json_body import json_object
-from aggregator.db import PerformanceRecord
 from aggregator.errors import BadRequest
 
 router = APIRouter()
@@ -31,18 +31,14 @@ async def post_performance(request: Request, leaf: CurrentLeaf, context: Context
         data = json.dumps(data)
     if len(data) > 1_000_000:
         raise BadRequest("data is larger than 1000000 characters")
-    record = PerformanceRecord(
-        branch_id=leaf.branch_id,
-        leaf_id=leaf.id,
-        aggregation_id=str(body.get("aggregation_id", ""))[:64],
-        mode=mode,
-        data=data,
+    stored = await run_in_threadpool(
+        partial(
+            context.metrics.add,
+            branch_id=leaf.branch_id,
+            leaf_id=leaf.id,
+            aggregation_id=str(body.get("aggregation_id", ""))[:64],
+            mode=mode,
+            data=data,
+        )
     )
-
-    def store() -> int:
-        with context.sessions() as session:
-            session.add(record)
-            session.commit()
-            return record.id
-
-    return {"data": {"id": await run_in_threadpool(store)}}
+    return {"data": {"id": stored}}

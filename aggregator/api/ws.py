@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -9,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from aggregator.api.deps import Context, CurrentLeaf
 from aggregator.api.context import ServerContext
+from aggregator.inbound_allowance import InboundAllowance
 from aggregator.notifier import Connection
 from aggregator.registry import LeafIdentity
 
@@ -31,15 +33,21 @@ async def notifications(websocket: WebSocket, ticket: str = "", request_id: str 
         return
     await websocket.accept()
     connection = Connection(leaf_id=redeemed.leaf_id, websocket=websocket)
-    context.connections.add(redeemed.branch_id, connection)
+    for superseded in context.connections.add(redeemed.branch_id, connection):
+        await superseded.close(code=1008, reason=f"replaced by a newer connection of this leaf (at most "
+                                                 f"{context.settings.websockets_per_leaf} at once)")
+    allowance = InboundAllowance()
     try:
         leaf = LeafIdentity(redeemed.leaf_id, "", redeemed.branch_id, "", "")
         pending = await run_in_threadpool(context.service.pending_for, leaf)
         if pending is not None:
             await context.connections.send_aggregation(connection, pending)
-        # Leaves have nothing to say: whatever they send, text or binary, is read and dropped until they go.
+        # Leaves have nothing to say: whatever they send, text or binary, is read and dropped until they go,
+        # or until they send more than a few.
         while (await websocket.receive())["type"] != "websocket.disconnect":
-            pass
+            if not allowance.take(time.monotonic()):
+                await connection.close(code=1008, reason="too many messages: leaves need not send any")
+                break
     except WebSocketDisconnect:
         pass
     finally:

@@ -119,6 +119,15 @@ class S3Connection:
             return None
         return None if credentials is None else credentials.access_key
 
+    def presigned_get_url(self, *, bucket: str, key: str, expires_in: int) -> str:
+        """A GET URL anyone can use for `expires_in` seconds (1 to a week, SigV4's limit; ValueError outside).
+        It does not check that the object exists; botocore's errors pass through, for `explain`."""
+        if not 1 <= expires_in <= MAX_PRESIGN_SECONDS:
+            raise ValueError(f"expected expires_in between 1 and {MAX_PRESIGN_SECONDS} seconds, got {expires_in}")
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_in
+        )
+
     def bucket_missing(self, bucket: str) -> bool:
         """Tell "no such key" from "no such bucket" after a bare 404 from a HEAD (which has no body)."""
         try:
