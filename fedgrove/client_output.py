@@ -42,17 +42,3 @@ def route_sdk_output_to_debug_log() -> None:
         importlib.import_module(name).print = _to_debug_log  # type: ignore[attr-defined]
     for name in _ECHOING_MODULES:
         importlib.import_module(name).click = SimpleNamespace(echo=_echo_to_debug_log)  # type: ignore[attr-defined]
-
-
-def restore_sdk_output() -> None:
-    """Undo `route_sdk_output_to_debug_log` (the SDKs print to the terminal again)."""
-    import importlib
-
-    import click
-
-    for name in _PRINTING_MODULES:
-        module = importlib.import_module(name)
-        if "print" in vars(module):
-            del module.print  # type: ignore[attr-defined]
-    for name in _ECHOING_MODULES:
-        importlib.import_module(name).click = click  # type: ignore[attr-defined]

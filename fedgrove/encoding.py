@@ -93,11 +93,6 @@ class Preprocessing(BaseModel):
     def input_names(self) -> list[str]:
         return [c.name for c in self.inputs]
 
-    @property
-    def source_columns(self) -> list[str]:
-        """The table columns the model's inputs come from, in first-use order."""
-        return list(dict.fromkeys(c.column for c in self.inputs))
-
     def with_selection(self, selected: list[str], p_values: list[float]) -> Preprocessing:
         return self.model_copy(update={"selected": selected, "p_values": p_values})
 
@@ -184,10 +179,6 @@ class TransformReport:
 
     imputed: dict[str, int] = field(default_factory=dict)
     other: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def imputed_cells(self) -> int:
-        return sum(self.imputed.values())
 
 
 class MissingColumns(KeyError):

@@ -50,20 +50,6 @@ class ColumnBlocks(Protocol):
     def block(self, start: int, stop: int, *, dtype: type = ...) -> np.ndarray: ...
 
 
-@dataclass(frozen=True)
-class ArrayBlocks:
-    """A plain (records, features) array as `ColumnBlocks`."""
-
-    values: np.ndarray
-
-    @property
-    def count(self) -> int:
-        return self.values.shape[1]
-
-    def block(self, start: int, stop: int, *, dtype: type = np.float64) -> np.ndarray:
-        return np.asarray(self.values[:, start:stop], dtype=dtype)
-
-
 class NewtonError(ValueError):
     """The federated fit cannot go on: the same message at every site, from the same pooled sums."""
 

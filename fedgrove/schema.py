@@ -19,7 +19,7 @@ A column listed under `categorical` is categorical whatever it holds; its number
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import pandas as pd
@@ -240,8 +240,3 @@ def _sites(names: Sequence[str]) -> str:
 
 def _has(names: Sequence[str]) -> str:
     return "has" if len(names) <= 1 else "have"
-
-
-def counts_by_site(profiles: Sequence[SiteProfile]) -> Mapping[str, tuple[int, int]]:
-    """Per site: (training records, test records)."""
-    return {p.site: (p.train_records, p.test_records) for p in profiles}

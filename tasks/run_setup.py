@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from prefect import get_run_logger, task
+from prefect import task
 
 from fedgrove.demo import DemoOptions, demo_spec, write_demo_sites
 from fedgrove.encoding import Preprocessing
 from fedgrove.results import SiteResult
 from fedgrove.spec import FederationSpec, load_spec
+from tasks.logs import run_logger
 from tasks.options import LOCAL
 from tasks.site_results import read_site_result
 
@@ -33,7 +34,7 @@ def settle_spec(
     work: Path,
 ) -> FederationSpec:
     """The spec this run trains: the one given, else FEDGROVE_SPEC's file, else the built-in demo's."""
-    logger = get_run_logger()
+    logger = run_logger()
     if spec is None and spec_file is not None:
         spec = load_spec(spec_file)
         logger.info("running the spec in %s", spec_file)
