@@ -49,6 +49,8 @@ DATABASE_VARIABLES = (DATABASE_VARIABLE, "PREFECT_API_DATABASE_CONNECTION_URL")
 
 # What Prefect's SubprocessASGIServer sets for its temporary server.
 TEMPORARY_SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+# A server that lives for one command reports nothing home (offline it printed "Failed to send telemetry").
+QUIET_BY_DEFAULT = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 SERVER_APP_FACTORY = "prefect.server.api.server:create_app"
 PORT_IN_USE_EXIT_CODE = 3  # uvicorn's exit code when it cannot bind
 
@@ -80,7 +82,7 @@ class TemporaryPrefectServer:
 
     def start(self) -> TemporaryPrefectServer:
         self.port = free_loopback_port()
-        env = {**os.environ, **TEMPORARY_SERVER_ENV}
+        env = {**QUIET_BY_DEFAULT, **os.environ, **TEMPORARY_SERVER_ENV}
         if self.in_memory:
             env[DATABASE_VARIABLE] = IN_MEMORY_URL
         import prefect

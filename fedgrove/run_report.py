@@ -12,6 +12,8 @@ from collections.abc import Mapping
 POOLED, CENTRALISED = "all sites (pooled)", "centralised"
 SHORT = {"accuracy": "acc", "auc": "AUC", "macro_f1": "F1", "rmse": "RMSE", "r2": "R²", "mae": "MAE",
          "loss": "loss"}
+DISPLAY = {"accuracy": "accuracy", "auc": "AUC", "macro_f1": "macro-F1", "rmse": "RMSE", "r2": "R²", "mae": "MAE",
+           "loss": "loss"}
 
 
 def metric(value: float | None, digits: int = 3) -> str:

@@ -51,7 +51,7 @@ def prefect_api(*, verbose: bool) -> Iterator[None]:
             server.start()  # it boots while the pipeline's modules import
             cleanup.callback(server.stop)  # also when something below fails before it serves
             console.print(f"Starting Prefect's temporary server on {server.api_url} (in memory: {server.in_memory})",
-                          highlight=False)
+                          highlight=False, soft_wrap=True)
         import flows.federated_training  # noqa: F401  (the import the server's boot overlaps)
 
         if not verbose:
@@ -95,9 +95,9 @@ def print_run_table(summary: dict) -> None:
     (losses are in summary.json and the Prefect summary)."""
     from rich import box
 
-    from fedgrove.run_report import comparison_header, comparison_rows
+    from fedgrove.run_report import DISPLAY, comparison_header, comparison_rows
 
-    names = " and ".join(summary["headline"])
+    names = " and ".join(DISPLAY.get(name, name) for name in summary["headline"])
     table = Table(title=f"test {names} after {summary['rounds']} rounds ({len(summary['sites'])} sites, "
                         f"target {summary['target']!r})", box=box.SIMPLE_HEAD)
     for index, column in enumerate(comparison_header(summary, with_loss=False, short=True)):

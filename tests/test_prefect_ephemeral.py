@@ -96,6 +96,11 @@ def test_the_demo_runs_on_the_ephemeral_server(tmp_path: Path, mode: str, databa
     assert started, output[-3000:]
     assert "Starting temporary server" not in output  # Prefect did not start a second one for the flow
     assert bool(list((tmp_path / "prefect-home").glob("prefect.db*"))) is database_files
+    # Quiet by default: what the official client and the AskAnna SDK print goes to the debug log.
+    for noise in ("downloaded file", "received resp code", "run SUUID is not set", "Starting WebSocket Consumer",
+                  "Failed to send telemetry"):
+        assert noise not in output, noise
+    assert not re.search(r"Task run '[^']+' - Finished in state Completed", output), "a line per task run"
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{started.group(1)}/health", timeout=5)
 
