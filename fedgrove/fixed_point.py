@@ -36,7 +36,7 @@ import numpy as np
 
 from fedgrove.secagg_errors import SecureAggregationError
 
-EXACT_SUM_BITS = 51  # N * 2^L <= 2^51: the server's float64 sums are exact and the decode error stays < 1/4
+EXACT_SUM_BITS = 51  # N * 2^L <= 2^51: the server's float64 sums are exact and the decode error is at most 1/4
 FRACTION_BITS = 40
 MAX_SITES = 256
 _WHOLE_NUMBER_TOLERANCE = 0.25
@@ -108,9 +108,9 @@ def limb_sums(mean: np.ndarray, encoding: FixedPoint) -> np.ndarray:
     """The exact sums modulo 2^L, uint64, of the integers the sites uploaded, from the server's float64 mean."""
     scaled = np.asarray(mean, dtype=np.float64) * encoding.sites
     whole = np.rint(scaled)
+    ceiling = float(encoding.sites << encoding.modulus_bits)
     with np.errstate(invalid="ignore"):
-        off = np.abs(scaled - whole)
-        bad = ~((off <= _WHOLE_NUMBER_TOLERANCE) & (whole >= 0) & (whole < float(encoding.sites << encoding.modulus_bits)))
+        bad = ~((np.abs(scaled - whole) <= _WHOLE_NUMBER_TOLERANCE) & (whole >= 0) & (whole < ceiling))
     if bad.any():
         index = int(np.flatnonzero(bad.reshape(-1))[0])
         got = float(scaled.reshape(-1)[index])
