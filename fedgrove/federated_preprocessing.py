@@ -15,6 +15,8 @@ the in-memory simulation drives every site's generator in lockstep with a plain 
 5. with `select`: `newton-<i>` (the likelihood-ratio selection of a binary or multiclass target) or `f-test`
    (a numeric target) (`fedgrove.federated_selection`).
 6. `model`: every site builds the spec's model and the sites compare its layers.
+7. `privacy` (only with `privacy` in the spec): public keys for secure aggregation and the rounds each site's
+   DP budget allows (`fedgrove.privacy`).
 
 Every exchange is numbered and tagged (`fedgrove.exchanges`). A regression target is standardised with its
 pooled mean and standard deviation, summed beside the numeric columns'.
@@ -33,6 +35,7 @@ from fedgrove.documents import document_fields, read_documents
 from fedgrove.encoding import MISSING, OTHER, CategoricalLevels, EncodedColumn, Preprocessing, numeric_values
 from fedgrove.exchanges import Exchange, Exchanges
 from fedgrove.federated_selection import agree_model, select_features
+from fedgrove.privacy import PrivacyPlan, agree_privacy
 from fedgrove.schema import AgreedSchema, FederationRefused, SiteProfile, agree_schema, profile_site, refusal_profile
 from fedgrove.site_table import SiteTable
 from fedgrove.spec import FederationSpec
@@ -50,10 +53,11 @@ class AgreedPreprocessing:
     preprocessing: Preprocessing
     profiles: dict[str, SiteProfile]
     exchanges: int
+    privacy: PrivacyPlan
 
 
 def preprocessing_protocol(
-    *, spec: FederationSpec, site: str, table: SiteTable | None, error: str | None = None
+    *, spec: FederationSpec, site: str, table: SiteTable | None, error: str | None = None, run_id: str = "run"
 ) -> Protocol:
     """One site's side of federated preprocessing. `error` (with `table` None): the site cannot take part;
     it still sends its profile so every site stops at once with the same message."""
@@ -133,7 +137,9 @@ def preprocessing_protocol(
     if spec.select is not None:
         preprocessing = yield from select_features(conversation, spec, preprocessing, table, records=records)
     yield from agree_model(conversation, spec, preprocessing, roster=roster, site=site)
-    return AgreedPreprocessing(preprocessing=preprocessing, profiles=profiles, exchanges=conversation.step)
+    privacy = yield from agree_privacy(conversation, spec, site=site, run_id=run_id, records=len(table.train))
+    return AgreedPreprocessing(preprocessing=preprocessing, profiles=profiles, exchanges=conversation.step,
+                               privacy=privacy)
 
 
 class _LocalColumns:

@@ -65,9 +65,14 @@ def agree_model(
     n_inputs = len(preprocessing.input_names)
     n_outputs = outputs_for(spec.task, len(preprocessing.labels))
     try:
-        document: dict = {"layers": signature(build_model(n_inputs, n_outputs, seed=spec.train.seed,
-                                                          spec=spec.model))}
-    except ModelBuildError as exc:
+        model = build_model(n_inputs, n_outputs, seed=spec.train.seed, spec=spec.model)
+        if spec.privacy.dp is not None and spec.privacy.dp.level == "record":
+            from fedgrove.dp_sgd import validate_for_dp_sgd  # imports Opacus: only for record-level DP
+
+            model.train()
+            validate_for_dp_sgd(model)
+        document: dict = {"layers": signature(model)}
+    except (ModelBuildError, ValueError) as exc:
         document = {"error": str(exc)}
     pooled = yield from conversation.exchange("model", document_fields(document, roster=roster, site=site))
     documents = read_documents(pooled, roster=roster)

@@ -67,11 +67,14 @@ class RoundMetrics(BaseModel):
     epoch: int
     train: SplitMetrics
     test: SplitMetrics
+    epsilon: float | None = None  # differential privacy spent after this round, at the spec's delta
 
     def flat(self) -> dict[str, float | None]:
-        """Each metric on training records (`accuracy`) and on test records (`accuracy_test`)."""
+        """Each metric on training records (`accuracy`) and on test records (`accuracy_test`); `epsilon`."""
         values: dict[str, float | None] = dict(self.train.values)
         values.update({f"{name}_test": value for name, value in self.test.values.items()})
+        if self.epsilon is not None:
+            values["epsilon"] = self.epsilon
         return values
 
 

@@ -156,7 +156,7 @@ class OptimizerState:
     second: list[torch.Tensor] = field(default_factory=list)
 
 
-def _loss(task: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def task_loss(task: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if task == "multiclass":
         return nn.functional.cross_entropy(output, target.long())
     if task == "regression":
@@ -197,7 +197,7 @@ def train_local(
                     continue  # BatchNorm cannot train on one record
                 for parameter in parameters:
                     parameter.grad = None
-                _loss(task, model(X_t[batch]), y_t[batch]).backward()
+                task_loss(task, model(X_t[batch]), y_t[batch]).backward()
                 _step(parameters, train, state, anchor)
     return state
 

@@ -32,6 +32,7 @@ class SiteResult(BaseModel):
     parameter_digests: list[str]
     round_seconds: list[float] = []
     preprocessing_seconds: float | None = None  # reading the table and agreeing the preprocessing
+    privacy_message: str | None = None  # why the run stopped before the spec's rounds (the DP budget)
     imputed: dict[str, int] = {}
 
 
@@ -47,10 +48,12 @@ def parameter_digest(parameters: Sequence[np.ndarray]) -> str:
 def pooled_round(results: Sequence[SiteResult], index: int) -> RoundMetrics:
     """The federation's metrics after round `index + 1`: every site's records together."""
     task = results[0].preprocessing.task
+    spent = [r.federated[index].epsilon for r in results if r.federated[index].epsilon is not None]
     return RoundMetrics(
         epoch=results[0].federated[index].epoch,
         train=pool([r.federated[index].train for r in results], task),
         test=pool([r.federated[index].test for r in results], task),
+        epsilon=max(spent) if spent else None,
     )
 
 

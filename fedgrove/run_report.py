@@ -50,6 +50,21 @@ def comparison_rows(summary: Mapping, *, with_loss: bool = True) -> list[list[st
     return rows
 
 
+def privacy_line(summary: Mapping) -> str | None:
+    """What the run protected and what it spent, in one sentence; None for a run without privacy settings."""
+    privacy = summary.get("privacy") or {}
+    parts = []
+    if privacy.get("secure_aggregation"):
+        parts.append("secure aggregation (the server saw only masked uploads)")
+    dp = privacy.get("dp")
+    if dp:
+        parts.append(f"{dp['level']}-level differential privacy, ε = {privacy['epsilon']:.3g} at δ = {dp['delta']:g} "
+                     f"after {privacy['rounds_run']} rounds")
+    if not parts:
+        return None
+    return "privacy: " + "; ".join(parts) + (f"; {privacy['message']}" if privacy.get("message") else "")
+
+
 def run_markdown(summary: Mapping, uris: Mapping[str, str]) -> str:
     header = comparison_header(summary)
     lines = [
@@ -66,6 +81,7 @@ def run_markdown(summary: Mapping, uris: Mapping[str, str]) -> str:
         "",
         f"Identical models at every site after every round: **{summary['identical_models']}**."
         + (f" Wall time: {summary['wall_s']:.1f} s." if "wall_s" in summary else ""),
+        *(["", privacy_line(summary)] if privacy_line(summary) else []),
         "",
         "Outputs:",
         *[f"- `{name}`: {uri}" for name, uri in uris.items()],

@@ -38,7 +38,8 @@ def epochs_frame(results: Sequence[SiteResult], centralised: Sequence[RoundMetri
     for m in centralised or []:
         rows.append({"mode": "centralised", "site": "all", "epoch": m.epoch, **m.flat()})
     task = results[0].preprocessing.task if results else "binary"
-    return pd.DataFrame(rows, columns=epoch_columns(task))
+    columns = epoch_columns(task) + (["epsilon"] if any("epsilon" in row for row in rows) else [])
+    return pd.DataFrame(rows, columns=columns)
 
 
 def identical_models(results: Sequence[SiteResult]) -> bool:
@@ -87,10 +88,25 @@ def build_summary(
         "centralised": final_test_metrics(centralised[-1]) if centralised else None,
         "identical_models": identical_models(results),
         "failed_sites": dict(failures),
+        "privacy": _privacy(spec, results),
         "seconds_per_round": _median_round_seconds(results),
         "preprocessing_s": max((r.preprocessing_seconds for r in results if r.preprocessing_seconds is not None),
                                default=None),
         "spec": spec.shared().model_dump(mode="json"),
+    }
+
+
+def _privacy(spec: FederationSpec, results: Sequence[SiteResult]) -> dict:
+    """What was protected, the ε spent (the largest of any site's, at the spec's delta) and why the run stopped
+    early, if it did."""
+    dp = spec.privacy.dp
+    spent = [m.epsilon for r in results for m in r.federated[-1:] if m.epsilon is not None]
+    return {
+        "secure_aggregation": spec.privacy.secure_aggregation,
+        "dp": dp.model_dump(mode="json") if dp is not None else None,
+        "epsilon": max(spent) if spent else None,
+        "rounds_run": len(results[0].federated),
+        "message": next((r.privacy_message for r in results if r.privacy_message), None),
     }
 
 

@@ -18,6 +18,7 @@ from fedgrove.federated_preprocessing import preprocessing_protocol
 from fedgrove.lockstep import run_in_lockstep
 from fedgrove.metrics import RoundMetrics
 from fedgrove.model import OptimizerState
+from fedgrove.privacy import PrivacyPlan, privatise_update
 from fedgrove.results import SiteResult, parameter_digest
 from fedgrove.site_table import SiteTable, site_seed
 from fedgrove.site_training import SiteArrays, fit, initial_parameters, measure, site_arrays, train_alone
@@ -47,6 +48,19 @@ class Simulation:
     parameters: list[np.ndarray]
 
 
+def _aggregate(updates: Sequence[tuple[list[np.ndarray], float]], plans: Mapping[str, PrivacyPlan],
+               roster: Sequence[str], round_number: int) -> list[np.ndarray]:
+    """FedAvg of the sites' updates; with secure aggregation, of their masked uploads, as the server sees them
+    (each with weighting 1), unmasked as every site unmasks it."""
+    secure = [plans[site].secure for site in roster]
+    if secure[0] is None:
+        return weighted_average(updates)
+    masked = [(plan.mask(local, weight, round_number), 1.0) for plan, (local, weight) in zip(secure, updates,
+                                                                                            strict=True)]
+    server_mean = weighted_mean(masked)
+    return secure[0].unmask(server_mean, updates[0][0], round_number)
+
+
 def pooled_arrays(arrays: Sequence[SiteArrays]) -> SiteArrays:
     """Every site's training records together, and every site's test records together."""
     first = arrays[0]
@@ -58,31 +72,40 @@ def pooled_arrays(arrays: Sequence[SiteArrays]) -> SiteArrays:
 
 
 def simulate(
-    spec: FederationSpec, tables: Mapping[str, SiteTable], *, baselines: bool = True, centralised: bool = True
+    spec: FederationSpec, tables: Mapping[str, SiteTable], *, baselines: bool = True, centralised: bool = True,
+    run_id: str = "simulation", noise: np.random.Generator | None = None,
 ) -> Simulation:
-    """Run the spec over the sites' tables (site name -> its table, as the leaves prepare it)."""
+    """Run the spec over the sites' tables (site name -> its table, as the leaves prepare it). With privacy in
+    the spec, uploads are masked and unmasked as the leaves do, and site-level DP noise is drawn from `noise`
+    (default: the operating system's entropy)."""
     roster = spec.roster()
     if sorted(tables) != roster:
         raise ValueError(f"expected tables for the spec's sites {roster}, got {sorted(tables)}")
     agreed, _steps = run_in_lockstep(
-        {site: preprocessing_protocol(spec=spec, site=site, table=tables[site]) for site in roster}
+        {site: preprocessing_protocol(spec=spec, site=site, table=tables[site], run_id=run_id) for site in roster}
     )
     preprocessing = agreed[roster[0]].preprocessing
+    plans = {site: agreed[site].privacy for site in roster}
+    generator = noise if noise is not None else np.random.default_rng()
     arrays = {site: site_arrays(tables[site], preprocessing) for site in roster}
     parameters = initial_parameters(spec, len(preprocessing.input_names), arrays[roster[0]].n_outputs)
     history: dict[str, list[RoundMetrics]] = {site: [] for site in roster}
     states: dict[str, OptimizerState | None] = {site: None for site in roster}
     digests: list[str] = []
-    for epoch in range(1, spec.train.rounds + 1):
+    for epoch in range(1, plans[roster[0]].rounds + 1):
         updates = []
         for site in roster:
             local, states[site] = fit(parameters, arrays[site], spec=spec, seed=site_seed(spec.train.seed, site),
                                       epoch=epoch, state=states[site])
+            local = privatise_update(parameters, local, plan=plans[site], generator=generator)
             updates.append((local, float(arrays[site].records)))
-        parameters = weighted_average(updates)
+        parameters = _aggregate(updates, plans, roster, epoch)
         digests.append(parameter_digest(parameters))
         for site in roster:
-            history[site].append(measure(parameters, arrays[site], spec=spec, epoch=epoch))
+            metrics = measure(parameters, arrays[site], spec=spec, epoch=epoch)
+            if plans[site].epsilons:
+                metrics = metrics.model_copy(update={"epsilon": plans[site].epsilons[epoch - 1]})
+            history[site].append(metrics)
     results = [
         SiteResult(
             site=site,
@@ -93,6 +116,7 @@ def simulate(
             federated=history[site],
             alone=train_alone(arrays[site], spec=spec, seed=site_seed(spec.train.seed, site)) if baselines else [],
             parameter_digests=digests,
+            privacy_message=plans[site].stop_message,
             imputed=arrays[site].imputed.imputed,
         )
         for site in roster

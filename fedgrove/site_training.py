@@ -21,6 +21,7 @@ from fedgrove.model import (
     outputs,
     outputs_for,
     set_parameters,
+    task_loss,
     train_local,
     trainable,
 )
@@ -76,6 +77,12 @@ def fit(
     parameters and the optimizer's state (inputs untouched)."""
     model = build_model(arrays.X.shape[1], arrays.n_outputs, seed=spec.train.seed, spec=spec.model)
     set_parameters(model, parameters)
+    dp = spec.privacy.dp
+    if dp is not None and dp.level == "record":
+        from fedgrove.dp_training import train_local_dp  # Opacus: only for record-level DP
+
+        train_local_dp(model, arrays.X, arrays.y, task=spec.task, train=spec.train, dp=dp, loss=task_loss)
+        return get_parameters(model), None
     anchor = trainable(model) if spec.train.proximal_mu else None
     state = train_local(model, arrays.X, arrays.y, task=spec.task, train=spec.train, seed=seed, epoch=epoch,
                         state=state, anchor=anchor)

@@ -84,6 +84,25 @@ class TrainSpec(SpecModel):
     proximal_mu: float = Field(default=0.0, ge=0.0, description="FedProx: adds mu/2 |w - w_global|^2 to the loss")
 
 
+class DpSpec(SpecModel):
+    """Differential privacy: `site` protects each site's whole update per round (clipped to `clip_norm`, Gaussian
+    noise); `record` runs DP-SGD inside local training (Opacus), protecting each record."""
+
+    level: Literal["site", "record"] = "site"
+    clip_norm: float = Field(default=1.0, gt=0, description="L2 bound of an update (site) or a record's gradient")
+    noise_multiplier: float = Field(default=1.0, gt=0, description="noise standard deviation / clip_norm")
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    target_epsilon: float | None = Field(default=None, gt=0, description="stop before a round would pass it")
+
+
+class PrivacySpec(SpecModel):
+    """Beyond "records stay at the sites": the server learns only the sum (`secure_aggregation`), and the model
+    says little about any one site or record (`dp`)."""
+
+    secure_aggregation: bool = Field(default=False, description="pairwise masks: the server sees only the sum")
+    dp: DpSpec | None = None
+
+
 class EvaluationSpec(SpecModel):
     test_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="each site holds out this seeded, stratified share of its records"
@@ -111,6 +130,7 @@ class FederationSpec(SpecModel):
     train: TrainSpec = TrainSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     min_records: int = Field(default=10, ge=1, description="a site with fewer records does not take part")
+    privacy: PrivacySpec = PrivacySpec()
     sites: dict[str, DataSource | None] = Field(
         default_factory=dict,
         description="site name -> its data source (one-machine mode); in sites mode only the names are sent",
@@ -169,6 +189,14 @@ class FederationSpec(SpecModel):
                 problems.append(f"categorical {unknown} are not among the listed features")
             if excluded := sorted(set(self.categorical) & set(self.exclude)):
                 problems.append(f"categorical {excluded} are also listed under exclude")
+        dp = self.privacy.dp
+        if dp is not None and dp.level == "record" and (self.train.proximal_mu or self.train.optimizer != "sgd"):
+            problems.append("record-level DP trains with DP-SGD (Opacus's optimizer over SGD), without "
+                            "proximal_mu or Adam (fix: train.optimizer: sgd and train.proximal_mu: 0, or dp.level: "
+                            "site)")
+        if self.privacy.secure_aggregation and 0 < len(self.sites) < 2:
+            problems.append("secure aggregation hides a site among the others and needs at least 2 sites (fix: add "
+                            "sites, or set privacy.secure_aggregation: false)")
         fits = {"logistic": ("binary", "multiclass"), "linear": ("regression",)}
         if self.model.kind in fits and self.task not in fits[self.model.kind]:
             problems.append(f"model kind {self.model.kind} does not fit task {self.task} (fix: kind "

@@ -19,11 +19,13 @@ def expected_failures() -> tuple[type[BaseException], ...]:
     from fedgrove.documents import DocumentExchangeError
     from fedgrove.newton import NewtonError
     from fedgrove.schema import FederationRefused
+    from fedgrove.secagg_errors import SecureAggregationError
     from fedgrove.site_config import SiteNotConfigured
     from fedgrove.sources import SourceError
     from fedgrove.spec import SpecError
 
-    return (FederationRefused, SourceError, SpecError, SiteNotConfigured, DocumentExchangeError, NewtonError)
+    return (FederationRefused, SourceError, SpecError, SiteNotConfigured, DocumentExchangeError, NewtonError,
+            SecureAggregationError)
 
 
 class DropExpectedTracebacks(logging.Filter):

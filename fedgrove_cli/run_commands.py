@@ -60,13 +60,14 @@ def prefect_api(*, verbose: bool) -> Iterator[None]:
 
             # No "Finished in state Completed()" line per task run (1,250 in a 50-round demo); warnings still show.
             logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
-            from flows.federated_training import SiteFlowsFailed
+            from flows.federated_training import SecureAggregationNeedsEverySite, SiteFlowsFailed
             from flows.leaf_training import SiteOwnedParameter
             from tasks.run_setup import SpecNotRunnable
             from tasks.site_results import SiteResultMissing
 
             route_sdk_output_to_debug_log()
-            quiet_expected_failures(also=(SiteFlowsFailed, SiteOwnedParameter, SpecNotRunnable, SiteResultMissing))
+            quiet_expected_failures(also=(SiteFlowsFailed, SiteOwnedParameter, SpecNotRunnable, SiteResultMissing,
+                                          SecureAggregationNeedsEverySite))
         if server is not None:
             cleanup.enter_context(server.serving())
         yield
@@ -95,10 +96,11 @@ def print_run_table(summary: dict) -> None:
     (losses are in summary.json and the Prefect summary)."""
     from rich import box
 
-    from fedgrove.run_report import DISPLAY, comparison_header, comparison_rows
+    from fedgrove.run_report import DISPLAY, comparison_header, comparison_rows, privacy_line
 
     names = " and ".join(DISPLAY.get(name, name) for name in summary["headline"])
-    table = Table(title=f"test {names} after {summary['rounds']} rounds ({len(summary['sites'])} sites, "
+    rounds = (summary.get("privacy") or {}).get("rounds_run") or summary["rounds"]
+    table = Table(title=f"test {names} after {rounds} rounds ({len(summary['sites'])} sites, "
                         f"target {summary['target']!r})", box=box.SIMPLE_HEAD)
     for index, column in enumerate(comparison_header(summary, with_loss=False, short=True)):
         table.add_column(column, justify="left" if index == 0 else "right", no_wrap=True)
@@ -108,19 +110,22 @@ def print_run_table(summary: dict) -> None:
     console.print(f"model inputs: {', '.join(summary['features'])}", highlight=False, soft_wrap=True)
     console.print(f"identical models at every site: {summary['identical_models']}; wall time "
                   f"{summary['wall_s']:.1f} s", highlight=False)
+    if line := privacy_line(summary):
+        console.print(line, highlight=False, soft_wrap=True)
     for name in ("result.png", "model.pt", "summary.json"):
         console.print(f"{name + ':':<13} {summary['outputs'][name]}", highlight=False, soft_wrap=True)
 
 
 def _run(spec, run, *, verbose: bool) -> None:  # type: ignore[no-untyped-def]
-    from flows.federated_training import SiteFlowsFailed, federated_training
+    from flows.federated_training import SecureAggregationNeedsEverySite, SiteFlowsFailed, federated_training
+    from tasks.run_setup import SpecNotRunnable
 
     rounds = spec.train.rounds if spec is not None else run.demo.rounds
     sites = len(spec.sites) if spec is not None else run.demo.sites
     try:
         with round_progress(sites, rounds) if run.mode == "local" else contextlib.nullcontext():
             summary = federated_training(spec, run)
-    except SiteFlowsFailed as exc:
+    except (SiteFlowsFailed, SecureAggregationNeedsEverySite, SpecNotRunnable) as exc:
         fail(str(exc))
     print_run_table(summary)
 

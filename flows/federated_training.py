@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.states import Completed
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedgrove.demo import DemoOptions
@@ -54,6 +55,10 @@ class SiteFlowsFailed(RuntimeError):
     """Sites did not finish; the message names each and why."""
 
 
+class SecureAggregationNeedsEverySite(ValueError):
+    """Secure aggregation with a quorum: refused before anything starts."""
+
+
 def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
@@ -68,13 +73,18 @@ def _describe(failures: dict[str, str]) -> str:
 
 
 @flow(name="federated-training")
-def federated_training(spec: FederationSpec | None = None, run: RunOptions = RunOptions()) -> dict:
+def federated_training(spec: FederationSpec | None = None, run: RunOptions = RunOptions()) -> Any:
     started = time.perf_counter()
     logger = get_run_logger()
     settings = PipelineSettings()
     run_id = run.run_id or new_run_id()
     work = (settings.work_dir / "runs" / run_id).resolve()
     spec = settle_spec(spec, spec_file=settings.spec, mode=run.mode, demo=run.demo, work=work)
+    if spec.privacy.secure_aggregation and (run.round_timeout_s is not None or run.min_leaves is not None):
+        raise SecureAggregationNeedsEverySite(
+            "secure aggregation needs every site in every round, and a quorum (round_timeout_s / min_leaves) would "
+            "aggregate without some: the masks of the missing sites would not cancel (fix: drop round_timeout_s and "
+            "min_leaves, or set privacy.secure_aggregation: false)")
     track_run_configuration({"spec": spec.shared().model_dump(mode="json"), "run_id": run_id, "mode": run.mode})
     artifacts_url = shared_artifacts_url(settings.artifacts)
     progress_id = create_progress_artifact(progress=0.0, key="federated-training-progress",
@@ -116,7 +126,11 @@ def federated_training(spec: FederationSpec | None = None, run: RunOptions = Run
     publish_prefect_artifacts(summary=summary, epochs=epochs, uris=uris, result_url=result_url)
     update_progress_artifact(progress_id, 100.0)
     logger.info("run %s finished in %.1f s; outputs: %s", run_id, summary["wall_s"], uris.get("result.png"))
+    stopped = summary["privacy"]["message"]
     if failures:
         raise SiteFlowsFailed(f"{'site' if len(failures) == 1 else 'sites'} {', '.join(failures)} failed "
                               f"({_describe(failures)}); the other sites' outputs are in {uris.get('summary.json')}")
+    if stopped:  # the run's final state says why it trained fewer rounds than the spec asked
+        logger.warning("run %s %s", run_id, stopped)
+        return Completed(message=stopped, data={**summary, "outputs": uris})
     return {**summary, "outputs": uris}

@@ -116,36 +116,44 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
         started = time.perf_counter()
         reading = read_site_data(spec, site=name, source=config.data, base_dir=config.base_dir,
                                  setting=config.source_setting)
-        agreed = agree_preprocessing(session, reading, spec=spec, site=name, timeout_s=assignment.aggregation_timeout_s)
+        agreed = agree_preprocessing(session, reading, spec=spec, site=name, timeout_s=assignment.aggregation_timeout_s,
+                                     run_id=assignment.run_id)
         preprocessing_seconds = time.perf_counter() - started
         assert reading.table is not None  # a site without a table made the agreement refuse
         arrays = prepare_inputs(reading.table, agreed.preprocessing)
         parameters = initial_parameters(spec, len(agreed.preprocessing.input_names), arrays.n_outputs)
         # Prefect walks every task argument for futures to record as inputs; these hold none (quote: don't look).
         inputs, model_spec, the_session = quote(arrays), quote(spec), quote(session)
+        plan = agreed.privacy  # pair secrets and DP budget: never a parameter's value Prefect stores
+        privacy, secure = quote(plan), quote(plan.secure)
         optimizer_state = None  # Adam's moments stay here, at the site, from round to round
-        for round_number in range(1, spec.train.rounds + 1):
+        rounds = plan.rounds
+        for round_number in range(1, rounds + 1):
             started = time.perf_counter()
             local, optimizer_state = fit_local(quote(parameters), inputs, spec=model_spec, site=name,
-                                               round_number=round_number, state=quote(optimizer_state))
-            upload_parameters(the_session, quote(local), weighting=float(arrays.records), round_number=round_number)
+                                               round_number=round_number, state=quote(optimizer_state),
+                                               privacy=privacy)
+            upload_parameters(the_session, quote(local), weighting=float(arrays.records), round_number=round_number,
+                              secure=secure)
             aggregation_id = wait_for_aggregation(the_session, round_number=round_number,
                                                   timeout_s=assignment.aggregation_timeout_s)
-            parameters = load_aggregate(the_session, aggregation_id, template=quote(local))
+            parameters = load_aggregate(the_session, aggregation_id, template=quote(local), secure=secure,
+                                        round_number=round_number)
             metrics = evaluate_and_track(quote(parameters), inputs, spec=model_spec, round_number=round_number,
-                                         leaf_name=credentials.leaf_name)
+                                         leaf_name=credentials.leaf_name,
+                                         epsilon=plan.epsilons[round_number - 1] if plan.epsilons else None)
             history.append(metrics)
             digests.append(parameter_digest(parameters))
             round_seconds.append(time.perf_counter() - started)
-            if round_number == spec.train.rounds or round_number % REPORT_EVERY_ROUNDS == 0:
+            if round_number == rounds or round_number % REPORT_EVERY_ROUNDS == 0:
                 report_performance(session, aggregation_id, metrics.flat())
             if progress is not None:
-                progress.report(100.0 * round_number / spec.train.rounds)
-            round_finished(assignment.run_id, name, round_number, spec.train.rounds)
-            every = round_number % REPORT_EVERY_ROUNDS == 0 or round_number in (1, spec.train.rounds)
+                progress.report(100.0 * round_number / rounds)
+            round_finished(assignment.run_id, name, round_number, rounds)
+            every = round_number % REPORT_EVERY_ROUNDS == 0 or round_number in (1, rounds)
             headline = HEADLINE[spec.task][0]
             logger.log(logging.INFO if every else logging.DEBUG, "%s round %d/%d: %s_test %s, loss_test %s",
-                       name, round_number, spec.train.rounds, headline, _shown(metrics.test.get(headline), 3),
+                       name, round_number, rounds, headline, _shown(metrics.test.get(headline), 3),
                        _shown(metrics.test.get("loss"), 4))
     finally:
         if progress is not None:
@@ -164,6 +172,7 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
         parameter_digests=digests,
         round_seconds=round_seconds,
         preprocessing_seconds=preprocessing_seconds,
+        privacy_message=plan.stop_message,
         imputed=arrays.imputed.imputed,
     )
     publish_site_result(run_id=assignment.run_id, artifacts_url=config.artifacts or shared_artifacts_url(None),

@@ -21,6 +21,7 @@ import numpy as np
 from branchkey import APIConfig, Client, RetryConfig
 from prefect import get_run_logger, task
 
+from fedgrove.privacy import SecureRound
 from fedgrove.settings import LeafSettings
 from fedgrove_common.protocol import FEDERATED_ANALYTICS, LAYER_NAME, LAYER_PREFIX, PAYLOAD_KIND_KEY, WEIGHTING_KEY
 from tasks.options import LOCAL, TRANSIENT
@@ -91,8 +92,14 @@ def _download(session: LeafSession, aggregation_id: str) -> dict[str, np.ndarray
 
 
 @task(name="upload-parameters", **TRANSIENT)
-def upload_parameters(session: LeafSession, parameters: list[np.ndarray], *, weighting: float, round_number: int) -> str:
-    """`save_weights` + `file_upload`. A retried upload replaces this leaf's earlier one on the server."""
+def upload_parameters(
+    session: LeafSession, parameters: list[np.ndarray], *, weighting: float, round_number: int,
+    secure: SecureRound | None = None,
+) -> str:
+    """`save_weights` + `file_upload`. A retried upload replaces this leaf's earlier one on the server. With
+    secure aggregation the layers and the weighting go masked, with protocol weighting 1."""
+    if secure is not None:
+        parameters, weighting = secure.mask(parameters, weighting, round_number), 1.0
     path = session.client.save_weights(str(session.work_dir / f"round-{round_number}"), weighting, parameters)
     return _upload(session, path)
 
@@ -139,8 +146,22 @@ def waiting_for(session: LeafSession) -> str:
 
 
 @task(name="load-aggregate", **TRANSIENT)
-def load_aggregate(session: LeafSession, aggregation_id: str, *, template: list[np.ndarray]) -> list[np.ndarray]:
-    """Download the aggregate and check it fits the local model (count, shapes, dtypes, finite values)."""
+def load_aggregate(
+    session: LeafSession, aggregation_id: str, *, template: list[np.ndarray], secure: SecureRound | None = None,
+    round_number: int = 0,
+) -> list[np.ndarray]:
+    """Download the aggregate and check it fits the local model (count, shapes, dtypes, finite values); with
+    secure aggregation, unmask it (and check its masked checksum) first."""
+    if secure is None:
+        layers = _aggregate_layers(session, aggregation_id, template)
+    else:
+        masked_template = [np.empty((2, *t.shape)) for t in template] + [np.empty(3)]
+        layers = secure.unmask(_aggregate_layers(session, aggregation_id, masked_template), template, round_number)
+    session.loaded.add(aggregation_id)
+    return layers
+
+
+def _aggregate_layers(session: LeafSession, aggregation_id: str, template: list[np.ndarray]) -> list[np.ndarray]:
     archive = _download(session, aggregation_id)
     names = sorted((k for k in archive if LAYER_NAME.match(k)), key=lambda k: int(k.removeprefix(LAYER_PREFIX)))
     if len(names) != len(template):
@@ -155,7 +176,6 @@ def load_aggregate(session: LeafSession, aggregation_id: str, *, template: list[
             )
         if not np.isfinite(layer).all():
             raise AggregateMismatch(f"aggregate {aggregation_id}: layer_{index} contains NaN or Inf")
-    session.loaded.add(aggregation_id)
     return layers
 
 

@@ -62,11 +62,12 @@ def read_site_data(
 
 
 def agree_preprocessing(
-    session: LeafSession, reading: SiteReading, *, spec: FederationSpec, site: str, timeout_s: float
+    session: LeafSession, reading: SiteReading, *, spec: FederationSpec, site: str, timeout_s: float, run_id: str
 ) -> AgreedPreprocessing:
     """Run this site's side of federated preprocessing through the server; every site gets the same result,
     or raises the same `FederationRefused`."""
-    protocol = preprocessing_protocol(spec=spec, site=site, table=reading.table, error=reading.refusal)
+    protocol = preprocessing_protocol(spec=spec, site=site, table=reading.table, error=reading.refusal,
+                                      run_id=run_id)
     step, fields = next(protocol)
     the_session = quote(session)  # Prefect need not walk it for futures: it holds none
     while True:

@@ -10,6 +10,7 @@ from prefect import task
 
 from fedgrove.metrics import RoundMetrics
 from fedgrove.model import OptimizerState
+from fedgrove.privacy import PrivacyPlan, privatise_update
 from fedgrove.site_table import site_seed
 from fedgrove.site_training import SiteArrays, fit, measure, site_arrays, train_alone
 from fedgrove.encoding import Preprocessing
@@ -28,19 +29,28 @@ def prepare_inputs(table: SiteTable, preprocessing: Preprocessing) -> SiteArrays
 @task(name="fit-local", **LOCAL)
 def fit_local(
     parameters: list[np.ndarray], arrays: SiteArrays, *, spec: FederationSpec, site: str, round_number: int,
-    state: OptimizerState | None = None,
+    state: OptimizerState | None = None, privacy: PrivacyPlan | None = None,
 ) -> tuple[list[np.ndarray], OptimizerState | None]:
     """Train from `parameters` for the spec's local epochs on this site's training records; the optimizer's
-    state (Adam's moments) comes in and goes out: it stays at the site."""
-    return fit(parameters, arrays, spec=spec, seed=site_seed(spec.train.seed, site), epoch=round_number, state=state)
+    state (Adam's moments) comes in and goes out: it stays at the site. With site-level DP the update is
+    clipped and noised here, with noise from the operating system's entropy."""
+    local, state = fit(parameters, arrays, spec=spec, seed=site_seed(spec.train.seed, site), epoch=round_number,
+                       state=state)
+    if privacy is not None and privacy.site_noise_std is not None:
+        local = privatise_update(parameters, local, plan=privacy, generator=np.random.default_rng())
+    return local, state
 
 
 @task(name="evaluate-and-track", **LOCAL)
 def evaluate_and_track(
-    parameters: list[np.ndarray], arrays: SiteArrays, *, spec: FederationSpec, round_number: int, leaf_name: str
+    parameters: list[np.ndarray], arrays: SiteArrays, *, spec: FederationSpec, round_number: int, leaf_name: str,
+    epsilon: float | None = None,
 ) -> RoundMetrics:
-    """Measure the aggregate on this site's records; record the four metrics in AskAnna."""
+    """Measure the aggregate on this site's records (and the privacy spent so far); record the four metrics in
+    AskAnna."""
     metrics = measure(parameters, arrays, spec=spec, epoch=round_number)
+    if epsilon is not None:
+        metrics = metrics.model_copy(update={"epsilon": epsilon})
     track_round(metrics.flat(), epoch=round_number, leaf_name=leaf_name, task=spec.task)
     return metrics
 
