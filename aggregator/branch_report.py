@@ -52,6 +52,18 @@ class BranchReports:
             "damaged_round": None if damaged is None else {"round": damaged.round, "reason": damaged.reason},
         }
 
+    def finished_aggregations(self, branch_id: str) -> list[str]:
+        """The ids of the branch's finished aggregations, oldest first: what a resuming leaf reads to find the
+        aggregates it missed after the last one it loaded."""
+        with self._sessions() as session:
+            return list(
+                session.scalars(
+                    select(Aggregation.id)
+                    .where(Aggregation.branch_id == branch_id, Aggregation.status.in_(FINISHED))
+                    .order_by(Aggregation.round)
+                )
+            )
+
     def _leaf_names(self, leaf_ids: list[str]) -> list[str]:
         if not leaf_ids:
             return []

@@ -25,6 +25,8 @@ VerboseOption = Annotated[
 ]
 OutOption = Annotated[str | None, typer.Option(help="Artifact store: a folder or s3://bucket/prefix (default ./runs).")]
 RunIdOption = Annotated[str | None, typer.Option(help="Name of the run folder (default: time + random).")]
+ResumeOption = Annotated[str | None, typer.Option(
+    "--resume", metavar="RUN_ID", help="Continue this run from the last round every site completed.")]
 
 
 class Split(str, Enum):
@@ -83,7 +85,13 @@ def round_progress(sites: int, rounds: int) -> Iterator[None]:
     progress = Progress(TextColumn("rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, transient=True)
     bar = progress.add_task("rounds", total=sites * rounds)
-    remove = add_round_listener(lambda _run, _site, _round, _rounds: progress.advance(bar))
+    done: dict[str, int] = {}  # a resumed run's sites start where they stopped
+
+    def finished(_run: str, site: str, round_number: int, _rounds: int) -> None:
+        done[site] = round_number
+        progress.update(bar, completed=sum(done.values()))
+
+    remove = add_round_listener(finished)
     try:
         with progress:
             yield
@@ -117,23 +125,35 @@ def print_run_table(summary: dict) -> None:
 
 
 def _run(spec, run, *, verbose: bool) -> None:  # type: ignore[no-untyped-def]
+    from fedgrove.run_record import ResumeRefused, read_run_record
+    from fedgrove.settings import PipelineSettings
     from flows.federated_training import SecureAggregationNeedsEverySite, SiteFlowsFailed, federated_training
+    from tasks.provisioning import ProvisioningError
     from tasks.run_setup import SpecNotRunnable
 
-    rounds = spec.train.rounds if spec is not None else run.demo.rounds
-    sites = len(spec.sites) if spec is not None else run.demo.sites
+    shown = spec
+    if run.resume:
+        try:
+            shown = spec or read_run_record(PipelineSettings().work_dir / "runs" / run.run_id, run.run_id).spec
+        except ResumeRefused as exc:
+            fail(str(exc))
+    rounds = shown.train.rounds if shown is not None else run.demo.rounds
+    sites = len(shown.sites) if shown is not None else run.demo.sites
     try:
         with round_progress(sites, rounds) if run.mode == "local" else contextlib.nullcontext():
             summary = federated_training(spec, run)
-    except (SiteFlowsFailed, SecureAggregationNeedsEverySite, SpecNotRunnable) as exc:
+    except (SiteFlowsFailed, SecureAggregationNeedsEverySite, SpecNotRunnable, ResumeRefused,
+            ProvisioningError) as exc:
         fail(str(exc))
     print_run_table(summary)
 
 
 def train(
-    spec_file: Annotated[Path, typer.Option("--spec", help="The federation spec (YAML).")],
+    spec_file: Annotated[Path | None, typer.Option("--spec", help="The federation spec (YAML); with --resume, "
+                                                                  "default: the run's own.")] = None,
     out: OutOption = None,
     run_id: RunIdOption = None,
+    resume: ResumeOption = None,
     mode: Annotated[Mode, typer.Option(help="local: every site on this machine; sites: each site's own worker "
                                              "(needs a Prefect server and the sites' workers).")] = Mode.local,
     verbose: VerboseOption = False,
@@ -141,8 +161,12 @@ def train(
     """Train a spec's federation. Locally every site's leaf runs here and reads only its own source."""
     from fedgrove.spec import SpecError, load_spec
 
+    if spec_file is None and resume is None:
+        fail("--spec is required: the federation spec (YAML) to train (fix: fedgrove train --spec spec.yaml)")
+    if resume is not None and run_id is not None and run_id != resume:
+        fail(f"--run-id {run_id} and --resume {resume} name different runs (fix: give --resume alone)")
     try:
-        spec = load_spec(spec_file)
+        spec = load_spec(spec_file) if spec_file is not None else None
     except SpecError as exc:
         fail(str(exc))
     if out is not None:
@@ -150,17 +174,21 @@ def train(
     with prefect_api(verbose=verbose):
         from flows.federated_training import RunOptions
 
-        _run(spec, RunOptions(mode=mode.value, run_id=run_id), verbose=verbose)
+        _run(spec, RunOptions(mode=mode.value, run_id=resume or run_id, resume=resume is not None), verbose=verbose)
 
 
 def demo(
-    sites: Annotated[int, typer.Option(help="Number of sites (organisations).")] = 5,
-    rounds: Annotated[int, typer.Option(help="Federated rounds (= epochs of the baselines).")] = 50,
-    split: Annotated[Split, typer.Option(help="iid, or dirichlet label skew.")] = Split.iid,
-    alpha: Annotated[float, typer.Option(help="Dirichlet concentration (with --split dirichlet).")] = 0.5,
-    seed: Annotated[int, typer.Option(help="Seed of the split, the model and the shuffles.")] = 0,
+    sites: Annotated[int | None, typer.Option(help="Number of sites (organisations) [default: 5].")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Federated rounds (= epochs of the baselines) [default: 50].")]
+    = None,
+    split: Annotated[Split | None, typer.Option(help="iid, or dirichlet label skew [default: iid].")] = None,
+    alpha: Annotated[float | None, typer.Option(help="Dirichlet concentration (with --split dirichlet) "
+                                                     "[default: 0.5].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the split, the model and the shuffles [default: 0].")]
+    = None,
     out: OutOption = None,
     run_id: RunIdOption = None,
+    resume: ResumeOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     """The built-in spec: breast cancer split over sites, 4 features by federated LRT, logistic regression."""
@@ -170,11 +198,15 @@ def demo(
         from fedgrove.demo import DemoOptions
         from flows.federated_training import RunOptions
 
-        try:
-            options = DemoOptions(sites=sites, rounds=rounds, split=split.value, alpha=alpha, seed=seed)
+        given = {"sites": sites, "rounds": rounds, "split": split.value if split else None, "alpha": alpha,
+                 "seed": seed}
+        try:  # options not given take the defaults, or with --resume the run's own
+            options = DemoOptions(**{key: value for key, value in given.items() if value is not None})
         except ValueError as exc:
             fail(str(exc).splitlines()[-1])
-        _run(None, RunOptions(run_id=run_id, demo=options), verbose=verbose)
+        if resume is not None and run_id is not None and run_id != resume:
+            fail(f"--run-id {run_id} and --resume {resume} name different runs (fix: give --resume alone)")
+        _run(None, RunOptions(run_id=resume or run_id, resume=resume is not None, demo=options), verbose=verbose)
 
 
 def leaf(

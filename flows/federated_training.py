@@ -10,9 +10,11 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.states import Completed
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +22,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from fedgrove.demo import DemoOptions
 from fedgrove.model import outputs_for
 from fedgrove.model_card import ModelCard
+from fedgrove.run_record import (
+    RECORD_FILE,
+    ResumeRefused,
+    RunRecord,
+    read_run_record,
+    refuse_changed_demo,
+    refuse_changed_mode,
+    refuse_changed_spec,
+    write_run_record,
+)
 from fedgrove.run_summary import build_summary, epochs_frame
 from fedgrove.settings import PipelineSettings
 from fedgrove.site_config import SiteConfig, shared_artifacts_url
@@ -29,7 +41,7 @@ from flows.leaf_training import LeafAssignment
 from flows.sites import run_site_deployments, run_sites_in_process
 from tasks.baselines import train_centralised
 from tasks.outputs import publish_prefect_artifacts, write_outputs
-from tasks.provisioning import provide_branch
+from tasks.provisioning import forget_credentials, provide_branch
 from tasks.run_setup import agreed_preprocessing, collect_site_results, settle_spec
 
 
@@ -44,6 +56,8 @@ class RunOptions(BaseModel):
         "each site's leaf-training/<site> deployment on its own worker, with its own data and credentials",
     )
     run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    resume: bool = Field(default=False, description="continue run_id from the last round every site completed "
+                         "(a Prefect retry of this flow run does so by itself)")
     round_timeout_s: float | None = Field(
         default=None, gt=0, description="local mode: aggregate without the leaves missing this long after the first"
     )
@@ -63,6 +77,19 @@ def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
+def run_identity(run: RunOptions, work_dir: Path) -> tuple[str, bool]:
+    """The run id and whether to resume it. Without an id the run takes its flow run's, so that a Prefect retry
+    of this flow run (its run count above 1) finds the run it started and resumes it."""
+    if run.resume and run.run_id is None:
+        raise ResumeRefused("resume needs the id of the run to resume (fix: --resume RUN_ID, or run.run_id)")
+    context = FlowRunContext.get()
+    flow_run = context.flow_run if context is not None else None
+    run_id = run.run_id or (f"{flow_run.created or datetime.now(UTC):%Y%m%d-%H%M%S}-{flow_run.id.hex[:6]}"
+                            if flow_run is not None else new_run_id())
+    retried = flow_run is not None and flow_run.run_count > 1 and (work_dir / "runs" / run_id / RECORD_FILE).is_file()
+    return run_id, run.resume or retried
+
+
 def _describe(failures: dict[str, str]) -> str:
     """Each distinct reason once, after the sites that gave it (sites stopped by one refusal share its words)."""
     by_reason: dict[str, list[str]] = {}
@@ -77,21 +104,34 @@ def federated_training(spec: FederationSpec | None = None, run: RunOptions = Run
     started = time.perf_counter()
     logger = get_run_logger()
     settings = PipelineSettings()
-    run_id = run.run_id or new_run_id()
+    run_id, resume = run_identity(run, settings.work_dir)
     work = (settings.work_dir / "runs" / run_id).resolve()
+    record = read_run_record(work, run_id) if resume else None
+    spec_given = spec is not None or settings.spec is not None
+    if record is not None and spec is None and settings.spec is None:
+        refuse_changed_demo(record, run.demo)
+        spec = record.spec  # resumed as it started
     spec = settle_spec(spec, spec_file=settings.spec, mode=run.mode, demo=run.demo, work=work)
     if spec.privacy.secure_aggregation and (run.round_timeout_s is not None or run.min_leaves is not None):
         raise SecureAggregationNeedsEverySite(
             "secure aggregation needs every site in every round, and a quorum (round_timeout_s / min_leaves) would "
             "aggregate without some: the masks of the missing sites would not cancel (fix: drop round_timeout_s and "
             "min_leaves, or set privacy.secure_aggregation: false)")
+    if record is not None:
+        refuse_changed_mode(record, run.mode)
+        refuse_changed_spec(record, spec)
+        logger.info("resuming run %s", run_id)
+    else:
+        record = RunRecord(run_id=run_id, mode=run.mode, spec=spec,
+                           demo=None if spec_given else run.demo)
+        write_run_record(work, record)
     track_run_configuration({"spec": spec.shared().model_dump(mode="json"), "run_id": run_id, "mode": run.mode})
     artifacts_url = shared_artifacts_url(settings.artifacts)
     progress_id = create_progress_artifact(progress=0.0, key="federated-training-progress",
                                            description=f"Rounds completed, run {run_id}")
     assignments = [
         LeafAssignment(spec=spec.shared(), site=site, run_id=run_id, aggregation_timeout_s=settings.aggregation_timeout_s,
-                       progress_artifact_id=str(progress_id) if index == 0 else None)
+                       progress_artifact_id=str(progress_id) if index == 0 else None, resume=resume)
         for index, site in enumerate(spec.roster())
     ]
     if run.mode == "sites":
@@ -100,7 +140,7 @@ def federated_training(spec: FederationSpec | None = None, run: RunOptions = Run
         options = {key: value for key, value in {"round_timeout_s": run.round_timeout_s,
                                                  "min_leaves": run.min_leaves}.items() if value is not None}
         with provide_branch(settings, sites=spec.roster(), run_id=run_id, credentials_dir=work / "credentials",
-                            branch_options=options) as branch:
+                            branch_options=options, resume=resume) as branch:
             configs = {
                 site: SiteConfig(data=source, source_setting=f"the spec's sites.{site}", env_file=branch.env_files[site],
                                  work_dir=work, artifacts=artifacts_url)
@@ -108,6 +148,8 @@ def federated_training(spec: FederationSpec | None = None, run: RunOptions = Run
             }
             failures = run_sites_in_process(assignments, configs)
     finished = [site for site in spec.roster() if site not in failures]
+    if not failures:
+        forget_credentials(work / "credentials")
     if not finished:
         raise SiteFlowsFailed(f"every site failed: {_describe(failures)}")
     results, parameters = collect_site_results(run_id=run_id, artifacts_url=artifacts_url, sites=finished)
@@ -125,6 +167,8 @@ def federated_training(spec: FederationSpec | None = None, run: RunOptions = Run
                                      epochs=epochs, card=card, parameters=parameters, summary=summary)
     publish_prefect_artifacts(summary=summary, epochs=epochs, uris=uris, result_url=result_url)
     update_progress_artifact(progress_id, 100.0)
+    if not failures:
+        write_run_record(work, record.model_copy(update={"finished": True}))
     logger.info("run %s finished in %.1f s; outputs: %s", run_id, summary["wall_s"], uris.get("result.png"))
     stopped = summary["privacy"]["message"]
     if failures:

@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fedgrove.checkpoints import Agreement, LeafCheckpoints, RoundCheckpoint
 from fedgrove.client_output import route_sdk_output_to_debug_log
 from fedgrove.metrics import HEADLINE
 from fedgrove.progress import ProgressReporter, round_finished
@@ -26,8 +27,15 @@ from fedgrove.settings import LeafSettings, PipelineSettings
 from fedgrove.site_config import SiteConfig, shared_artifacts_url, site_config_from_environment
 from fedgrove.site_training import initial_parameters
 from fedgrove.spec import FederationSpec
-from tasks.exchange import connect_leaf, load_aggregate, report_performance, upload_parameters, wait_for_aggregation
-from tasks.preprocessing import agree_preprocessing, read_site_data
+from tasks.exchange import (
+    connect_leaf,
+    load_aggregate,
+    missed_aggregations,
+    report_performance,
+    upload_parameters,
+    wait_for_aggregation,
+)
+from tasks.preprocessing import SiteReading, agree_preprocessing, read_site_data
 from tasks.site_results import publish_site_result
 from tasks.training import evaluate_and_track, fit_local, prepare_inputs, train_alone_task
 
@@ -49,6 +57,7 @@ class LeafAssignment(BaseModel):
     run_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
     aggregation_timeout_s: float = Field(default=120.0, gt=0)
     progress_artifact_id: str | None = None
+    resume: bool = Field(default=False, description="continue the run from this site's checkpoint, not round 1")
 
     @model_validator(mode="before")
     @classmethod
@@ -111,32 +120,54 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
     session = connect_leaf(credentials, work_dir)
     progress = ProgressReporter(assignment.progress_artifact_id, logger=logger) \
         if assignment.progress_artifact_id else None
-    history, digests, round_seconds = [], [], []
+    checkpoints = LeafCheckpoints(work_dir / "checkpoints")
     try:
         started = time.perf_counter()
         reading = read_site_data(spec, site=name, source=config.data, base_dir=config.base_dir,
                                  setting=config.source_setting)
-        agreed = agree_preprocessing(session, reading, spec=spec, site=name, timeout_s=assignment.aggregation_timeout_s,
-                                     run_id=assignment.run_id)
+        if assignment.resume:
+            agreement, latest = _checkpoint_to_resume(checkpoints, site=name, run_id=assignment.run_id,
+                                                      reading=reading)
+            session.resume_from(latest.loaded if latest is not None else agreement.loaded)
+            missed = missed_aggregations(session, last_loaded=session.loaded_in_order[-1])
+        else:
+            checkpoints.clear()
+            agreed = agree_preprocessing(session, reading, spec=spec, site=name,
+                                         timeout_s=assignment.aggregation_timeout_s, run_id=assignment.run_id)
+            agreement = Agreement(preprocessing=agreed.preprocessing, privacy=agreed.privacy,
+                                  loaded=list(session.loaded_in_order))
+            checkpoints.save_agreement(agreement)
+            latest, missed = None, []
         preprocessing_seconds = time.perf_counter() - started
         assert reading.table is not None  # a site without a table made the agreement refuse
-        arrays = prepare_inputs(reading.table, agreed.preprocessing)
-        parameters = initial_parameters(spec, len(agreed.preprocessing.input_names), arrays.n_outputs)
+        arrays = prepare_inputs(reading.table, agreement.preprocessing)
+        if latest is None:
+            parameters = initial_parameters(spec, len(agreement.preprocessing.input_names), arrays.n_outputs)
+            optimizer_state = None  # Adam's moments stay here, at the site, from round to round
+            history, digests, round_seconds = [], [], []
+        else:
+            parameters, optimizer_state = latest.parameters, latest.optimizer
+            history, digests, round_seconds = list(latest.history), list(latest.digests), list(latest.round_seconds)
+            logger.info("%s resumes run %s after round %d%s", name, assignment.run_id, latest.round_number,
+                        f"; {len(missed)} rounds the others finished meanwhile are loaded, not uploaded" if missed
+                        else "")
         # Prefect walks every task argument for futures to record as inputs; these hold none (quote: don't look).
         inputs, model_spec, the_session = quote(arrays), quote(spec), quote(session)
-        plan = agreed.privacy  # pair secrets and DP budget: never a parameter's value Prefect stores
+        plan = agreement.privacy  # pair secrets and DP budget: never a parameter's value Prefect stores
         privacy, secure = quote(plan), quote(plan.secure)
-        optimizer_state = None  # Adam's moments stay here, at the site, from round to round
         rounds = plan.rounds
-        for round_number in range(1, rounds + 1):
+        for round_number in range(len(history) + 1, rounds + 1):
             started = time.perf_counter()
             local, optimizer_state = fit_local(quote(parameters), inputs, spec=model_spec, site=name,
                                                round_number=round_number, state=quote(optimizer_state),
                                                privacy=privacy)
-            upload_parameters(the_session, quote(local), weighting=float(arrays.records), round_number=round_number,
-                              secure=secure)
-            aggregation_id = wait_for_aggregation(the_session, round_number=round_number,
-                                                  timeout_s=assignment.aggregation_timeout_s)
+            if missed:  # finished while this leaf was away: its upload is in it already
+                aggregation_id = missed.pop(0)
+            else:
+                upload_parameters(the_session, quote(local), weighting=float(arrays.records),
+                                  round_number=round_number, secure=secure)
+                aggregation_id = wait_for_aggregation(the_session, round_number=round_number,
+                                                      timeout_s=assignment.aggregation_timeout_s)
             parameters = load_aggregate(the_session, aggregation_id, template=quote(local), secure=secure,
                                         round_number=round_number)
             metrics = evaluate_and_track(quote(parameters), inputs, spec=model_spec, round_number=round_number,
@@ -145,6 +176,9 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
             history.append(metrics)
             digests.append(parameter_digest(parameters))
             round_seconds.append(time.perf_counter() - started)
+            checkpoints.save_round(RoundCheckpoint(
+                round_number=round_number, parameters=parameters, optimizer=optimizer_state, history=history,
+                digests=digests, round_seconds=round_seconds, loaded=list(session.loaded_in_order)))
             if round_number == rounds or round_number % REPORT_EVERY_ROUNDS == 0:
                 report_performance(session, aggregation_id, metrics.flat())
             if progress is not None:
@@ -155,6 +189,7 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
             logger.log(logging.INFO if every else logging.DEBUG, "%s round %d/%d: %s_test %s, loss_test %s",
                        name, round_number, rounds, headline, _shown(metrics.test.get(headline), 3),
                        _shown(metrics.test.get("loss"), 4))
+        checkpoints.forget_secrets()  # every round is done: no mask is made or removed again
     finally:
         if progress is not None:
             progress.close()  # never raises, so the session below is closed whatever happens here
@@ -166,7 +201,7 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
         records=arrays.records,
         test_records=len(arrays.y_test),
         unlabelled=reading.table.unlabelled,
-        preprocessing=agreed.preprocessing,
+        preprocessing=agreement.preprocessing,
         federated=history,
         alone=alone,
         parameter_digests=digests,
@@ -178,6 +213,29 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
     publish_site_result(run_id=assignment.run_id, artifacts_url=config.artifacts or shared_artifacts_url(None),
                         result=result, parameters=parameters, staging=work_dir / "result")
     return result
+
+
+class NothingToResume(RuntimeError):
+    """The site has no checkpoint of the run to continue from."""
+
+
+def _checkpoint_to_resume(
+    checkpoints: LeafCheckpoints, *, site: str, run_id: str, reading: SiteReading
+) -> tuple[Agreement, RoundCheckpoint | None]:
+    if reading.table is None:
+        raise NothingToResume(f"site {site} cannot resume run {run_id}: {reading.refusal}")
+    agreement = checkpoints.load_agreement()
+    if agreement is None:
+        raise NothingToResume(
+            f"site {site} has no checkpoint of run {run_id}: it stopped before the preprocessing was agreed, so "
+            "there is nothing to resume (fix: start the run again without --resume)")
+    latest = checkpoints.latest_round()
+    if latest is not None and latest.round_number >= agreement.privacy.rounds:
+        return agreement, latest  # it had finished: it publishes its result again
+    if agreement.privacy.secure is not None and not agreement.privacy.secure.secrets:
+        raise NothingToResume(f"site {site}'s checkpoint of run {run_id} no longer holds its pair secrets (fix: "
+                              "start the run again without --resume)")
+    return agreement, latest
 
 
 def _shown(value: float | None, digits: int) -> str:

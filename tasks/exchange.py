@@ -43,7 +43,18 @@ class LeafSession:
     branch_id: str
     work_dir: Path
     loaded: set[str] = field(default_factory=set)
+    loaded_in_order: list[str] = field(default_factory=list)  # what a checkpoint records
     pending: list[str] = field(default_factory=list)
+
+    def mark_loaded(self, aggregation_id: str) -> None:
+        if aggregation_id not in self.loaded:
+            self.loaded.add(aggregation_id)
+            self.loaded_in_order.append(aggregation_id)
+
+    def resume_from(self, loaded: list[str]) -> None:
+        """Take on the ids a checkpoint says this leaf loaded before it stopped."""
+        for aggregation_id in loaded:
+            self.mark_loaded(aggregation_id)
 
     def drain(self) -> None:
         while True:
@@ -117,8 +128,10 @@ def wait_for_aggregation(session: LeafSession, *, round_number: int, timeout_s: 
     deadline = time.monotonic() + timeout_s
     while True:
         session.drain()
-        if session.pending:
-            return session.pending.pop()
+        while session.pending:
+            aggregation_id = session.pending.pop()
+            if aggregation_id not in session.loaded:  # a resumed leaf may have loaded it since it was announced
+                return aggregation_id
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise AggregationTimeout(
@@ -157,7 +170,7 @@ def load_aggregate(
     else:
         masked_template = [np.empty((2, *t.shape)) for t in template] + [np.empty(3)]
         layers = secure.unmask(_aggregate_layers(session, aggregation_id, masked_template), template, round_number)
-    session.loaded.add(aggregation_id)
+    session.mark_loaded(aggregation_id)
     return layers
 
 
@@ -191,8 +204,31 @@ def load_pooled_sums(session: LeafSession, aggregation_id: str) -> dict[str, np.
             f"{'a federated_learning one' if kind is None else repr(str(kind))} (fix: start preprocessing on a "
             "branch whose open aggregation is empty, before any training round)"
         )
-    session.loaded.add(aggregation_id)
+    session.mark_loaded(aggregation_id)
     return fields
+
+
+class ResumeImpossible(RuntimeError):
+    """A leaf cannot continue the run where it stopped; the message says why and what to do."""
+
+
+@task(name="find-missed-aggregations", **TRANSIENT)
+def missed_aggregations(session: LeafSession, *, last_loaded: str) -> list[str]:
+    """The branch's aggregations that finished after `last_loaded` (the last one this leaf loaded before it
+    stopped), oldest first: the rounds the others completed while it was away. A fedgrove aggregator lists
+    them in the branch configuration; a server that does not cannot resume a run."""
+    service = session.client.get_branch_config().get("service", {})
+    finished = service.get("finished_aggregations")
+    if finished is None:
+        raise ResumeImpossible(
+            f"the server of branch {session.branch_id} does not list its finished aggregations (a fedgrove "
+            "aggregator does), so this leaf cannot find the rounds it missed (fix: start the run again without "
+            "--resume)")
+    if last_loaded not in finished:
+        raise ResumeImpossible(
+            f"branch {session.branch_id} no longer has aggregation {last_loaded}, the last one this leaf loaded: "
+            "the aggregator's state of the run is gone (fix: start the run again without --resume)")
+    return list(finished[finished.index(last_loaded) + 1:])
 
 
 @task(name="report-performance", **TRANSIENT)

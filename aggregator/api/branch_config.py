@@ -16,6 +16,7 @@ async def get_branch_config(branch_id: str, leaf: CurrentLeaf, context: Context)
     branch = await run_in_threadpool(context.registry.branch, branch_id)
     round_number, uploaded = await run_in_threadpool(context.service.open_round, branch_id)
     leaves = await run_in_threadpool(context.registry.leaves, branch_id)
+    finished = await run_in_threadpool(context.reports.finished_aggregations, branch_id)
     return {
         "data": {
             "branch": {
@@ -38,6 +39,8 @@ async def get_branch_config(branch_id: str, leaf: CurrentLeaf, context: Context)
                     "uploaded": sorted(leaf.name for leaf in leaves if leaf.id in uploaded),
                     "waiting_for": sorted(leaf.name for leaf in leaves if leaf.id not in uploaded),
                 },
+                # a fedgrove extension the official client ignores: a resuming leaf finds what it missed here
+                "finished_aggregations": finished,
             },
             "model_config": branch.model_config_json,
             "created_at": branch.created_at.isoformat(),
