@@ -6,12 +6,14 @@ the site has is its own state: the preprocessing it agreed, its privacy plan (wi
 secrets), the round it finished, the model it loaded, its optimizer's moments, its metrics so far and the
 aggregation ids it has loaded. That is what is written here, at the site, after every round: one file per
 round, renamed into place whole (a crash leaves the previous round's file or this one, never half), the newest
-two kept. Files are readable by their owner only; a run that finishes deletes them.
+two kept. Files are readable by their owner only; once every round is done the pair secrets are dropped,
+and the rest stays so that a coordinator that died after its sites finished can still collect their results.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -172,7 +174,7 @@ class LeafCheckpoints:
         import torch
 
         try:
-            with np.load(path, allow_pickle=False) as archive:
+            with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
                 state = json.loads(str(archive["state"]))
                 self._check_format(state, path)
                 count = sum(1 for name in archive.files if name.startswith("parameter_"))
@@ -192,7 +194,7 @@ class LeafCheckpoints:
             )
         except CheckpointError:
             raise
-        except (ValueError, KeyError, TypeError, OSError) as exc:
+        except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise CheckpointError(f"checkpoint {path} cannot be read ({exc}) (fix: delete it to resume from the "
                                   "round before, or start the run again without --resume)") from exc
 

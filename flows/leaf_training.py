@@ -149,7 +149,7 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
             parameters, optimizer_state = latest.parameters, latest.optimizer
             history, digests, round_seconds = list(latest.history), list(latest.digests), list(latest.round_seconds)
             logger.info("%s resumes run %s after round %d%s", name, assignment.run_id, latest.round_number,
-                        f"; {len(missed)} rounds the others finished meanwhile are loaded, not uploaded" if missed
+                        f"; {len(missed)} round(s) the others finished meanwhile loaded, not uploaded again" if missed
                         else "")
         # Prefect walks every task argument for futures to record as inputs; these hold none (quote: don't look).
         inputs, model_spec, the_session = quote(arrays), quote(spec), quote(session)
