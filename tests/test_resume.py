@@ -178,3 +178,39 @@ def test_a_demo_killed_after_round_20_of_30_resumes_to_the_model_of_an_uninterru
                                     for site, source in spec.sites.items()})
     for got, expected in zip(_model(tmp_path / "runs" / "cut"), uninterrupted.parameters, strict=True):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+def test_a_prefect_retry_of_the_coordinator_flow_run_resumes_it(
+    prefect_api, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prefect runs the failed coordinator again (run count 2) under the same flow run: it resumes by itself."""
+    import flows.federated_training as coordinator
+
+    dying = {"now": True}
+    real_fit, real_identity = tasks.training.fit, coordinator.run_identity
+
+    def fit_dying_on_the_first_attempt(parameters, arrays, *, spec, seed, epoch, state):  # type: ignore[no-untyped-def]
+        if dying["now"] and epoch >= DIES_IN_ROUND:
+            raise RuntimeError(f"injected: the machine died in round {DIES_IN_ROUND}")
+        return real_fit(parameters, arrays, spec=spec, seed=seed, epoch=epoch, state=state)
+
+    def identity_seen(run, work_dir):  # type: ignore[no-untyped-def]
+        run_id, resume = real_identity(run, work_dir)
+        if resume:
+            dying["now"] = False  # the retry: the machine is back
+        return run_id, resume
+
+    monkeypatch.setattr(tasks.training, "fit", fit_dying_on_the_first_attempt)
+    monkeypatch.setattr(coordinator, "run_identity", identity_seen)
+    retried = federated_training.with_options(retries=1, retry_delay_seconds=0)
+    state = retried(None, RunOptions(demo=DemoOptions(sites=2, rounds=ROUNDS)), return_state=True)
+    assert state.is_completed(), state.message
+    assert dying["now"] is False
+    summary = state.result()
+    run_dir = workspace / "runs" / summary["run_id"]
+    data = workspace / "work" / "runs" / summary["run_id"] / "data"
+    spec = demo_spec({f"site-{i}": data / f"site-{i}.csv" for i in (1, 2)}, DemoOptions(sites=2, rounds=ROUNDS))
+    uninterrupted = simulate(spec, {site: table_for_spec(read_source(source), spec, site)
+                                    for site, source in spec.sites.items()})
+    for got, expected in zip(_model(run_dir), uninterrupted.parameters, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
