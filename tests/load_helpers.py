@@ -1,6 +1,8 @@
 """What the load and fuzz tests of the aggregation server share: a response-status counter wrapped around the
 real app, a trap for the server's error logs, the file-descriptor limit, latency percentiles, the RSS of a
 server process, and a pool of idle WebSocket connections held open from one asyncio loop in a thread.
+
+Its length (~370 lines) is the instruments listed above, used together by the load and fuzz modules.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ Loaded as a pytest plugin (`pytest_plugins = [..., "tests.prefect_server"]` in c
 The test process's own Prefect settings are never touched (other tests use `prefect_test_harness`): this
 module talks to the server's REST API with httpx and drives the Prefect CLI in subprocesses whose
 environment it builds from scratch, without the developer's PREFECT_*, FEDGROVE_* or leaf credentials.
+
+Its length (~380 lines) is the life cycle of a server and its workers, whose start and clean-up belong
+together.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ accepted upload, and checks afterwards that the aggregation is unchanged: the sa
 no blob the database does not account for, nothing left in the scratch folder. Requests go out through
 httpx, built as `branchkey.Client.file_upload` builds them except for the part each test breaks. Memory
 is measured with `PeakRss`: the server runs in a thread of the test process.
+
+Its length (~800 lines) is the table of cases: 34 tests, most parametrised, that share one branch fixture
+and one unchanged-state check; split by topic they would repeat both.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ only in an archive whose layer_0 is (3, 3). So an upload answered 201 is a findi
 
 The tests after the fuzzing ones are the smallest inputs that answered 500 before the fixes they came with.
 The number of inputs each test tried is logged (shown by `pytest -rA`) and recorded with `record_property`.
+
+Its length (~760 lines) is one hypothesis strategy per endpoint beside its property; the strategies share
+the seeded server and the unchanged-state check, so they stay in one module.
 """
 
 from __future__ import annotations

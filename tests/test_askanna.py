@@ -3,6 +3,9 @@
 The SDK reads AA_REMOTE, AA_TOKEN and AA_RUN_SUUID once, when it is imported, and pushes again at process
 exit; so each scenario runs `fedgrove.tracking` in a child process that this module drives line by line
 (one JSON command in, one JSON reply out), looking at what the stand-in received between two commands.
+
+Its length (~510 lines) is the child-process driver and the stand-in's assertions, which every scenario
+shares.
 """
 
 from __future__ import annotations

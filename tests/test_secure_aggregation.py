@@ -1,7 +1,11 @@
 """Secure aggregation: keys exchanged as documents, masks that cancel exactly in the server's float64 mean,
 a decoded aggregate equal to plain FedAvg, uploads that say nothing of a site's values, and every refusal's
 exact message. Expected values are computed here independently: limbs with Python integers and Fractions,
-FedAvg with float64 numpy, the server's mean with the aggregator's own arithmetic."""
+FedAvg with float64 numpy, the server's mean with the aggregator's own arithmetic.
+
+Its length (~380 lines) is the independent oracles (limbs, Fractions, float64 FedAvg) beside the tests
+that use them.
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,9 @@ server (tests/s3_server.py), a SQLite file and a PostgreSQL 15 cluster (tests/po
 
 Every failure asserts its exact `public` message, that `detail` tells the site's operator what they need,
 and that `public` holds no path, bucket, key, URL, password or query.
+
+Its length (~640 lines) is one test per source kind and failure, each with its exact messages; the kinds
+share the S3 and PostgreSQL fixtures and the no-leak check.
 """
 
 from __future__ import annotations
