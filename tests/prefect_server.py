@@ -293,6 +293,16 @@ class PrefectServer:
         logs = self.api("POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
         return "\n".join(f"{entry['timestamp']} {entry['name']}: {entry['message']}" for entry in logs)
 
+    def wait_for_log(self, flow_run_id: str, text: str, *, timeout_s: float = 60) -> str:
+        """The flow run's logs once `text` is among them: a process ships its logs in batches, so a run's last
+        lines can reach the server after its final state."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            logs = self.flow_run_logs(flow_run_id)
+            if text in logs or time.monotonic() > deadline:
+                return logs
+            time.sleep(0.5)
+
     def run_deployment(self, name: str, *, parameters: Mapping[str, Any]) -> str:
         """`prefect deployment run NAME --params JSON`; returns the new flow run's id."""
         run_name = f"test-{uuid.uuid4().hex[:10]}"

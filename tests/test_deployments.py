@@ -291,5 +291,5 @@ def test_a_site_parameter_set_by_the_caller_is_refused_by_the_leaf_naming_it(
     )
     run = prefect_server.wait_for_flow_run(flow_run_id, timeout_s=180)
     assert run["state_type"] == "FAILED"
-    assert "parameter 'site' was set by whoever started this run, not by this site's own deployment" in \
-        prefect_server.flow_run_logs(run["id"])
+    refusal = "parameter 'site' was set by whoever started this run, not by this site's own deployment"
+    assert refusal in prefect_server.wait_for_log(run["id"], refusal)

@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from scipy import stats
 
-from aggregator.fedavg import weighted_mean
+from fedgrove_common.fedavg import weighted_mean
 from fedgrove.documents import document_fields, read_documents
 from fedgrove.fixed_point import decode, fixed_point_for, limb_sums
 from fedgrove.lockstep import sum_fields
@@ -40,7 +40,7 @@ def server_mean(uploads: list[list[np.ndarray]], rng: np.random.Generator) -> li
     """What the aggregation server does: the aggregator's own float64 weighted sum with every upload's
     weighting 1.0, in an arbitrary arrival order, divided by the total weighting into the uploads' dtype."""
     order = rng.permutation(len(uploads))
-    return weighted_mean([(1.0, uploads[i]) for i in order])
+    return weighted_mean([(uploads[i], 1.0) for i in order])
 
 
 def bits(sites: int) -> tuple[int, int]:
