@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import SecretStr
+from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -40,7 +41,17 @@ def build_context(settings: AggregatorSettings) -> ServerContext:
     data_dir = settings.data_dir
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     owner_only(data_dir, 0o700)  # it holds the secrets, the database and every upload
-    sessions = make_session_factory(make_engine(settings.resolved_database_url()))
+    engine = make_engine(settings.resolved_database_url())
+    try:
+        return _context(settings, engine)
+    except BaseException:
+        engine.dispose()  # a refused start leaves no connection open (psycopg warns of one left to the collector)
+        raise
+
+
+def _context(settings: AggregatorSettings, engine: Engine) -> ServerContext:
+    data_dir = settings.data_dir
+    sessions = make_session_factory(engine)
     blobs = blob_store_from_url(settings.blob_url, data_dir=data_dir)
     scratch = data_dir / "tmp"
     scratch.mkdir(exist_ok=True)
@@ -59,6 +70,7 @@ def build_context(settings: AggregatorSettings) -> ServerContext:
     )
     return ServerContext(
         settings=settings,
+        engine=engine,
         sessions=sessions,
         registry=registry,
         service=service,
@@ -115,6 +127,7 @@ def create_app(settings: AggregatorSettings | None = None) -> FastAPI:
         watcher.cancel()
         context.ingest.shutdown()
         context.service.close()
+        context.engine.dispose()
 
     docs = settings.serve_api_docs
     app = FastAPI(
