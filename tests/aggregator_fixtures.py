@@ -26,8 +26,9 @@ def entry_reading(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.fixture
-def aggregator_settings(tmp_path: Path) -> AggregatorSettings:
-    return AggregatorSettings(data_dir=tmp_path / "aggregator", port=0, _env_file=None)
+def aggregator_settings(tmp_path: Path, database_url: str | None) -> AggregatorSettings:
+    """SQLite in the data folder, or PostgreSQL in tests marked `on_both_databases` (tests.database_backends)."""
+    return AggregatorSettings(data_dir=tmp_path / "aggregator", port=0, database_url=database_url, _env_file=None)
 
 
 @pytest.fixture

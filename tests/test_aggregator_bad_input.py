@@ -28,6 +28,7 @@ from websockets.sync.client import connect
 from aggregator.config import AggregatorSettings
 from aggregator.registry import LeafCredentials
 from aggregator.server import ServerThread
+from tests.database_backends import backend_database, on_both_databases
 from tests.upload_helpers import (
     MIB,
     ForgedEntry,
@@ -115,9 +116,13 @@ def _server(folder: Path, **settings: object) -> Iterator[ServerThread]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    """One server with the default limits for the module; each test gets branches of its own."""
-    yield from _server(tmp_path_factory.mktemp("server"))
+def server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, database_backend: str
+) -> Iterator[ServerThread]:
+    """One server with the default limits for the module, on SQLite, and one on PostgreSQL for the tests
+    marked `on_both_databases` (those of requests the database answers); each test gets branches of its own."""
+    with backend_database(request, database_backend) as database_url:
+        yield from _server(tmp_path_factory.mktemp("server"), database_url=database_url)
 
 @pytest.fixture(scope="module")
 def tight_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
@@ -144,6 +149,7 @@ def other_aggregate(server: ServerThread) -> tuple[LeafCredentials, str]:
     return leaf, status.json()["last_aggregation_id"]
 
 
+@on_both_databases
 def test_an_upload_built_like_the_clients_is_accepted(seeded: Seeded) -> None:
     response = seeded.upload(_archive())
 
@@ -159,6 +165,7 @@ def test_an_upload_built_like_the_clients_is_accepted(seeded: Seeded) -> None:
 # --- credentials ------------------------------------------------------------------------------------
 
 
+@on_both_databases
 @pytest.mark.parametrize(
     ("authorization", "message"),
     [
@@ -197,6 +204,7 @@ def test_a_leaf_asking_for_another_branch_is_403(seeded: Seeded, other_aggregate
     seeded.assert_unchanged()
 
 
+@on_both_databases
 def test_a_leaf_downloading_another_branchs_aggregate_is_403(seeded: Seeded, other_aggregate) -> None:
     other_leaf, aggregate = other_aggregate
     url = f"{seeded.server.url}/api/v1/file/download/{aggregate}"
@@ -211,6 +219,7 @@ def test_a_leaf_downloading_another_branchs_aggregate_is_403(seeded: Seeded, oth
 # --- the run --------------------------------------------------------------------------------------
 
 
+@on_both_databases
 @pytest.mark.parametrize("status", ["pause", "stop"])
 def test_an_upload_while_the_run_is_not_started_is_409(seeded: Seeded, status: str) -> None:
     changed = httpx.post(f"{seeded.server.url}/admin/v1/branches/{seeded.branch_id}/run",
@@ -530,6 +539,7 @@ def test_an_archive_the_aggregation_cannot_use_is_400(seeded: Seeded, body: byte
     seeded.assert_unchanged()
 
 
+@on_both_databases
 def test_values_whose_weighted_sum_would_overflow_are_400_and_the_round_still_averages(server: ServerThread) -> None:
     """Two leaves sending float64 values of 1e300 with weighting 1e8 made the aggregate Inf; the second is now
     refused, and a smaller weighting in its place gives the exact, finite mean."""
@@ -551,6 +561,7 @@ def test_values_whose_weighted_sum_would_overflow_are_400_and_the_round_still_av
             np.testing.assert_allclose(aggregate[f"layer_{index}"], np.full(shape, 1.2 / 1.1 * 1e300), rtol=1e-6)
 
 
+@on_both_databases
 @pytest.mark.parametrize(
     ("layers", "message"),
     [
@@ -574,6 +585,7 @@ def test_layers_that_differ_from_the_open_aggregation_are_409(
     seeded.assert_unchanged()
 
 
+@on_both_databases
 def test_an_analytics_archive_into_a_learning_aggregation_is_409(seeded: Seeded) -> None:
     body = _entries(weighting=np.array([0.0]), age_n=np.array([3]), __bk_payload_kind__=np.array("federated_analytics"))
 
@@ -586,6 +598,7 @@ def test_an_analytics_archive_into_a_learning_aggregation_is_409(seeded: Seeded)
 _ANALYTICS = {"weighting": np.array([0.0]), "__bk_payload_kind__": np.array("federated_analytics")}
 
 
+@on_both_databases
 @pytest.mark.parametrize(
     ("first", "second", "status", "message"),
     [
@@ -703,6 +716,7 @@ def test_an_archive_with_one_entry_over_the_limit_is_413(seeded: Seeded) -> None
 # --- file ids and download links ------------------------------------------------------------------
 
 
+@on_both_databases
 @pytest.mark.parametrize(
     ("file_id", "status", "message"),
     [
@@ -724,6 +738,7 @@ def test_a_download_link_for_a_bad_or_unknown_file_id_is_refused(
     seeded.assert_unchanged()
 
 
+@on_both_databases
 @pytest.mark.parametrize("asker", [0, 1], ids=["own-upload", "another-leafs-upload"])
 def test_a_raw_upload_cannot_be_downloaded(seeded: Seeded, asker: int) -> None:
     url = f"{seeded.server.url}/api/v1/file/download/{seeded.accepted_file_id}"
@@ -739,6 +754,7 @@ def _signed(server: ServerThread, file_id: str, *, expires: int, signature: str 
     return httpx.get(f"{server.url}/blobs/{file_id}", params={"expires": expires, "signature": signature})
 
 
+@on_both_databases
 def test_the_signed_download_url_serves_the_aggregate_until_it_is_tampered_with_or_expires(
     seeded: Seeded, other_aggregate
 ) -> None:
