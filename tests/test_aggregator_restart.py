@@ -2,6 +2,9 @@
 
 The server runs as `python -m aggregator` in a subprocess; the leaves are the official client, whose
 WebSocket reconnects on its own (back-off 1.5, at most 2 s apart) and asks for a fresh ticket.
+
+Each test costs two server starts and a kill (~13 s): on PostgreSQL too run only the two whose outcome is
+the database's, the uploads counted once after a kill and the round finished at start-up.
 """
 
 from __future__ import annotations
@@ -134,7 +137,6 @@ def test_uploads_before_a_kill_count_once_in_the_aggregation_finished_after_it(
     assert _completed_rows(server) == [(1, 3, sum(w for w, _ in contributions))]
 
 
-@on_both_databases
 def test_an_aggregate_not_yet_downloaded_is_sent_again_to_a_leaf_that_reconnects_after_a_kill(
     server: AggregatorProcess, leaves: list[Credentials], connect, tmp_path: Path
 ) -> None:
@@ -209,7 +211,6 @@ def test_an_aggregation_whose_last_upload_was_committed_before_a_kill_is_finishe
     assert _completed_rows(server) == [(1, 3, sum(w for w, _ in contributions))]
 
 
-@on_both_databases
 def test_a_leaf_resending_its_last_rounds_archive_after_a_restart_gets_that_rounds_file_id(
     server: AggregatorProcess, leaves: list[Credentials], connect, tmp_path: Path
 ) -> None:
