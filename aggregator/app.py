@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -159,6 +160,15 @@ def create_app(settings: AggregatorSettings | None = None) -> FastAPI:
         # The store's own message names bucket and endpoint: for the operator's log, not for the leaves.
         logger.error("blob store unavailable, request refused with 503: %s", exc)
         return JSONResponse({"error": "blob store unavailable; try again later"}, status_code=503)
+
+    @app.exception_handler(DataError)
+    async def value_the_database_cannot_store(_request: Request, exc: DataError) -> JSONResponse:
+        # PostgreSQL refuses what SQLite stores: text past its column's length, a NUL character (in a path, say).
+        # The driver's message quotes the statement's values: logged by type only.
+        logger.warning("request refused with 400: the database cannot store a value of it (%s)",
+                       type(exc.orig).__name__)
+        return JSONResponse({"error": "invalid request: a value too long, or holding a NUL character, for the "
+                                      "database to store"}, status_code=400)
 
     @app.exception_handler(Exception)
     async def internal_error(_request: Request, exc: Exception) -> JSONResponse:

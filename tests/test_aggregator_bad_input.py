@@ -28,7 +28,7 @@ from websockets.sync.client import connect
 from aggregator.config import AggregatorSettings
 from aggregator.registry import LeafCredentials
 from aggregator.server import ServerThread
-from tests.database_backends import backend_database, on_both_databases
+from tests.database_backends import POSTGRESQL, SQLITE, backend_database, on_both_databases
 from tests.upload_helpers import (
     MIB,
     ForgedEntry,
@@ -835,3 +835,55 @@ def test_a_websocket_ticket_needs_leaf_credentials(seeded: Seeded) -> None:
 
     _refused(response, 401, "missing credentials")
     seeded.assert_unchanged()
+
+
+# --- text the database cannot store ---------------------------------------------------------------
+# PostgreSQL's text columns hold no NUL character and enforce their length (SQLite's do neither): both were
+# 500s on PostgreSQL. Refused before anything is stored, on both databases alike.
+
+NUL_REFUSED = "holds a NUL character (\\u0000), which the database cannot store; send text without it"
+
+
+@on_both_databases
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"tree": "a\u0000b", "branch": "nul", "leaves": 1}, f"tree {NUL_REFUSED}"),
+        ({"tree": "t", "branch": "nul", "leaves": 1, "leaf_names": ["a\u0000"]}, f"leaf_names {NUL_REFUSED}"),
+        ({"tree": "t", "branch": "nul", "leaves": 1, "model_config": {"k": "a\u0000"}},
+         f"model_config {NUL_REFUSED}"),
+        ({"tree": "t", "branch": "nul", "leaves": 1, "leaf_names": ["x" * 201]},
+         "invalid request: body.leaf_names.0: String should have at most 200 characters"),
+    ],
+    ids=["tree", "leaf-name", "model-config", "leaf-name-too-long"],
+)
+def test_a_branch_with_text_the_database_cannot_store_is_400(
+    server: ServerThread, body: dict, message: str
+) -> None:
+    response = httpx.post(f"{server.url}/admin/v1/branches", headers=_admin(server), json=body)
+
+    assert (response.status_code, response.json()) == (400, {"error": message})
+
+
+@on_both_databases
+@pytest.mark.parametrize("field", ["data", "aggregation_id"])
+def test_metrics_holding_a_nul_character_are_400(seeded: Seeded, field: str) -> None:
+    leaf = seeded.uploader
+    body = {"mode": "train", "branch_id": leaf.branch_id, "data": "ok", field: "a\u0000b"}
+
+    response = httpx.post(f"{seeded.server.url}/api/v1/performance/analysis", headers=auth_headers(leaf), json=body)
+
+    assert (response.status_code, response.json()) == (400, {"error": f"{field} {NUL_REFUSED}"})
+
+
+@on_both_databases
+def test_a_branch_id_holding_a_nul_character_is_refused_without_a_500(
+    server: ServerThread, database_backend: str
+) -> None:
+    response = httpx.get(f"{server.url}/admin/v1/branches/a%00b", headers=_admin(server))
+
+    expected = {
+        SQLITE: (404, "branch a\u0000b not found"),
+        POSTGRESQL: (400, "invalid request: a value too long, or holding a NUL character, for the database to store"),
+    }[database_backend]
+    assert (response.status_code, response.json()["error"]) == expected
