@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from aggregator.config import AggregatorSettings
+from aggregator.database_errors import DatabaseRefused
 from aggregator.security import WeakSecret
 from aggregator.server import serve_forever
 
@@ -22,7 +23,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         serve_forever(AggregatorSettings(**overrides))
-    except WeakSecret as exc:
+    except (WeakSecret, DatabaseRefused) as exc:  # one line saying why and what to do, not a traceback
         logging.getLogger("aggregator").error("not started: %s", exc)
         sys.exit(2)
 

@@ -12,6 +12,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import SecretStr
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -40,7 +42,17 @@ def build_context(settings: AggregatorSettings) -> ServerContext:
     data_dir = settings.data_dir
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     owner_only(data_dir, 0o700)  # it holds the secrets, the database and every upload
-    sessions = make_session_factory(make_engine(settings.resolved_database_url()))
+    engine = make_engine(settings.resolved_database_url())
+    try:
+        return _context(settings, engine)
+    except BaseException:
+        engine.dispose()  # a refused start leaves no connection open (psycopg warns of one left to the collector)
+        raise
+
+
+def _context(settings: AggregatorSettings, engine: Engine) -> ServerContext:
+    data_dir = settings.data_dir
+    sessions = make_session_factory(engine)
     blobs = blob_store_from_url(settings.blob_url, data_dir=data_dir)
     scratch = data_dir / "tmp"
     scratch.mkdir(exist_ok=True)
@@ -59,6 +71,7 @@ def build_context(settings: AggregatorSettings) -> ServerContext:
     )
     return ServerContext(
         settings=settings,
+        engine=engine,
         sessions=sessions,
         registry=registry,
         service=service,
@@ -115,6 +128,7 @@ def create_app(settings: AggregatorSettings | None = None) -> FastAPI:
         watcher.cancel()
         context.ingest.shutdown()
         context.service.close()
+        context.engine.dispose()
 
     docs = settings.serve_api_docs
     app = FastAPI(
@@ -146,6 +160,15 @@ def create_app(settings: AggregatorSettings | None = None) -> FastAPI:
         # The store's own message names bucket and endpoint: for the operator's log, not for the leaves.
         logger.error("blob store unavailable, request refused with 503: %s", exc)
         return JSONResponse({"error": "blob store unavailable; try again later"}, status_code=503)
+
+    @app.exception_handler(DataError)
+    async def value_the_database_cannot_store(_request: Request, exc: DataError) -> JSONResponse:
+        # PostgreSQL refuses what SQLite stores: text past its column's length, a NUL character (in a path, say).
+        # The driver's message quotes the statement's values: logged by type only.
+        logger.warning("request refused with 400: the database cannot store a value of it (%s)",
+                       type(exc.orig).__name__)
+        return JSONResponse({"error": "invalid request: a value too long, or holding a NUL character, for the "
+                                      "database to store"}, status_code=400)
 
     @app.exception_handler(Exception)
     async def internal_error(_request: Request, exc: Exception) -> JSONResponse:

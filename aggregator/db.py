@@ -1,7 +1,9 @@
-"""The server's durable state in SQL (SQLite by default, any SQLAlchemy URL): what survives a restart.
+"""The server's durable state in SQL (SQLite by default, PostgreSQL through psycopg, any SQLAlchemy URL):
+what survives a restart.
 
 Archives themselves live in the blob store; rows here say which archive belongs to which leaf,
-aggregation and branch, so that an open aggregation can be rebuilt after a crash.
+aggregation and branch, so that an open aggregation can be rebuilt after a crash. These models are the
+schema's newest state; `aggregator/migrations` holds the revisions that build it (`aggregator.schema`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Float,
     ForeignKey,
     Integer,
@@ -22,12 +25,11 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
-    inspect,
-    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+from aggregator.schema import upgrade_schema
 from aggregator.statuses import AggregationStatus, RunStatus
 
 logger = logging.getLogger(__name__)
@@ -104,7 +106,7 @@ class Contribution(Base):
     aggregation_id: Mapped[str] = mapped_column(ForeignKey("aggregations.id"), index=True)
     leaf_id: Mapped[str] = mapped_column(ForeignKey("leaves.id"), index=True)
     weighting: Mapped[float] = mapped_column(Float)
-    size: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(BigInteger)  # bytes: an upload limit past 2 GiB is the operator's to set
     digest: Mapped[str] = mapped_column(String(100))
     content_digest: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -136,7 +138,7 @@ class MetricsUsage(Base):
     __tablename__ = "metrics_usage"
     leaf_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     reports: Mapped[int] = mapped_column(Integer, default=0)
-    data_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    data_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 def owner_only(path: Path, mode: int) -> None:
@@ -150,6 +152,19 @@ def owner_only(path: Path, mode: int) -> None:
 
 
 def make_engine(url: str) -> Engine:
+    """An engine on `url` whose database has this code's schema: upgraded at need, under the start-up lock
+    (`aggregator.schema`). DatabaseRefused when the database cannot be reached or is newer than this code."""
+    engine = new_engine(url)
+    try:
+        upgrade_schema(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def new_engine(url: str) -> Engine:
+    """An engine on `url` as the server configures it; the schema is left as it is."""
     if url.startswith("sqlite:///"):
         database = Path(url.removeprefix("sqlite:///"))
         database.parent.mkdir(parents=True, exist_ok=True)
@@ -169,22 +184,7 @@ def make_engine(url: str) -> Engine:
 
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
-    _add_missing_columns(engine)
     return engine
-
-
-def _add_missing_columns(engine: Engine) -> None:
-    """Add the nullable columns a newer server declares to the tables an older one created (`create_all`
-    creates missing tables only): a database from before `branches.max_weight_share` gets it, empty."""
-    inspector = inspect(engine)
-    with engine.begin() as connection:
-        for table in Base.metadata.sorted_tables:
-            present = {column["name"] for column in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name not in present and column.nullable:
-                    kind = column.type.compile(engine.dialect)
-                    connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
 
 def make_session_factory(engine: Engine) -> sessionmaker:

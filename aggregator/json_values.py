@@ -1,7 +1,8 @@
 """Checks over a parsed JSON value: is every string UTF-8 text, how deep does it nest, every scalar in it.
 
 Python's json reads lone UTF-16 surrogates ("\\ud800" is a valid JSON escape but no UTF-8 text) and nests as
-deep as its parser allows; the server stores and answers only what it can write back.
+deep as its parser allows; the server stores and answers only what it can write back. A NUL character
+("\\u0000") is text, but PostgreSQL's text columns cannot hold it (SQLite's can): refused on every database.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 MAX_DEPTH = 32
+NUL = "\x00"
 
 
 def is_text(value: str) -> bool:

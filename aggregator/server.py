@@ -61,8 +61,9 @@ def base_url(settings: AggregatorSettings, port: int) -> str:
 
 def serve_forever(settings: AggregatorSettings) -> None:
     """Serve until SIGTERM or SIGINT (uvicorn handles both and shuts down cleanly)."""
+    config = _config(settings, log_level="info", own_logging=True)  # builds the app: may refuse to start
     logger.info("aggregator listening on %s (data in %s)", base_url(settings, settings.port), settings.data_dir)
-    _Server(_config(settings, log_level="info", own_logging=True)).run()
+    _Server(config).run()
 
 
 class ServerThread:

@@ -44,10 +44,16 @@ def aggregator_serve(
 ) -> None:
     """Serve the aggregator until SIGTERM or SIGINT."""
     from aggregator.config import AggregatorSettings
+    from aggregator.database_errors import DatabaseRefused
+    from aggregator.security import WeakSecret
     from aggregator.server import serve_forever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve_forever(AggregatorSettings(host=host, port=port, data_dir=data_dir))
+    try:
+        serve_forever(AggregatorSettings(host=host, port=port, data_dir=data_dir))
+    except (WeakSecret, DatabaseRefused) as exc:  # as python -m aggregator: one line and exit 2, no traceback
+        logging.getLogger("aggregator").error("not started: %s", exc)
+        raise typer.Exit(2) from None
 
 
 @branch_app.command("create")

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from branchkey import APIConfig, Client, Credentials, RetryConfig
 
-from aggregator import zip_entry
+from aggregator import npy_entry, zip_entry
 from aggregator.config import AggregatorSettings
 from aggregator.registry import LeafCredentials
 from aggregator.server import ServerThread
+from tests.load_helpers import take_turns_checking_archives
 
 
 @pytest.fixture(params=["whole", "streamed"])
@@ -26,8 +27,9 @@ def entry_reading(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.fixture
-def aggregator_settings(tmp_path: Path) -> AggregatorSettings:
-    return AggregatorSettings(data_dir=tmp_path / "aggregator", port=0, _env_file=None)
+def aggregator_settings(tmp_path: Path, database_url: str | None) -> AggregatorSettings:
+    """SQLite in the data folder, or PostgreSQL in tests marked `on_both_databases` (tests.database_backends)."""
+    return AggregatorSettings(data_dir=tmp_path / "aggregator", port=0, database_url=database_url, _env_file=None)
 
 
 @pytest.fixture
@@ -61,6 +63,8 @@ def leaf_client(aggregator: ServerThread, tmp_path: Path) -> Iterator[Callable[[
             retry_config=RetryConfig(max_retries=0, total_timeout=30),
             output_dir=str(tmp_path / "downloads" / credentials.name),
         )
+        # the server runs in this process: its npy header checks and the clients' take turns (tests.load_helpers)
+        take_turns_checking_archives(client, npy_entry._HEADER_LOCK)
         clients.append(client)
         if wait_connected:
             wait_until_connected(aggregator, credentials)

@@ -15,8 +15,16 @@ __all__ = ["AggregatorProcess", "free_port"]
 
 
 class AggregatorProcess(_AggregatorProcess):
-    def __init__(self, data_dir: Path, *, port: int | None = None, log: Path | None = None) -> None:
-        super().__init__(data_dir, port=port, log=log, env=environment_without_fedgrove_settings())
+    """`database_url`: FEDGROVE_DATABASE_URL of the process; None keeps the data folder's SQLite file."""
+
+    def __init__(
+        self, data_dir: Path, *, port: int | None = None, log: Path | None = None, database_url: str | None = None
+    ) -> None:
+        env = environment_without_fedgrove_settings()
+        if database_url is not None:
+            env["FEDGROVE_DATABASE_URL"] = database_url
+        super().__init__(data_dir, port=port, log=log, env=env)
+        self.database_url = database_url or f"sqlite:///{self.data_dir / 'aggregator.db'}"
 
     @property
     def admin_headers(self) -> dict[str, str]:

@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.prefect_server",
     "tests.s3_server",
     "tests.postgres_server",
+    "tests.database_backends",
 ]
 
 # Fuzz tests replay the same examples on every run (CI included): a failure is a reproducible bug, never luck.

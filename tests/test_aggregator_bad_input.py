@@ -31,6 +31,7 @@ from websockets.sync.client import connect
 from aggregator.config import AggregatorSettings
 from aggregator.registry import LeafCredentials
 from aggregator.server import ServerThread
+from tests.database_backends import POSTGRESQL, SQLITE, backend_database, on_both_databases
 from tests.upload_helpers import (
     MIB,
     ForgedEntry,
@@ -118,9 +119,13 @@ def _server(folder: Path, **settings: object) -> Iterator[ServerThread]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    """One server with the default limits for the module; each test gets branches of its own."""
-    yield from _server(tmp_path_factory.mktemp("server"))
+def server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, database_backend: str
+) -> Iterator[ServerThread]:
+    """One server with the default limits for the module, on SQLite, and one on PostgreSQL for the tests
+    marked `on_both_databases` (those of requests the database answers); each test gets branches of its own."""
+    with backend_database(request, database_backend) as database_url:
+        yield from _server(tmp_path_factory.mktemp("server"), database_url=database_url)
 
 @pytest.fixture(scope="module")
 def tight_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
@@ -147,6 +152,7 @@ def other_aggregate(server: ServerThread) -> tuple[LeafCredentials, str]:
     return leaf, status.json()["last_aggregation_id"]
 
 
+@on_both_databases
 def test_an_upload_built_like_the_clients_is_accepted(seeded: Seeded) -> None:
     response = seeded.upload(_archive())
 
@@ -162,6 +168,7 @@ def test_an_upload_built_like_the_clients_is_accepted(seeded: Seeded) -> None:
 # --- credentials ------------------------------------------------------------------------------------
 
 
+@on_both_databases
 @pytest.mark.parametrize(
     ("authorization", "message"),
     [
@@ -200,6 +207,7 @@ def test_a_leaf_asking_for_another_branch_is_403(seeded: Seeded, other_aggregate
     seeded.assert_unchanged()
 
 
+@on_both_databases
 def test_a_leaf_downloading_another_branchs_aggregate_is_403(seeded: Seeded, other_aggregate) -> None:
     other_leaf, aggregate = other_aggregate
     url = f"{seeded.server.url}/api/v1/file/download/{aggregate}"
@@ -214,6 +222,7 @@ def test_a_leaf_downloading_another_branchs_aggregate_is_403(seeded: Seeded, oth
 # --- the run --------------------------------------------------------------------------------------
 
 
+@on_both_databases
 @pytest.mark.parametrize("status", ["pause", "stop"])
 def test_an_upload_while_the_run_is_not_started_is_409(seeded: Seeded, status: str) -> None:
     changed = httpx.post(f"{seeded.server.url}/admin/v1/branches/{seeded.branch_id}/run",
@@ -533,6 +542,7 @@ def test_an_archive_the_aggregation_cannot_use_is_400(seeded: Seeded, body: byte
     seeded.assert_unchanged()
 
 
+@on_both_databases
 def test_values_whose_weighted_sum_would_overflow_are_400_and_the_round_still_averages(server: ServerThread) -> None:
     """Two leaves sending float64 values of 1e300 with weighting 1e8 made the aggregate Inf; the second is now
     refused, and a smaller weighting in its place gives the exact, finite mean."""
@@ -554,6 +564,7 @@ def test_values_whose_weighted_sum_would_overflow_are_400_and_the_round_still_av
             np.testing.assert_allclose(aggregate[f"layer_{index}"], np.full(shape, 1.2 / 1.1 * 1e300), rtol=1e-6)
 
 
+@on_both_databases
 @pytest.mark.parametrize(
     ("layers", "message"),
     [
@@ -577,6 +588,7 @@ def test_layers_that_differ_from_the_open_aggregation_are_409(
     seeded.assert_unchanged()
 
 
+@on_both_databases
 def test_an_analytics_archive_into_a_learning_aggregation_is_409(seeded: Seeded) -> None:
     body = _entries(weighting=np.array([0.0]), age_n=np.array([3]), __bk_payload_kind__=np.array("federated_analytics"))
 
@@ -589,6 +601,7 @@ def test_an_analytics_archive_into_a_learning_aggregation_is_409(seeded: Seeded)
 _ANALYTICS = {"weighting": np.array([0.0]), "__bk_payload_kind__": np.array("federated_analytics")}
 
 
+@on_both_databases
 @pytest.mark.parametrize(
     ("first", "second", "status", "message"),
     [
@@ -706,6 +719,7 @@ def test_an_archive_with_one_entry_over_the_limit_is_413(seeded: Seeded) -> None
 # --- file ids and download links ------------------------------------------------------------------
 
 
+@on_both_databases
 @pytest.mark.parametrize(
     ("file_id", "status", "message"),
     [
@@ -727,6 +741,7 @@ def test_a_download_link_for_a_bad_or_unknown_file_id_is_refused(
     seeded.assert_unchanged()
 
 
+@on_both_databases
 @pytest.mark.parametrize("asker", [0, 1], ids=["own-upload", "another-leafs-upload"])
 def test_a_raw_upload_cannot_be_downloaded(seeded: Seeded, asker: int) -> None:
     url = f"{seeded.server.url}/api/v1/file/download/{seeded.accepted_file_id}"
@@ -742,6 +757,7 @@ def _signed(server: ServerThread, file_id: str, *, expires: int, signature: str 
     return httpx.get(f"{server.url}/blobs/{file_id}", params={"expires": expires, "signature": signature})
 
 
+@on_both_databases
 def test_the_signed_download_url_serves_the_aggregate_until_it_is_tampered_with_or_expires(
     seeded: Seeded, other_aggregate
 ) -> None:
@@ -822,3 +838,55 @@ def test_a_websocket_ticket_needs_leaf_credentials(seeded: Seeded) -> None:
 
     _refused(response, 401, "missing credentials")
     seeded.assert_unchanged()
+
+
+# --- text the database cannot store ---------------------------------------------------------------
+# PostgreSQL's text columns hold no NUL character and enforce their length (SQLite's do neither): both were
+# 500s on PostgreSQL. Refused before anything is stored, on both databases alike.
+
+NUL_REFUSED = "holds a NUL character (\\u0000), which the database cannot store; send text without it"
+
+
+@on_both_databases
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"tree": "a\u0000b", "branch": "nul", "leaves": 1}, f"tree {NUL_REFUSED}"),
+        ({"tree": "t", "branch": "nul", "leaves": 1, "leaf_names": ["a\u0000"]}, f"leaf_names {NUL_REFUSED}"),
+        ({"tree": "t", "branch": "nul", "leaves": 1, "model_config": {"k": "a\u0000"}},
+         f"model_config {NUL_REFUSED}"),
+        ({"tree": "t", "branch": "nul", "leaves": 1, "leaf_names": ["x" * 201]},
+         "invalid request: body.leaf_names.0: String should have at most 200 characters"),
+    ],
+    ids=["tree", "leaf-name", "model-config", "leaf-name-too-long"],
+)
+def test_a_branch_with_text_the_database_cannot_store_is_400(
+    server: ServerThread, body: dict, message: str
+) -> None:
+    response = httpx.post(f"{server.url}/admin/v1/branches", headers=_admin(server), json=body)
+
+    assert (response.status_code, response.json()) == (400, {"error": message})
+
+
+@on_both_databases
+@pytest.mark.parametrize("field", ["data", "aggregation_id"])
+def test_metrics_holding_a_nul_character_are_400(seeded: Seeded, field: str) -> None:
+    leaf = seeded.uploader
+    body = {"mode": "train", "branch_id": leaf.branch_id, "data": "ok", field: "a\u0000b"}
+
+    response = httpx.post(f"{seeded.server.url}/api/v1/performance/analysis", headers=auth_headers(leaf), json=body)
+
+    assert (response.status_code, response.json()) == (400, {"error": f"{field} {NUL_REFUSED}"})
+
+
+@on_both_databases
+def test_a_branch_id_holding_a_nul_character_is_refused_without_a_500(
+    server: ServerThread, database_backend: str
+) -> None:
+    response = httpx.get(f"{server.url}/admin/v1/branches/a%00b", headers=_admin(server))
+
+    expected = {
+        SQLITE: (404, "branch a\u0000b not found"),
+        POSTGRESQL: (400, "invalid request: a value too long, or holding a NUL character, for the database to store"),
+    }[database_backend]
+    assert (response.status_code, response.json()["error"]) == expected

@@ -34,7 +34,6 @@ from branchkey import APIConfig, Client, Credentials, RetryConfig
 from sqlalchemy import select
 from websockets.sync.client import connect
 
-from aggregator import archive
 from aggregator.config import AggregatorSettings
 from aggregator.db import Aggregation, make_engine, make_session_factory
 from aggregator.registry import LeafCredentials
@@ -167,8 +166,7 @@ def test_100_leaves_get_every_exact_aggregation_for_20_rounds(
     credentials = branch(leaves=leaves, target=leaves)
     branch_id = credentials[0].branch_id
     started = time.monotonic()
-    header_lock = getattr(archive, "_HEADER_LOCK", None)  # the server's, where it has one (same process)
-    clients = [take_turns_checking_archives(leaf_client(c, wait_connected=False), header_lock) for c in credentials]
+    clients = [leaf_client(c, wait_connected=False) for c in credentials]  # taking turns with the server's checks
     for leaf in credentials:
         wait_until_connected(aggregator, leaf, timeout_s=60)
     connected_s = time.monotonic() - started
@@ -370,14 +368,14 @@ def test_1000_idle_websockets_stay_open_while_a_5_leaf_branch_keeps_aggregating(
     assert status["open_round"] == len(ids) + 1 and status["uploads_in_open_aggregation"] == 0
     completed_at = _completed_times(server, busy_id)
     notified_at: dict[str, list[float]] = {r.aggregation_id: [r.last_notified_wall] for r in rounds}
-    for socket in idle.sockets:
-        got = [json.loads(text) for _at, text in socket.received]
-        if socket.leaf.branch_id == quiet_id:
+    for idle_socket in idle.sockets:
+        got = [json.loads(text) for _at, text in idle_socket.received]
+        if idle_socket.leaf.branch_id == quiet_id:
             assert got == [], "a connection of the quiet branch was sent something"
             continue
         assert [m["body"]["aggregation_id"] for m in got] == ids, "an idle connection missed or repeated an id"
         assert {m["message_type"] for m in got} == {"aggregation_status"}
-        for (at, _text), message in zip(socket.received, got, strict=True):
+        for (at, _text), message in zip(idle_socket.received, got, strict=True):
             notified_at[message["body"]["aggregation_id"]].append(at)
     fan_out = [max(notified_at[r.aggregation_id]) - completed_at[r.aggregation_id] for r in rounds]
 

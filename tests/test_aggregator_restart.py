@@ -2,13 +2,15 @@
 
 The server runs as `python -m aggregator` in a subprocess; the leaves are the official client, whose
 WebSocket reconnects on its own (back-off 1.5, at most 2 s apart) and asks for a fresh ticket.
+
+Each test costs two server starts and a kill (~13 s): on PostgreSQL too run only the two whose outcome is
+the database's, the uploads counted once after a kill and the round finished at start-up.
 """
 
 from __future__ import annotations
 
 import hashlib
 import queue
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from branchkey import APIConfig, Client, Credentials, RetryConfig, WebSocketConfig
-from sqlalchemy import select
+from sqlalchemy import create_engine, select, text
 
 from aggregator.blobstore import LocalBlobStore
 from aggregator.db import Aggregation, Contribution, make_engine, make_session_factory
 from tests.aggregator_process import AggregatorProcess
+from tests.database_backends import on_both_databases
 from tests.fedavg_oracle import weighted_mean_float64
 from tests.upload_helpers import digest_of, npz_bytes, weights
 
@@ -39,8 +42,8 @@ def _contributions(seed: int) -> list[Upload]:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[AggregatorProcess]:
-    process = AggregatorProcess(tmp_path / "data")
+def server(tmp_path: Path, database_url: str | None) -> Iterator[AggregatorProcess]:
+    process = AggregatorProcess(tmp_path / "data", database_url=database_url)
     yield process.start()
     process.stop()
 
@@ -101,12 +104,17 @@ def _assert_weighted_mean(path: str, contributions: list[Upload]) -> None:
 
 def _completed_rows(server: AggregatorProcess) -> list[tuple[int, int, float]]:
     """(round, contributors, total weighting) of every finished aggregation, read from the database."""
-    with sqlite3.connect(server.data_dir / "aggregator.db") as database:
-        return database.execute(
-            "SELECT round, contributors, weight_total FROM aggregations WHERE status = 'complete' ORDER BY round"
-        ).fetchall()
+    engine = create_engine(server.database_url)
+    try:
+        with engine.connect() as database:
+            return [tuple(row) for row in database.execute(text(
+                "SELECT round, contributors, weight_total FROM aggregations WHERE status = 'complete' ORDER BY round"
+            ))]
+    finally:
+        engine.dispose()
 
 
+@on_both_databases
 def test_uploads_before_a_kill_count_once_in_the_aggregation_finished_after_it(
     server: AggregatorProcess, leaves: list[Credentials], connect, tmp_path: Path
 ) -> None:
@@ -165,7 +173,7 @@ def _commit_without_finalising(server: AggregatorProcess, leaf: Credentials, con
     archive.write_bytes(body)
     file_id = uuid.uuid4().hex
     LocalBlobStore(server.data_dir / "blobs").put_file(file_id, archive)
-    engine = make_engine(f"sqlite:///{server.data_dir / 'aggregator.db'}")
+    engine = make_engine(server.database_url)
     try:
         with make_session_factory(engine)() as session:
             open_id = session.scalar(
@@ -178,6 +186,7 @@ def _commit_without_finalising(server: AggregatorProcess, leaf: Credentials, con
         engine.dispose()
 
 
+@on_both_databases
 def test_an_aggregation_whose_last_upload_was_committed_before_a_kill_is_finished_at_start_up(
     server: AggregatorProcess, leaves: list[Credentials], connect, tmp_path: Path
 ) -> None:

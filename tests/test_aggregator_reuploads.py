@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from aggregator.server import ServerThread
+from tests.database_backends import on_both_databases
 from tests.fedavg_oracle import weighted_mean_float64
 from tests.upload_helpers import npz_bytes, upload, weights
 
@@ -22,6 +23,7 @@ def _uploaded(server: ServerThread, leaf, weighting: float, values: list[float])
     return response.json()["data"]["file_id"]
 
 
+@on_both_databases
 def test_a_reupload_reads_only_the_archive_it_replaces(aggregator: ServerThread) -> None:
     """The other leaf's archive is gone from the store (as a lost disk would leave it): a re-upload that read
     the whole round again failed on it; one that takes out only the replaced contribution does not."""
@@ -39,6 +41,7 @@ def test_a_reupload_reads_only_the_archive_it_replaces(aggregator: ServerThread)
     np.testing.assert_allclose(_aggregate(aggregator, branch_id), expected[0], rtol=1e-6)
 
 
+@on_both_databases
 def test_a_replaced_contribution_that_dwarfed_the_others_leaves_no_trace_in_the_aggregate(
     aggregator: ServerThread,
 ) -> None:

@@ -20,6 +20,7 @@ from aggregator.config import AggregatorSettings
 from aggregator.db import Aggregation
 from aggregator.rounds import AggregationService
 from aggregator.server import ServerThread
+from tests.database_backends import on_both_databases
 from tests.fedavg_oracle import weighted_mean_float64
 from tests.store_faults import finalise_fails_once
 from tests.upload_helpers import branch_state, npz_bytes, upload
@@ -48,6 +49,7 @@ def _upload_all(clients, tmp_path: Path, contributions) -> None:
     assert errors == []
 
 
+@on_both_databases
 def test_five_leaves_in_threads_get_the_weighted_mean_for_three_rounds(branch, leaf_client, tmp_path):
     credentials = branch(leaves=5)
     clients = [leaf_client(c) for c in credentials]
@@ -72,6 +74,7 @@ def test_five_leaves_in_threads_get_the_weighted_mean_for_three_rounds(branch, l
         seen |= ids
 
 
+@on_both_databases
 def test_the_aggregate_is_weighted_and_summed_in_float64(branch, leaf_client, tmp_path):
     """Three leaves upload in turn. Weighting 1 + 2**-30 is 1 in float32, so float32 products lose layer_0's
     2**-30; and 2**24 + 1 is no float32, so a float32 running sum of layer_1 loses the 1. Expected values are
@@ -91,6 +94,7 @@ def test_the_aggregate_is_weighted_and_summed_in_float64(branch, leaf_client, tm
         np.testing.assert_array_equal(archive["layer_1"], np.full(3, np.float32((1 + 2**-6) / total)))
 
 
+@on_both_databases
 def test_reupload_replaces_the_leafs_contribution_and_is_not_counted_twice(aggregator, branch, leaf_client, tmp_path):
     credentials = branch(leaves=2)
     first, second = (leaf_client(c) for c in credentials)
@@ -122,6 +126,7 @@ def _first_round_of_two(branch, leaf_client, tmp_path: Path, *, seed: int):  # t
     return credentials, second, mine, path, file_id
 
 
+@on_both_databases
 def test_a_retried_upload_of_the_archive_that_completed_a_round_is_answered_and_not_counted_again(
     aggregator, branch, leaf_client, tmp_path
 ):
@@ -300,6 +305,7 @@ def _run(aggregator: ServerThread, branch_id: str, status: str) -> dict:
         return admin.set_run_status(branch_id, status)
 
 
+@on_both_databases
 def test_a_stopped_runs_uploads_are_set_aside_and_the_next_run_averages_only_its_own(
     aggregator, branch, leaf_client, tmp_path
 ):

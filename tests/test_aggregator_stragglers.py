@@ -11,6 +11,7 @@ from sqlalchemy import select
 from aggregator.db import Aggregation
 from tests.store_faults import finalise_fails_once
 from tasks.exchange import AggregationTimeout, LeafSession, wait_for_aggregation
+from tests.database_backends import on_both_databases
 from tests.fedavg_oracle import weighted_mean_float64
 
 
@@ -20,6 +21,7 @@ def _upload(client, tmp_path, name: str, weighting: float, value: float) -> list
     return layers
 
 
+@on_both_databases
 def test_after_the_round_timeout_a_quorum_is_aggregated_and_the_missing_leaf_recorded(
     aggregator, branch, leaf_client, tmp_path
 ):
@@ -62,6 +64,7 @@ def test_a_timed_out_round_whose_aggregate_could_not_be_stored_is_finished_when_
                         "stored (injected: the store is down); trying again in 1 s"]
 
 
+@on_both_databases
 def test_below_the_quorum_the_round_keeps_waiting_after_the_timeout(aggregator, branch, leaf_client, tmp_path):
     credentials = branch(leaves=3, round_timeout_s=0.3, min_leaves=2)
     client = leaf_client(credentials[0])
@@ -96,6 +99,7 @@ def test_a_waiting_leaf_times_out_naming_the_branch_the_round_and_the_leaves_not
     )
 
 
+@on_both_databases
 def test_a_leaf_resending_its_last_rounds_archive_is_answered_with_the_original_and_not_counted_again(
     aggregator, branch, leaf_client, tmp_path
 ):

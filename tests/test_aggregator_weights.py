@@ -4,15 +4,10 @@ documented range (5e-324 turned 0.3 into 0.0), and, where a branch asks for it, 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import numpy as np
 import pytest
-from sqlalchemy import inspect, text
 
-from aggregator.db import Branch, make_engine, make_session_factory
-from aggregator.registry import Registry
 from aggregator.server import ServerThread
 from tests.fedavg_oracle import weighted_mean_float64
 from tests.upload_helpers import npz_bytes, upload, weights
@@ -66,22 +61,3 @@ def test_a_branch_with_max_weight_share_lets_no_leaf_dominate_its_round(aggregat
     with aggregator.context.blobs.open_local(status["last_aggregation_id"]) as path, np.load(path) as archive:
         expected = weighted_mean_float64([(100.0, ones), (150.0, zeros), (100.0, ones)])
         np.testing.assert_allclose(archive["layer_0"], expected[0], rtol=1e-6)
-
-
-def test_a_database_from_before_max_weight_share_gets_the_column_at_start(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'aggregator.db'}"
-    engine = make_engine(url)
-    with engine.begin() as connection:
-        connection.execute(text("ALTER TABLE branches DROP COLUMN max_weight_share"))
-    engine.dispose()
-
-    engine = make_engine(url)
-    try:
-        _tree, branch_id, _leaves = Registry(make_session_factory(engine)).create_branch(
-            tree="t", branch="old", leaves=2, max_weight_share=0.75
-        )
-        assert "max_weight_share" in {column["name"] for column in inspect(engine).get_columns("branches")}
-        with make_session_factory(engine)() as session:
-            assert session.get(Branch, branch_id).max_weight_share == 0.75
-    finally:
-        engine.dispose()

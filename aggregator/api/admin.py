@@ -23,7 +23,7 @@ class CreateBranch(BaseModel):
     branch: str = Field(min_length=1, max_length=200)
     leaves: int = Field(ge=1, le=10_000)
     target: int | None = None
-    leaf_names: list[str] | None = None
+    leaf_names: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = None
     analytics_ops: dict[str, str] | None = None
     analytics_default_op: str | None = None
     model_config_data: dict | None = Field(default=None, alias="model_config")

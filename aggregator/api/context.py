@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
 from aggregator.blobstore import BlobStore
@@ -22,6 +23,7 @@ from aggregator.tickets import TicketBook
 @dataclass
 class ServerContext:
     settings: AggregatorSettings
+    engine: Engine  # disposed when the app shuts down: no pooled connection outlives it
     sessions: sessionmaker
     registry: Registry
     service: AggregationService

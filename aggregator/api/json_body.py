@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from aggregator.errors import BadRequest
-from aggregator.json_values import MAX_DEPTH, is_text, nesting_depth, scalars
+from aggregator.json_values import MAX_DEPTH, NUL, is_text, nesting_depth, scalars
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -40,6 +40,12 @@ async def json_object(request: Request) -> dict:
         if not all(is_text(scalar) for scalar in scalars(value) if isinstance(scalar, str)):
             raise BadRequest(f"{field[:64]} is not valid UTF-8 text (it holds a lone UTF-16 surrogate); "
                              "send UTF-8 text")
+        if NUL in field:
+            raise BadRequest("a field name of the body holds a NUL character (\\u0000), which the database cannot "
+                             "store; send text without it")
+        if any(NUL in scalar for scalar in scalars(value) if isinstance(scalar, str)):
+            raise BadRequest(f"{field[:64]} holds a NUL character (\\u0000), which the database cannot store; "
+                             "send text without it")
     return body
 
 
