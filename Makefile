@@ -20,9 +20,10 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/fedgrove demo
 
+# Two workers, one test module each at a time: most tests wait on servers, so two share the 2 cores well.
 test: $(VENV)/.installed-test chromium
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # Debian's headless chromium, for tests/test_prefect_ui.py (installed once; as root, or through sudo).
 chromium:
