@@ -1,5 +1,6 @@
 """The run artifact store: where a training run publishes its outputs (model.pt, model.json, result.png,
-epochs.csv, summary.json), in `./runs/<run-id>/` by default or under `s3://bucket/prefix/<run-id>/`.
+epochs.csv, summary.json), in `./runs/<run-id>/` by default or under `s3://bucket/prefix/<run-id>/` (or
+the bucket of a Prefect S3Bucket block, `block:s3-bucket/<name>`).
 
 A flow writes through `ArtifactStore` and never cares which one it has; `artifact_store_from_url`
 picks it from a URL. `publish_run` uploads a set of files so that a failure leaves nothing of that call
@@ -22,8 +23,8 @@ from typing import Any, NoReturn, Protocol
 
 from fedgrove_common.atomic_files import replace_durably, staged, staged_copy
 from fedgrove_common.names import NAME_RULE, is_valid_name
-from fedgrove_common.s3 import S3Connection, S3Location, S3Problem
-from fedgrove_common.store_urls import local_folder
+from fedgrove_common.s3 import S3Connection, S3Credentials, S3Location, S3Problem
+from fedgrove_common.store_urls import is_block_url, local_folder
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +73,14 @@ def artifact_store_from_url(
     """Pick the artifact store for a URL.
 
     `None`/"" → `default_dir` (`./runs`); `file:///abs/path` or a plain path → there;
-    `s3://bucket/prefix` → S3 (`endpoint_url` overrides `AWS_ENDPOINT_URL`).
+    `s3://bucket/prefix` → S3 (`endpoint_url` overrides `AWS_ENDPOINT_URL`);
+    `block:s3-bucket/<name>` → the bucket, folder, endpoint and credentials of that Prefect S3Bucket block.
     """
+    if is_block_url(url):
+        from fedgrove.prefect_blocks import s3_bucket_block
+
+        block = s3_bucket_block(str(url), setting=SETTING)
+        return S3ArtifactStore(block.url, endpoint_url=block.endpoint_url, credentials=block.credentials)
     try:
         folder = local_folder(url, setting=SETTING, default=default_dir)
     except ValueError as exc:
@@ -156,12 +163,13 @@ class LocalArtifactStore:
 class S3ArtifactStore:
     """Artifacts as objects under `s3://bucket/prefix/<run-id>/<name>` (standard AWS credential chain)."""
 
-    def __init__(self, url: str, *, endpoint_url: str | None = None, setting: str = SETTING) -> None:
+    def __init__(self, url: str, *, endpoint_url: str | None = None, setting: str = SETTING,
+                 credentials: S3Credentials | None = None) -> None:
         try:
             self.location = S3Location.parse(url, setting=setting)
         except ValueError as exc:
             raise ArtifactStoreError(str(exc)) from exc
-        self._s3 = S3Connection(endpoint_url=endpoint_url, setting=setting)
+        self._s3 = S3Connection(endpoint_url=endpoint_url, setting=setting, credentials=credentials)
         self._client = self._s3.client
 
     def __repr__(self) -> str:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from fedgrove.settings import PipelineSettings
 from fedgrove.sources import SITE_DATA_VARIABLE, DataSource, SourceError
+from fedgrove_common.store_urls import is_block_url
 
 
 class SiteConfig(BaseModel):
@@ -50,6 +51,6 @@ def site_config_from_environment(site: str, settings: PipelineSettings | None = 
 
 def shared_artifacts_url(url: str | None) -> str:
     """The artifact store as other processes can reach it: a local folder made absolute."""
-    if url and "://" in url:
+    if url and ("://" in url or is_block_url(url)):
         return url
     return str(Path(url or "runs").resolve())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from fedgrove_cli import data_commands, run_commands, server_commands
+from fedgrove_cli import alert_commands, data_commands, run_commands, server_commands
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.command()(run_commands.train)
@@ -19,3 +19,4 @@ app.command()(run_commands.serve)
 app.add_typer(server_commands.aggregator_app, name="aggregator")
 app.add_typer(server_commands.branch_app, name="branch")
 app.add_typer(server_commands.run_app, name="run")
+app.add_typer(alert_commands.app, name="alerts")

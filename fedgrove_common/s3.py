@@ -14,7 +14,7 @@ Each store maps the `S3Problem` of a `S3Failure` onto its own exception hierarch
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -90,17 +90,33 @@ class S3Location:
         return f"s3://{self.bucket}/{self.key(*parts)}"
 
 
+@dataclass(frozen=True)
+class S3Credentials:
+    """Credentials given explicitly (e.g. by a Prefect AwsCredentials block) instead of AWS's own chain."""
+
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    region_name: str | None = None
+
+
 class S3Connection:
     """A boto3 S3 client plus what its error messages must name: the endpoint and the access key id.
 
     `setting` is the name of the option the user set the store's URL with (e.g. `FEDGROVE_BLOB_URL`);
-    messages about a missing bucket tell the user to fix it.
+    messages about a missing bucket tell the user to fix it. Without `credentials` the standard AWS chain
+    (environment, shared files, instance metadata) is used.
     """
 
     def __init__(
-        self, *, endpoint_url: str | None = None, region_name: str | None = None, setting: str
+        self, *, endpoint_url: str | None = None, region_name: str | None = None, setting: str,
+        credentials: S3Credentials | None = None,
     ) -> None:
-        self._session = boto3.session.Session(region_name=region_name)
+        given = credentials or S3Credentials()
+        self._session = boto3.session.Session(
+            aws_access_key_id=given.access_key_id, aws_secret_access_key=given.secret_access_key,
+            aws_session_token=given.session_token, region_name=region_name or given.region_name,
+        )
         config = Config(signature_version="s3v4", s3={"addressing_style": "path"})
         self.client: Any = self._session.client(
             "s3",

@@ -1,13 +1,22 @@
 """Where a store's URL points: a local folder or an S3 location, read the same way for every store.
 
 `None` or "" → the store's default folder; `file:///abs/path` or a plain path → that folder;
-`s3://bucket/prefix` → S3. A one-letter scheme is a Windows drive, so a plain path.
+`s3://bucket/prefix` → S3; `block:s3-bucket/<name>` → the S3 location a Prefect block names (resolved by the
+pipeline, which may talk to Prefect). A one-letter scheme is a Windows drive, so a plain path.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+
+BLOCK_PREFIX = "block:"
+
+
+def is_block_url(url: str | None) -> bool:
+    """A Prefect block reference, `block:<block-type-slug>/<block-name>`."""
+    return bool(url) and str(url).startswith(BLOCK_PREFIX)
 
 
 def local_folder(url: str | None, *, setting: str, default: Path) -> Path | None:
