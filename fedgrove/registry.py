@@ -30,7 +30,7 @@ from fedgrove.registry_store import IndexStore
 from fedgrove.spec import PromotionSpec
 
 FORMAT = 1
-MAX_ATTEMPTS = 20  # compare-and-swap retries of a registration (they commute, so retrying is always right)
+MAX_ATTEMPTS = 20  # compare-and-swap retries; a registration commutes, a promotion re-checks production
 
 
 class RegistryError(RuntimeError):
@@ -185,7 +185,7 @@ class Registry:
 
     def promote(self, run_id: str, *, expected_production: str | None, reason: str) -> PromotionOutcome:
         """Make `run_id` production, if production is still `expected_production` (compare-and-swap)."""
-        while True:
+        for _ in range(MAX_ATTEMPTS):
             index, version = self._read()
             entry = entry_of(index, run_id, location=self.location)
             refuse_failed(entry)
@@ -198,6 +198,8 @@ class Registry:
             if self.store.replace_if(_serialise(updated), expected=version):
                 return PromotionOutcome("promoted", run_id, run_id, f"run {run_id} is now production: {reason}")
             # the index changed under us: a registration (retry) or another promotion (the check above says)
+        raise RegistryError(f"registry index {self.location} changed {MAX_ATTEMPTS} times while run {run_id} was "
+                            "being promoted (fix: retry `fedgrove models promote`)")
 
     def promote_if_better(self, run_id: str, rule: PromotionSpec) -> PromotionOutcome:
         """Apply the safe-promotion rule (`fedgrove.promotion`) to a registered run."""
