@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedgrove.registry import Registry
-from fedgrove.registry_store import LocalIndexStore
+from fedgrove.registry_store import LocalIndexStore, index_store_from_url
 from fedgrove.spec import PromotionSpec
 from fedgrove_cli import app
 from tests.test_registry import entry
@@ -83,3 +83,17 @@ def test_models_list_of_an_empty_store_says_so(tmp_path: Path) -> None:
     code, output = models("list", "--artifacts", str(tmp_path))
     assert code == 0
     assert "no runs registered" in output
+
+
+def test_models_list_and_promote_work_on_an_s3_registry(s3_env: str) -> None:
+    url = f"s3://{s3_env}/fedgrove"
+    registry = Registry(index_store_from_url(url))
+    registry.register(entry("week-1"))
+    registry.register(entry("week-2", minutes=10))
+    code, output = models("promote", "week-1", "--artifacts", url)
+    assert (code, output.strip()) == (0, "run week-1 is now production (was run (none))")
+    code, output = models("list", "--artifacts", url)
+    assert code == 0, output
+    rows = {line.split()[1]: line for line in output.splitlines() if "week-" in line}
+    assert "production" in rows["week-1"] and "latest" in rows["week-2"]
+    assert f"s3://{s3_env}/fedgrove/registry/index.json" in output

@@ -26,6 +26,15 @@ async def artifacts_with_key(key: str) -> list:  # type: ignore[type-arg]
         return [artifact for artifact in await client.read_artifacts() if artifact.key == key]
 
 
+async def log_messages() -> list[str]:
+    async with get_client() as client:
+        messages, offset = [], 0
+        while page := await client.read_logs(limit=200, offset=offset):
+            messages += [log.message for log in page]
+            offset += len(page)
+        return messages
+
+
 def test_a_worse_second_run_is_registered_but_production_stays_on_the_first(
     prefect_api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
 ) -> None:
@@ -56,6 +65,8 @@ def test_a_worse_second_run_is_registered_but_production_stays_on_the_first(
                               f"pooled accuracy_test {worse_accuracy:.4f} against production run registry-good's "
                               f"{good_accuracy:.4f} (higher is better) is worse by "
                               f"{good_accuracy - worse_accuracy:.4f}, more than promotion.max_regression 0.01")
+    reason = said[0].split("\n\n")[1]
+    assert asyncio.run(log_messages()).count(f"model registry: {reason}") == 1
     tables = asyncio.run(artifacts_with_key(REGISTRY_KEY))
     assert any("registry-worse" in str(table.data) and "registry-good" in str(table.data) for table in tables)
 
