@@ -138,6 +138,8 @@ class S3IndexStore:
                     self._conditional = True
                     return True
                 raise self._error(exc, self._probe_key) from exc
+            except Exception as exc:
+                raise self._error(exc, self._probe_key) from exc
             self._conditional = False
             logger.warning("S3 endpoint %s ignores If-None-Match on PutObject: registry writes to %s compare the "
                            "ETag before writing and read back after, which narrows but does not close the race "

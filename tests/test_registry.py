@@ -22,7 +22,7 @@ from fedgrove.registry import (
     RunNotRegistered,
     SiteCounts,
 )
-from fedgrove.registry_store import LocalIndexStore, S3IndexStore, index_store_from_url
+from fedgrove.registry_store import LocalIndexStore, RegistryStoreError, S3IndexStore, index_store_from_url
 from fedgrove.spec import PromotionSpec
 
 START = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
@@ -254,3 +254,12 @@ def test_the_s3_store_sends_if_none_match_for_the_first_index_and_if_match_with_
     etag = store.read().version
     assert store.replace_if(b'{"format": 1, "revision": "b"}', expected=etag)
     assert sent == [{"If-Match": None, "If-None-Match": "*"}, {"If-Match": etag, "If-None-Match": None}]
+
+
+def test_a_registry_in_a_missing_bucket_names_the_bucket_and_the_fix(s3_env: str, s3_server) -> None:  # type: ignore[no-untyped-def]
+    registry = Registry(index_store_from_url("s3://no-such-registry-bucket/fedgrove"))
+    with pytest.raises(RegistryStoreError) as missing:
+        registry.runs()
+    assert str(missing.value) == (f"S3 bucket 'no-such-registry-bucket' does not exist at endpoint "
+                                  f"{s3_server.endpoint_url} (fix: create it with `aws s3 mb "
+                                  "s3://no-such-registry-bucket`, or fix the artifact store URL)")
