@@ -109,6 +109,15 @@ class EvaluationSpec(SpecModel):
     )
 
 
+class PromotionSpec(SpecModel):
+    """When a finished run replaces the model registry's `production` model (fedgrove/promotion.py)."""
+
+    max_regression: float = Field(
+        default=0.01, ge=0, description="promote only if the pooled test metric is no worse than production's by "
+        "more than this (accuracy for classification, RMSE for regression, in its own units)")
+    auto: bool = Field(default=True, description="false: register the run, never promote it by itself")
+
+
 class FederationSpec(SpecModel):
     """What the federation trains. Shared by every site; holds no credential and, in sites mode, no path."""
 
@@ -131,6 +140,7 @@ class FederationSpec(SpecModel):
     evaluation: EvaluationSpec = EvaluationSpec()
     min_records: int = Field(default=10, ge=1, description="a site with fewer records does not take part")
     privacy: PrivacySpec = PrivacySpec()
+    promotion: PromotionSpec = PromotionSpec()
     sites: dict[str, DataSource | None] = Field(
         default_factory=dict,
         description="site name -> its data source (one-machine mode); in sites mode only the names are sent",

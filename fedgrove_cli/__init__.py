@@ -1,5 +1,5 @@
-"""`fedgrove`: train a federation from a spec, run one organisation's leaf, split a table, predict, and run
-the aggregation server."""
+"""`fedgrove`: train a federation from a spec, run one organisation's leaf, split a table, predict, run
+the aggregation server, and keep a registry of trained models."""
 
 # Nothing imports this package: it is the top of the import graph (cli -> flows -> tasks -> fedgrove).
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from fedgrove_cli import alert_commands, data_commands, run_commands, server_commands
+from fedgrove_cli import alert_commands, data_commands, model_commands, run_commands, server_commands
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.command()(run_commands.train)
@@ -19,4 +19,5 @@ app.command()(run_commands.serve)
 app.add_typer(server_commands.aggregator_app, name="aggregator")
 app.add_typer(server_commands.branch_app, name="branch")
 app.add_typer(server_commands.run_app, name="run")
+app.add_typer(model_commands.models_app, name="models")
 app.add_typer(alert_commands.app, name="alerts")

@@ -42,6 +42,7 @@ from flows.sites import run_site_deployments, run_sites_in_process
 from tasks.baselines import train_centralised
 from tasks.outputs import publish_prefect_artifacts, write_outputs
 from tasks.provisioning import forget_credentials, provide_branch
+from tasks.registry import register_and_promote
 from tasks.run_setup import agreed_preprocessing, collect_site_results, settle_spec
 
 
@@ -166,6 +167,8 @@ def federated_training(spec: FederationSpec | None = None, run: RunOptions = Run
     uris, result_url = write_outputs(run_id=run_id, staging=work / "outputs", artifacts_url=artifacts_url,
                                      epochs=epochs, card=card, parameters=parameters, summary=summary)
     publish_prefect_artifacts(summary=summary, epochs=epochs, uris=uris, result_url=result_url)
+    register_and_promote(spec=spec, summary=summary, epochs=epochs, uris=uris, failures=failures,
+                         artifacts_url=artifacts_url)
     update_progress_artifact(progress_id, 100.0)
     if not failures:
         write_run_record(work, record.model_copy(update={"finished": True}))

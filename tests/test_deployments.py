@@ -137,6 +137,8 @@ def test_a_manual_weekly_run_completes_on_the_coordinator_pool_with_its_artifact
         "federated-training-summary": "markdown",
         "federated-training-result-plot": "markdown",  # a link artifact is stored as markdown
         "federated-training-progress": "progress",
+        "model-registry": "table",
+        "model-promotion": "markdown",
     }
     rounds = json.loads(artifacts["federated-training-rounds"]["data"])
     assert sorted((row["site"], row["epoch"]) for row in rounds) == [
@@ -151,6 +153,9 @@ def test_a_manual_weekly_run_completes_on_the_coordinator_pool_with_its_artifact
         assert (outputs / name).stat().st_size > 0, name
     summary = json.loads((outputs / "summary.json").read_text())
     assert (summary["rounds"], sorted(summary["sites"])) == (2, ["site-1", "site-2"])
+    registry = json.loads((weekly_run.artifacts / "registry" / "index.json").read_text())
+    assert (registry["latest"], registry["runs"][run_id]["status"]) == (run_id, "completed")
+    assert run_id in json.dumps(json.loads(artifacts["model-registry"]["data"]))
     leaf_flow_id = prefect_server.api("GET", "/flows/name/leaf-training")["id"]
     subflows = prefect_server.flow_runs(parent_flow_run_id={"any_": [run["id"]]})
     leaves = [child for child in subflows if child["flow_id"] == leaf_flow_id]
