@@ -37,6 +37,7 @@ test-fast: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/aggregator.py
 	$(BIN)/python bench/end_to_end.py
+	$(BIN)/python bench/peers/run.py
 
 clean:
 	rm -rf $(VENV) .fedgrove runs

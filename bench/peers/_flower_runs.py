@@ -18,8 +18,11 @@ streams the run's log until it ends.
 from __future__ import annotations
 
 import json
+import resource
 import socket
 import statistics
+import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +47,8 @@ class FlowerFigures:
     accuracy_test: float | None  # None: the run did not finish
     parameters: list[list[float]] | None
     note: str = ""
+    cpu_s: float | None = None  # all its processes
+    processes: int | None = None  # processes seen, all told
     submit_to_end_s: float | None = None  # deployment: `flwr run` to the run's end
 
     def as_dict(self) -> dict:
@@ -79,7 +84,8 @@ def simulation(task_dir: Path, scratch: Path, *, cpus_per_client: float, timeout
                 else f"exited {timed.returncode}: {tail(log, 15)}")
     return FlowerFigures(mode="simulation", wall_s=timed.wall_s, first_round_s=first, per_round_s=steady,
                          rounds_done=done, peak_mb=timed.peak_mb, accuracy_test=result.get("pooled_accuracy_test"),
-                         parameters=result.get("parameters"), note=note)
+                         parameters=result.get("parameters"), note=note, cpu_s=timed.cpu_s,
+                         processes=timed.processes)
 
 
 def free_port() -> int:
@@ -109,8 +115,9 @@ def write_flower_config(home: Path, port: int) -> None:
         f'address = "127.0.0.1:{port}"\ninsecure = true\n')
 
 
-def deployment(task_dir: Path, scratch: Path, *, sites: int, timeout_s: float) -> FlowerFigures:
-    """A SuperLink, one SuperNode per site and `flwr run`, all measured as one family of processes."""
+def deployment(task_dir: Path, scratch: Path, *, sites: int, rounds: int, timeout_s: float) -> FlowerFigures:
+    """A SuperLink, one SuperNode per site and `flwr run` of the task's first `rounds` rounds, all measured as one
+    family of processes."""
     folder = scratch / "flower-deployment"
     folder.mkdir(parents=True, exist_ok=True)
     home, result_file = folder / "flwr-home", folder / "result.json"
@@ -134,7 +141,7 @@ def deployment(task_dir: Path, scratch: Path, *, sites: int, timeout_s: float) -
         submitted = time.perf_counter()
         run_log = folder / "flwr-run.log"
         runner = start([str(executable("flwr")), "run", str(APP_DIR), "bench", "--stream", "--run-config",
-                        f"task-dir='{task_dir}' result-file='{result_file}'"], env=env, cwd=folder, log=run_log)
+                        f"task-dir='{task_dir}' result-file='{result_file}' num-rounds={rounds}"], env=env, cwd=folder, log=run_log)
         family.add(runner)
         try:
             returncode: int | None = runner.wait(timeout=timeout_s)
@@ -152,4 +159,18 @@ def deployment(task_dir: Path, scratch: Path, *, sites: int, timeout_s: float) -
         note = f"flwr run exited {returncode}: {tail(run_log, 15)}"
     return FlowerFigures(mode="deployment", wall_s=ended - started, first_round_s=first, per_round_s=steady,
                          rounds_done=done, peak_mb=family.peak_bytes / 2**20, accuracy_test=accuracy,
-                         parameters=result.get("parameters"), note=note, submit_to_end_s=ended - submitted)
+                         parameters=result.get("parameters"), note=note, cpu_s=family.total_cpu_s,
+                         processes=len(family.seen), submit_to_end_s=ended - submitted)
+
+
+def clientapp_start_cost() -> dict[str, float]:
+    """What starting one ClientApp process costs before it sees a message: Python with flwr's ClientApp API and
+    torch imported (a deployment round starts one such process per site for training and one for evaluation)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run([str(python()), "-c", "import flwr.app, flwr.clientapp, torch"], check=True, timeout=300,
+                   env=flower_environment(Path(tempfile.gettempdir()) / "peers-flwr-home"))
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall_s": wall, "cpu_s": cpu}

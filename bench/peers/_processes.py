@@ -30,6 +30,7 @@ class Family:
 
     roots: list[psutil.Process] = field(default_factory=list)
     seen: dict[int, psutil.Process] = field(default_factory=dict)
+    cpu_seconds: dict[int, float] = field(default_factory=dict)  # each process's user + system CPU, last sample
     peak_bytes: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -54,9 +55,16 @@ class Family:
             self.seen.setdefault(pid, member)
             try:
                 total += member.memory_info().rss
+                times = member.cpu_times()
+                self.cpu_seconds[pid] = times.user + times.system
             except psutil.Error:
                 pass
         return total
+
+    @property
+    def total_cpu_s(self) -> float:
+        """CPU the family used, as last sampled (a process living under 50 ms may be missed)."""
+        return sum(self.cpu_seconds.values())
 
     def start_sampling(self) -> None:
         def sample() -> None:
@@ -110,6 +118,8 @@ class Timed:
     wall_s: float
     peak_mb: float
     returncode: int | None  # None: stopped at the time limit
+    cpu_s: float
+    processes: int
 
 
 def run_sampled(command: Sequence[str], *, env: Mapping[str, str], cwd: Path, log: Path,
@@ -126,7 +136,8 @@ def run_sampled(command: Sequence[str], *, env: Mapping[str, str], cwd: Path, lo
         returncode = None
     wall = time.perf_counter() - started
     family.stop_all()
-    return Timed(wall_s=wall, peak_mb=family.peak_bytes / 2**20, returncode=returncode)
+    return Timed(wall_s=wall, peak_mb=family.peak_bytes / 2**20, returncode=returncode, cpu_s=family.total_cpu_s,
+                 processes=len(family.seen))
 
 
 def tail(log: Path, lines: int = 40) -> str:

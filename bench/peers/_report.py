@@ -83,8 +83,8 @@ def markdown(figures: Mapping[str, Any]) -> str:
               f"{figures['load_average_before'][0]:.1f} before / {figures['load_average_after'][0]:.1f} after")
     lines = [header, "",
              "| run | whole run (s) | first round (s) | per round, steady (ms) | rounds | peak memory, all "
-             "processes (MB) | final pooled test accuracy | note |",
-             "|---|---|---|---|---|---|---|---|"]
+             "processes (MB) | CPU, all processes (s) | final pooled test accuracy (reference) | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for key, label in LABELS.items():
         run = runs.get(key)
         if run is None:
@@ -92,9 +92,10 @@ def markdown(figures: Mapping[str, Any]) -> str:
         per_round = run["per_round_s"] * 1000 if run.get("per_round_s") is not None else None
         lines.append(f"| {label} | {_cell(run['wall_s'], 1)} | {_cell(run.get('first_round_s'))} | "
                      f"{_cell(per_round, 1)} | {run['rounds_done']} | {_cell(run['peak_mb'], 0)} | "
-                     f"{_cell(run.get('accuracy_test'), 4)} | {run.get('note', '')} |")
-    lines += ["", f"In-memory reference (`fedgrove.simulation.simulate`): final pooled test accuracy {reference:.4f}; "
-              "accuracies equal to it: " + ", ".join(f"{k} {v}" for k, v in figures["accuracy_equal"].items()), "",
+                     f"{_cell(run.get('cpu_s'), 0)} | {_cell(run.get('accuracy_test'), 4)} "
+                     f"({_cell(run.get('reference_accuracy_test'), 4)}) | {run.get('note', '')} |")
+    lines += ["", f"In-memory reference (`fedgrove.simulation.simulate`): final pooled test accuracy {reference:.4f} "
+              "(after every round in peers.json); each run's accuracy equals the reference after as many rounds: " + ", ".join(f"{k} {v}" for k, v in figures["accuracy_equal"].items()), "",
               "| ratio fedgrove / Flower | value |", "|---|---|"]
     lines += [f"| {name} | {_cell(value, 3)} |" for name, value in figures["ratios"].items()]
     lines += ["", "| target (issue #21) | figure | verdict |", "|---|---|---|"]

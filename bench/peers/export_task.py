@@ -8,7 +8,8 @@ written down: the demo's split (`fedgrove.demo.write_demo_sites`), each site's o
 (`fedgrove.site_table.table_for_spec`), the federated preprocessing (the same lockstep protocol
 `fedgrove.simulation.simulate` drives) that selects and standardises 4 features, each site's shuffle seed, the
 model's initial parameters and the training config. It also writes the reference the peer must equal: the
-in-memory simulation's final pooled test accuracy and parameters.
+in-memory simulation's final pooled test accuracy and parameters (and its pooled accuracy after every
+round, for a peer run stopped after fewer rounds).
 
 OUT_DIR gets `task.json` (config, sites, seeds, features, reference) and per site `<site>.npz` (float32 `X`,
 `y`, `X_test`, `y_test`), plus `initial.npz` (the initial parameters `layer_0`...`layer_n`, state_dict order).
@@ -83,6 +84,9 @@ def export(out: Path, options: DemoOptions) -> dict:
             "pooled_accuracy_test": pooled.get("accuracy"),
             "pooled_correct_test": pooled.sums["correct"],
             "pooled_records_test": pooled.records,
+            # after each round, for a peer run of fewer rounds (the same task's first rounds)
+            "pooled_accuracy_by_round": [pooled_round(reference.results, index).test.get("accuracy")
+                                         for index in range(spec.train.rounds)],
             "parameters": [p.astype(np.float64).ravel().tolist() for p in reference.parameters],
         },
     }

@@ -51,12 +51,14 @@ def main(grid: Grid, context: Context) -> None:
         marks.append(time.time())
         result_file.write_text(json.dumps({"serverapp_started": started, "round_marks": marks}))
 
+    rounds = int(context.run_config.get("num-rounds") or task["train"]["rounds"])
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial_parameters(task_dir)),
-                            num_rounds=task["train"]["rounds"], evaluate_fn=mark_round)
-    final = result.evaluate_metrics_clientapp[task["train"]["rounds"]]
+                            num_rounds=rounds, evaluate_fn=mark_round)
+    final = result.evaluate_metrics_clientapp[rounds]
     result_file.write_text(json.dumps({
         "serverapp_started": started,
         "round_marks": marks,
+        "rounds": rounds,
         "pooled_correct_test": int(final["correct"]),
         "pooled_records_test": int(final["records"]),
         "pooled_accuracy_test": float(final["accuracy"]),
