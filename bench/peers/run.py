@@ -5,14 +5,16 @@
 Runs in the project's venv. It creates (or reuses) Flower's own venv `bench/peers/.venv-flower` (never the
 project's), exports the demo's task with fedgrove (`export_task.py`: the split, each site's held-out records,
 the federated preprocessing, seeds, initial parameters and the in-memory reference), then runs one after the
-other: Flower's simulation mode (Ray), `fedgrove demo` (as `bench/end_to_end.py` runs it) and Flower's
+other: Flower's simulation mode (Ray), `fedgrove demo` (as `bench/end_to_end.py` runs it) with its two floors
+(the in-memory FedAvg loop and Prefect's own, `bench/end_to_end.py`'s code) and Flower's
 deployment mode (a SuperLink and a SuperNode per site on 127.0.0.1, `flwr run`; the task's first 10 rounds by
 default, `--deployment-rounds 50` for all: its rounds cost tens of seconds each here). For each: the whole run's wall
 time from its first process's start, the steady per-round time (median of the rounds after the first), the
 peak RSS of all its processes (sampled every 50 ms) and its final pooled test accuracy. Every accuracy must
 equal the in-memory reference's after as many rounds, which proves the runs trained the same task; a difference fails the run
 (exit 1) after the figures are written. Prints and writes bench/results/peers.{json,md}, with the ratios
-fedgrove / Flower and the issue's targets as PASS or MISS.
+fedgrove / Flower and the issue's targets as PASS or MISS, and bench/results/README-table.md, the short table
+for the README.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _report  # noqa: E402
-from _fedgrove_runs import demo  # noqa: E402
+from _fedgrove_runs import demo, inmemory_floor, prefect_floor  # noqa: E402
 from _flower_runs import clientapp_start_cost, deployment, simulation  # noqa: E402
 from _flower_venv import ensure_flower_venv, versions  # noqa: E402
 from _processes import load_average  # noqa: E402
@@ -76,6 +78,10 @@ def main() -> None:
         if "demo" not in arguments.skip:
             print("fedgrove demo ...", flush=True)
             runs["fedgrove_demo"] = demo(scratch, rounds=arguments.rounds, sites=arguments.sites).as_dict()
+            print("in-memory FedAvg floor ...", flush=True)
+            runs["inmemory_floor"] = inmemory_floor(scratch, rounds=arguments.rounds, sites=arguments.sites).as_dict()
+            print("Prefect's floor ...", flush=True)
+            runs["prefect_floor"] = prefect_floor(scratch, rounds=arguments.rounds, sites=arguments.sites).as_dict()
         if "deployment" not in arguments.skip:
             print("Flower deployment ...", flush=True)
             runs["flower_deployment"] = deployment(
@@ -92,7 +98,10 @@ def main() -> None:
              f"client on {os.cpu_count()} cores.",
              "Per round: fedgrove, the slowest site's round (fit to evaluation); Flower, the ServerApp's round "
              "(training sent to evaluation aggregated). Both train and evaluate every site every round.",
-             "fedgrove sites mode (a `prefect server`, a process worker per site) is not run by this benchmark."]
+             "fedgrove sites mode (a `prefect server`, a process worker per site) is not run by this benchmark: "
+             "its target is reported MISS (not measured).",
+             "Every run in this table comes from this one invocation, one after the other on the same machine; the "
+             "load average before and after is in the header."]
     deployed = runs.get("flower_deployment")
     if deployed is not None:
         notes.append(
