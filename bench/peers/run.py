@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -59,6 +60,9 @@ def main() -> None:
     parser.add_argument("--deployment-timeout", type=float, default=2400.0,
                         help="stop Flower's deployment run after this many seconds and report the rounds done")
     arguments = parser.parse_args()
+    # SIGTERM (a time limit, `kill PID`) unwinds like Ctrl-C, so every `finally` stops the processes it started
+    # (the SuperLink, the SuperNodes and their ClientApps) and the scratch folder is removed.
+    signal.signal(signal.SIGTERM, lambda number, _frame: sys.exit(128 + number))
 
     started = time.perf_counter()
     ensure_flower_venv()
