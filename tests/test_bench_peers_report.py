@@ -1,0 +1,63 @@
+"""The peers benchmark's verdicts and tables (bench/peers/_report.py), on made-up figures: no run, no clock.
+
+The verdict logic decides what the README claims, so it is checked here: each target's PASS or MISS follows its
+figures, a target whose figures the benchmark did not measure is a MISS that says so, and the tables carry
+every run and every target.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "peers"))
+
+import _report  # noqa: E402
+
+
+def run(wall_s: float, per_round_s: float | None, peak_mb: float | None, *, rounds: int = 50,
+        accuracy: float | None = 0.9) -> dict:
+    return {"wall_s": wall_s, "first_round_s": None, "per_round_s": per_round_s, "rounds_done": rounds,
+            "peak_mb": peak_mb, "accuracy_test": accuracy, "reference_accuracy_test": accuracy, "note": ""}
+
+
+RUNS = {
+    "fedgrove_demo": run(20.0, 0.120, 800.0),
+    "prefect_floor": run(15.0, 0.100, 600.0, accuracy=None),
+    "inmemory_floor": run(0.5, 0.004, None, accuracy=None),
+    "flower_simulation": run(21.0, 0.104, 2300.0),
+    "flower_deployment": run(300.0, 20.0, 3000.0, rounds=10),
+}
+
+
+def figures(runs: dict) -> dict:
+    return {"date": "2026-12-06T22:00:00+00:00", "machine": {"cores": 2, "memory_gb": 23.5, "python": "3.11"},
+            "load_average_before": (3.0, 3.0, 3.0), "load_average_after": (2.0, 2.0, 2.0), "sites": 5,
+            "rounds": 50, "reference_accuracy_test": 0.9, "runs": runs,
+            "accuracy_equal": {k: True for k, r in runs.items() if r["accuracy_test"] is not None},
+            "ratios": _report.ratios(runs), "targets": _report.verdicts(runs), "notes": []}
+
+
+def test_verdicts_follow_the_figures_and_sites_mode_unmeasured_is_a_miss() -> None:
+    targets = _report.verdicts(RUNS)
+    met = [target["met"] for target in targets.values()]
+    # 20 ≤ 21 s; 120 − 4 − 100 = 16 ≤ 30 ms; 800 MB ≤ 1 GB; sites mode not run
+    assert met == [True, True, True, None]
+    assert "16.0 ms" in list(targets.values())[1]["figure"]
+    assert "not measured" in list(targets.values())[3]["figure"]
+    assert _report.verdict(None) == "MISS (not measured)"
+
+
+def test_a_slower_demo_and_a_larger_overhead_are_misses() -> None:
+    runs = {**RUNS, "fedgrove_demo": run(30.0, 0.200, 1100.0)}
+    assert [target["met"] for target in _report.verdicts(runs).values()] == [False, False, False, None]
+
+
+def test_the_tables_name_every_run_and_target() -> None:
+    made = figures(RUNS)
+    full, short = _report.markdown(made), _report.readme_table(made)
+    for label in ("fedgrove demo", "Prefect's own floor", "in-memory FedAvg floor", "Flower 1.41 simulation",
+                  "Flower 1.41 deployment"):
+        assert label in full and label in short
+    assert "first 10 rounds" in short and "under load" in short
+    assert short.count("PASS") == 3 and "MISS (not measured)" in short
