@@ -30,8 +30,8 @@ from typing import Protocol
 from botocore.exceptions import ClientError
 
 from fedgrove_common.atomic_files import replace_durably, staged
-from fedgrove_common.s3 import S3Connection, S3Location
-from fedgrove_common.store_urls import local_folder
+from fedgrove_common.s3 import S3Connection, S3Credentials, S3Location
+from fedgrove_common.store_urls import is_block_url, local_folder
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,13 @@ class IndexStore(Protocol):
 
 def index_store_from_url(url: str | None, *, default_dir: Path = Path("runs"),
                          endpoint_url: str | None = None) -> IndexStore:
-    """The registry of the artifact store at `url` (a folder, file:///..., or s3://bucket/prefix)."""
+    """The registry of the artifact store at `url` (a folder, file:///..., s3://bucket/prefix, or a Prefect
+    S3Bucket block as block:s3-bucket/<name>)."""
+    if is_block_url(url):
+        from fedgrove.prefect_blocks import s3_bucket_block
+
+        block = s3_bucket_block(str(url), setting=SETTING)
+        return S3IndexStore(block.url, endpoint_url=block.endpoint_url, credentials=block.credentials)
     try:
         folder = local_folder(url, setting=SETTING, default=default_dir)
     except ValueError as exc:
@@ -109,7 +115,7 @@ class LocalIndexStore:
 class S3IndexStore:
     """`s3://bucket/prefix/registry/index.json`, replaced by a conditional PutObject where the server has them."""
 
-    def __init__(self, url: str, *, endpoint_url: str | None = None) -> None:
+    def __init__(self, url: str, *, endpoint_url: str | None = None, credentials: S3Credentials | None = None) -> None:
         try:
             location = S3Location.parse(url, setting=SETTING)
         except ValueError as exc:
@@ -118,7 +124,7 @@ class S3IndexStore:
         self.key = location.key(FOLDER, INDEX)
         self._probe_key = location.key(FOLDER, PROBE)
         self.location = f"s3://{self.bucket}/{self.key}"
-        self._s3 = S3Connection(endpoint_url=endpoint_url, setting=SETTING)
+        self._s3 = S3Connection(endpoint_url=endpoint_url, setting=SETTING, credentials=credentials)
         self._client = self._s3.client
         self._conditional: bool | None = None
 

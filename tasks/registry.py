@@ -21,6 +21,7 @@ from fedgrove.registry_store import index_store_from_url
 from fedgrove.spec import FederationSpec
 from tasks.logs import run_logger
 from tasks.options import LOCAL
+from tasks.registry_events import announce_not_promoted
 
 REGISTRY_KEY = "model-registry"
 PROMOTION_KEY = "model-promotion"
@@ -41,6 +42,8 @@ def register_and_promote(*, spec: FederationSpec, summary: Mapping, epochs: pd.D
         logger.info("model registry: %s", outcome.message)
     else:
         logger.warning("model registry: %s", outcome.message)
+        if spec.promotion.auto:
+            announce_not_promoted(entry.run_id, outcome.message)  # for the automation that alerts on it
     create_markdown_artifact(markdown=promotion_markdown(outcome, index), key=PROMOTION_KEY,
                              description=f"Promotion of run {entry.run_id}")
     create_table_artifact(table=registry_rows(index), key=REGISTRY_KEY,
