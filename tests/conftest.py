@@ -22,3 +22,14 @@ from hypothesis import settings as _hypothesis_settings  # noqa: E402
 
 _hypothesis_settings.register_profile("fedgrove", derandomize=True)
 _hypothesis_settings.load_profile("fedgrove")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLI tables one row per line: the CLI's console takes its width once, whatever COLUMNS says later."""
+    from fedgrove_cli.console import console
+
+    monkeypatch.setattr(console, "width", 200)

@@ -13,6 +13,8 @@ from fedgrove.spec import PromotionSpec
 from fedgrove_cli import app
 from tests.test_registry import entry
 
+pytestmark = pytest.mark.usefixtures("wide_console")
+
 
 @pytest.fixture
 def runs(tmp_path: Path) -> Path:

@@ -5,6 +5,7 @@ second run's markdown artifact says why, and `fedgrove models list` shows both."
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,7 @@ async def log_messages() -> list[str]:
         return messages
 
 
+@pytest.mark.usefixtures("wide_console")
 def test_a_worse_second_run_is_registered_but_production_stays_on_the_first(
     prefect_api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
 ) -> None:
@@ -66,7 +68,11 @@ def test_a_worse_second_run_is_registered_but_production_stays_on_the_first(
                               f"{good_accuracy:.4f} (higher is better) is worse by "
                               f"{good_accuracy - worse_accuracy:.4f}, more than promotion.max_regression 0.01")
     reason = said[0].split("\n\n")[1]
-    assert asyncio.run(log_messages()).count(f"model registry: {reason}") == 1
+    deadline = time.monotonic() + 60  # a run's last log lines reach the API in a batch after it ends
+    while (found := asyncio.run(log_messages()).count(f"model registry: {reason}")) == 0 and \
+            time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert found == 1
     tables = asyncio.run(artifacts_with_key(REGISTRY_KEY))
     assert any("registry-worse" in str(table.data) and "registry-good" in str(table.data) for table in tables)
 
