@@ -38,6 +38,7 @@ class RunRecord(BaseModel):
     mode: Literal["local", "sites"]
     spec: FederationSpec
     demo: DemoOptions | None = None  # the demo's options when the run had no spec of its own
+    warm_start: str | None = None  # the registered run whose model it started from (train.init_from)
     finished: bool = False
 
 

@@ -82,6 +82,10 @@ class TrainSpec(SpecModel):
     optimizer: Literal["sgd", "adam"] = Field(default="sgd", description="adam keeps its state at the site")
     weight_decay: float = Field(default=0.0, ge=0.0, description="L2 penalty added to the gradient")
     proximal_mu: float = Field(default=0.0, ge=0.0, description="FedProx: adds mu/2 |w - w_global|^2 to the loss")
+    init_from: str = Field(
+        default="none", pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="none: fresh parameters; latest, production or a run id: start from that registered model, "
+                    "when it reads the same inputs with the same architecture")
 
 
 class DpSpec(SpecModel):

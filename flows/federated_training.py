@@ -44,6 +44,7 @@ from tasks.outputs import publish_prefect_artifacts, write_outputs
 from tasks.provisioning import forget_credentials, provide_branch
 from tasks.registry import register_and_promote
 from tasks.run_setup import agreed_preprocessing, collect_site_results, settle_spec
+from tasks.warm_start import choose_warm_start
 
 
 class RunOptions(BaseModel):
@@ -64,6 +65,9 @@ class RunOptions(BaseModel):
     )
     min_leaves: int | None = Field(default=None, ge=1, description="local mode: quorum for a timed-out round")
     demo: DemoOptions = Field(default=DemoOptions(), description="the built-in demo's split, used without a spec")
+    init_from: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$",
+                                  description="overrides the spec's train.init_from: none, latest, production or a "
+                                  "run id (the weekly deployment starts from production)")
 
 
 class SiteFlowsFailed(RuntimeError):
@@ -113,6 +117,8 @@ def federated_training(spec: FederationSpec | None = None, run: RunOptions = Run
         refuse_changed_demo(record, run.demo)
         spec = record.spec  # resumed as it started
     spec = settle_spec(spec, spec_file=settings.spec, mode=run.mode, demo=run.demo, work=work)
+    if run.init_from is not None:
+        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"init_from": run.init_from})})
     if spec.privacy.secure_aggregation and (run.round_timeout_s is not None or run.min_leaves is not None):
         raise SecureAggregationNeedsEverySite(
             "secure aggregation needs every site in every round, and a quorum (round_timeout_s / min_leaves) would "
@@ -130,9 +136,16 @@ def federated_training(spec: FederationSpec | None = None, run: RunOptions = Run
     artifacts_url = shared_artifacts_url(settings.artifacts)
     progress_id = create_progress_artifact(progress=0.0, key="federated-training-progress",
                                            description=f"Rounds completed, run {run_id}")
+    if resume:
+        warm_start = record.warm_start  # the model it started from, even if production moved since
+    else:
+        warm_start = choose_warm_start(spec, artifacts_url=artifacts_url)
+        record = record.model_copy(update={"warm_start": warm_start})
+        write_run_record(work, record)
     assignments = [
         LeafAssignment(spec=spec.shared(), site=site, run_id=run_id, aggregation_timeout_s=settings.aggregation_timeout_s,
-                       progress_artifact_id=str(progress_id) if index == 0 else None, resume=resume)
+                       progress_artifact_id=str(progress_id) if index == 0 else None, resume=resume,
+                       warm_start=warm_start)
         for index, site in enumerate(spec.roster())
     ]
     if run.mode == "sites":

@@ -38,6 +38,7 @@ from tasks.exchange import (
 from tasks.preprocessing import SiteReading, agree_preprocessing, read_site_data
 from tasks.site_results import publish_site_result
 from tasks.training import evaluate_and_track, fit_local, prepare_inputs, train_alone_task
+from tasks.warm_start import load_warm_start
 
 SITE_OWNED_KEYS = ("data", "sql", "data_path", "test_path", "work_dir", "env_file", "artifacts", "base_dir")
 REPORT_EVERY_ROUNDS = 10
@@ -58,6 +59,8 @@ class LeafAssignment(BaseModel):
     aggregation_timeout_s: float = Field(default=120.0, gt=0)
     progress_artifact_id: str | None = None
     resume: bool = Field(default=False, description="continue the run from this site's checkpoint, not round 1")
+    warm_start: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$",
+                                   description="the registered run whose model this run starts from")
 
     @model_validator(mode="before")
     @classmethod
@@ -143,6 +146,10 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
         arrays = prepare_inputs(reading.table, agreement.preprocessing)
         if latest is None:
             parameters = initial_parameters(spec, len(agreement.preprocessing.input_names), arrays.n_outputs)
+            if assignment.warm_start is not None:
+                parameters = load_warm_start(assignment.warm_start, artifacts_url=config.artifacts or
+                                             shared_artifacts_url(None), spec=spec,
+                                             preprocessing=agreement.preprocessing, n_outputs=arrays.n_outputs)
             optimizer_state = None  # Adam's moments stay here, at the site, from round to round
             history, digests, round_seconds = [], [], []
         else:
