@@ -24,7 +24,8 @@ from typing import Any, NoReturn, Protocol
 from fedgrove_common.atomic_files import replace_durably, staged, staged_copy
 from fedgrove_common.names import NAME_RULE, is_valid_name
 from fedgrove_common.s3 import S3Connection, S3Credentials, S3Location, S3Problem
-from fedgrove_common.store_urls import is_block_url, local_folder
+from fedgrove.prefect_blocks import BlockNotUsable
+from fedgrove.store_target import store_target
 
 logger = logging.getLogger(__name__)
 
@@ -76,18 +77,15 @@ def artifact_store_from_url(
     `s3://bucket/prefix` → S3 (`endpoint_url` overrides `AWS_ENDPOINT_URL`);
     `block:s3-bucket/<name>` → the bucket, folder, endpoint and credentials of that Prefect S3Bucket block.
     """
-    if is_block_url(url):
-        from fedgrove.prefect_blocks import s3_bucket_block
-
-        block = s3_bucket_block(str(url), setting=SETTING)
-        return S3ArtifactStore(block.url, endpoint_url=block.endpoint_url, credentials=block.credentials)
     try:
-        folder = local_folder(url, setting=SETTING, default=default_dir)
+        target = store_target(url, setting=SETTING, default_dir=default_dir, endpoint_url=endpoint_url)
+    except BlockNotUsable:
+        raise
     except ValueError as exc:
         raise ArtifactStoreError(str(exc)) from exc
-    if folder is None:
-        return S3ArtifactStore(str(url), endpoint_url=endpoint_url)
-    return LocalArtifactStore(folder)
+    if isinstance(target, Path):
+        return LocalArtifactStore(target)
+    return S3ArtifactStore(target.url, endpoint_url=target.endpoint_url, credentials=target.credentials)
 
 
 def check_name(value: str, *, what: str = "artifact name") -> str:

@@ -31,7 +31,8 @@ from botocore.exceptions import ClientError
 
 from fedgrove_common.atomic_files import replace_durably, staged
 from fedgrove_common.s3 import S3Connection, S3Credentials, S3Location
-from fedgrove_common.store_urls import is_block_url, local_folder
+from fedgrove.prefect_blocks import BlockNotUsable
+from fedgrove.store_target import store_target
 
 logger = logging.getLogger(__name__)
 
@@ -69,18 +70,15 @@ def index_store_from_url(url: str | None, *, default_dir: Path = Path("runs"),
                          endpoint_url: str | None = None) -> IndexStore:
     """The registry of the artifact store at `url` (a folder, file:///..., s3://bucket/prefix, or a Prefect
     S3Bucket block as block:s3-bucket/<name>)."""
-    if is_block_url(url):
-        from fedgrove.prefect_blocks import s3_bucket_block
-
-        block = s3_bucket_block(str(url), setting=SETTING)
-        return S3IndexStore(block.url, endpoint_url=block.endpoint_url, credentials=block.credentials)
     try:
-        folder = local_folder(url, setting=SETTING, default=default_dir)
+        target = store_target(url, setting=SETTING, default_dir=default_dir, endpoint_url=endpoint_url)
+    except BlockNotUsable:
+        raise
     except ValueError as exc:
         raise RegistryStoreError(str(exc)) from exc
-    if folder is None:
-        return S3IndexStore(str(url), endpoint_url=endpoint_url)
-    return LocalIndexStore(folder)
+    if isinstance(target, Path):
+        return LocalIndexStore(target)
+    return S3IndexStore(target.url, endpoint_url=target.endpoint_url, credentials=target.credentials)
 
 
 class LocalIndexStore:

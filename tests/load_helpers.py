@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import httpx
-import numpy as np
 import psutil
 from branchkey import Client
 from websockets.asyncio.client import ClientConnection, connect

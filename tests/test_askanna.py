@@ -52,6 +52,7 @@ EXPECTED_VARIABLES = {
     "train.optimizer": "sgd",
     "train.weight_decay": "0.0",  # the SDK stores a 0 or a False as null: they go as text
     "train.proximal_mu": "0.0",
+    "train.init_from": "none",
     "run_id": "askanna",
     "mode": "local",
     "artifacts": "runs",

@@ -26,15 +26,6 @@ ROUNDS = 3
 OUTPUT_FILES = ("model.pt", "model.json", "result.png", "epochs.csv", "summary.json")
 
 
-@pytest.fixture
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("FEDGROVE_WORK_DIR", str(tmp_path / "work"))
-    monkeypatch.setenv("FEDGROVE_ARTIFACTS", str(tmp_path / "runs"))
-    for name in ("BRANCHKEY_HOST", "FEDGROVE_LEAF_ENV_DIR", "FEDGROVE_SPEC", "FEDGROVE_SITE_DATA"):
-        monkeypatch.delenv(name, raising=False)
-    return tmp_path
-
-
 @pytest.fixture(scope="module")
 def demo_run(prefect_api, tmp_path_factory, request):  # type: ignore[no-untyped-def]
     """The built-in demo (3 rounds), shared by the assertions below; records every session token handed out."""

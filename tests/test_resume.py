@@ -31,15 +31,6 @@ SITES = 3
 DIES_IN_ROUND = 4
 
 
-@pytest.fixture
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("FEDGROVE_WORK_DIR", str(tmp_path / "work"))
-    monkeypatch.setenv("FEDGROVE_ARTIFACTS", str(tmp_path / "runs"))
-    for name in ("BRANCHKEY_HOST", "FEDGROVE_LEAF_ENV_DIR", "FEDGROVE_SPEC", "FEDGROVE_SITE_DATA"):
-        monkeypatch.delenv(name, raising=False)
-    return tmp_path
-
-
 def _die_in_round(monkeypatch: pytest.MonkeyPatch, round_number: int) -> None:
     real_fit = tasks.training.fit
 

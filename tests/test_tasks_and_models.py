@@ -5,7 +5,6 @@ with its exact message before round 1."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 

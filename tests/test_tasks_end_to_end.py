@@ -5,7 +5,6 @@ model and the F-test, binary with the user's own module (BatchNorm: buffers fede
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

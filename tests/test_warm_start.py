@@ -67,11 +67,9 @@ def test_every_difference_in_inputs_labels_and_architecture_is_named() -> None:
 
 @pytest.mark.slow
 def test_a_run_starts_from_production_and_a_run_with_another_model_is_refused(
-    prefect_api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prefect_api, workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FEDGROVE_WORK_DIR", str(tmp_path / "work"))
-    monkeypatch.setenv("FEDGROVE_ARTIFACTS", str(tmp_path / "runs"))
-    monkeypatch.delenv("BRANCHKEY_HOST", raising=False)
+    tmp_path = workspace
     demo = DemoOptions(sites=2, rounds=3)
     first = federated_training(None, RunOptions(run_id="week-1", demo=demo, init_from="production"))
     assert first["run_id"] == "week-1"  # production pointed nowhere: it trained from scratch, and is production now
