@@ -64,9 +64,12 @@ def input_differences(card: ModelCard, *, spec: FederationSpec, preprocessing: P
         else:
             found.append(f"inputs: the same columns in another order ({', '.join(new_inputs)})")
     old_model, new_model = card.spec.model.model_dump(mode="json"), spec.model.model_dump(mode="json")
-    for key in sorted(set(old_model) | set(new_model)):
-        if old_model.get(key) != new_model.get(key):
-            found.append(f"model.{key}: {old_model.get(key)} -> {new_model.get(key)}")
+    if old_model["kind"] != new_model["kind"]:
+        found.append(f"model.kind: {old_model['kind']} -> {new_model['kind']}")  # its other keys are another model's
+    else:
+        for key in sorted(set(old_model) | set(new_model)):
+            if old_model.get(key) != new_model.get(key):
+                found.append(f"model.{key}: {old_model.get(key)} -> {new_model.get(key)}")
     if card.n_outputs != n_outputs:
         found.append(f"outputs: {card.n_outputs} -> {n_outputs}")
     return found
@@ -79,7 +82,7 @@ def warm_start_parameters(card: ModelCard, weights: bytes, *, run_id: str, spec:
 
     differences = input_differences(card, spec=spec, preprocessing=preprocessing, n_outputs=n_outputs)
     if differences:
-        raise WarmStartRefused(f"train.init_from: the model of run {run_id} reads other inputs than this run: "
+        raise WarmStartRefused(f"train.init_from: the model of run {run_id} does not fit this run: "
                                f"{'; '.join(differences)} (fix: train from scratch with init_from: none, or keep the "
                                "features, labels and model of that run)")
     state = torch.load(io.BytesIO(weights), weights_only=True)

@@ -62,14 +62,19 @@ def prefect_api(*, verbose: bool) -> Iterator[None]:
 
             # No "Finished in state Completed()" line per task run (1,250 in a 50-round demo); warnings still show.
             logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
+            from fedgrove.checkpoints import CheckpointError
+            from fedgrove.run_record import ResumeRefused
+            from fedgrove.warm_start import WarmStartRefused
             from flows.federated_training import SecureAggregationNeedsEverySite, SiteFlowsFailed
-            from flows.leaf_training import SiteOwnedParameter
+            from flows.leaf_training import NothingToResume, SiteOwnedParameter
+            from tasks.provisioning import ProvisioningError
             from tasks.run_setup import SpecNotRunnable
             from tasks.site_results import SiteResultMissing
 
             route_sdk_output_to_debug_log()
             quiet_expected_failures(also=(SiteFlowsFailed, SiteOwnedParameter, SpecNotRunnable, SiteResultMissing,
-                                          SecureAggregationNeedsEverySite))
+                                          SecureAggregationNeedsEverySite, ResumeRefused, ProvisioningError,
+                                          WarmStartRefused, NothingToResume, CheckpointError))
         if server is not None:
             cleanup.enter_context(server.serving())
         yield
@@ -127,6 +132,7 @@ def print_run_table(summary: dict) -> None:
 def _run(spec, run, *, verbose: bool) -> None:  # type: ignore[no-untyped-def]
     from fedgrove.run_record import ResumeRefused, read_run_record
     from fedgrove.settings import PipelineSettings
+    from fedgrove.warm_start import WarmStartRefused
     from flows.federated_training import SecureAggregationNeedsEverySite, SiteFlowsFailed, federated_training
     from tasks.provisioning import ProvisioningError
     from tasks.run_setup import SpecNotRunnable
@@ -143,7 +149,7 @@ def _run(spec, run, *, verbose: bool) -> None:  # type: ignore[no-untyped-def]
         with round_progress(sites, rounds) if run.mode == "local" else contextlib.nullcontext():
             summary = federated_training(spec, run)
     except (SiteFlowsFailed, SecureAggregationNeedsEverySite, SpecNotRunnable, ResumeRefused,
-            ProvisioningError) as exc:
+            ProvisioningError, WarmStartRefused) as exc:
         fail(str(exc))
     print_run_table(summary)
 
@@ -200,13 +206,27 @@ def demo(
 
         given = {"sites": sites, "rounds": rounds, "split": split.value if split else None, "alpha": alpha,
                  "seed": seed}
-        try:  # options not given take the defaults, or with --resume the run's own
-            options = DemoOptions(**{key: value for key, value in given.items() if value is not None})
-        except ValueError as exc:
-            fail(str(exc).splitlines()[-1])
         if resume is not None and run_id is not None and run_id != resume:
             fail(f"--run-id {run_id} and --resume {resume} name different runs (fix: give --resume alone)")
+        base = _recorded_demo(resume) if resume is not None else DemoOptions()
+        try:  # options not given take the defaults, or with --resume the run's own
+            options = DemoOptions(**{**base.model_dump(), **{k: v for k, v in given.items() if v is not None}})
+        except ValueError as exc:
+            fail(str(exc).splitlines()[-1])
         _run(None, RunOptions(run_id=resume or run_id, resume=resume is not None, demo=options), verbose=verbose)
+
+
+def _recorded_demo(run_id: str):  # type: ignore[no-untyped-def]
+    """The demo options a run to resume started with (the defaults for a run that had a spec of its own)."""
+    from fedgrove.demo import DemoOptions
+    from fedgrove.run_record import ResumeRefused, read_run_record
+    from fedgrove.settings import PipelineSettings
+
+    try:
+        record = read_run_record(PipelineSettings().work_dir / "runs" / run_id, run_id)
+    except ResumeRefused as exc:
+        fail(str(exc))
+    return record.demo or DemoOptions()
 
 
 def leaf(

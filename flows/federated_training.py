@@ -140,6 +140,10 @@ def federated_training(spec: FederationSpec | None = None, run: RunOptions = Run
         warm_start = record.warm_start  # the model it started from, even if production moved since
     else:
         warm_start = choose_warm_start(spec, artifacts_url=artifacts_url)
+        if spec.train.init_from != "none":
+            logger.info("train.init_from %s: %s", spec.train.init_from,
+                        f"starting from the model of run {warm_start}" if warm_start else
+                        "no registered run yet, training from scratch")
         record = record.model_copy(update={"warm_start": warm_start})
         write_run_record(work, record)
     assignments = [

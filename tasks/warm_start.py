@@ -17,7 +17,6 @@ from fedgrove.registry import Registry
 from fedgrove.registry_store import index_store_from_url
 from fedgrove.spec import FederationSpec
 from fedgrove.warm_start import registered_run, warm_start_parameters
-from tasks.logs import run_logger
 from tasks.options import LOCAL
 
 
@@ -28,13 +27,7 @@ def choose_warm_start(spec: FederationSpec, *, artifacts_url: str | None) -> str
     if init_from == "none":
         return None
     registry = Registry(index_store_from_url(artifacts_url))
-    run_id = registered_run(registry.index(), init_from, location=registry.location)
-    logger = run_logger()
-    if run_id is None:
-        logger.info("train.init_from: %s names no run yet in %s: training from scratch", init_from, registry.location)
-    else:
-        logger.info("train.init_from: %s: starting from the model of run %s", init_from, run_id)
-    return run_id
+    return registered_run(registry.index(), init_from, location=registry.location)
 
 
 @task(name="load-warm-start", **LOCAL)

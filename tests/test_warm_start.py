@@ -57,8 +57,11 @@ def test_every_difference_in_inputs_labels_and_architecture_is_named() -> None:
                              n_outputs=1) == []
     changed = spec.model_copy(update={"model": ModelSpec(kind="mlp", hidden=[8])})
     assert input_differences(card, spec=changed, preprocessing=_preprocessing(["age", "smoker"], ["no", "yes"]),
-                             n_outputs=1) == ["inputs: bmi gone, smoker new", "model.hidden: [64, 32] -> [8]",
-                                              "model.kind: logistic -> mlp"]
+                             n_outputs=1) == ["inputs: bmi gone, smoker new", "model.kind: logistic -> mlp"]
+    wider = changed.model_copy(update={"model": ModelSpec(kind="mlp", hidden=[16])})
+    card_mlp = card.model_copy(update={"spec": changed})
+    assert input_differences(card_mlp, spec=wider, preprocessing=_preprocessing(["age", "bmi"], ["no", "yes"]),
+                             n_outputs=1) == ["model.hidden: [8] -> [16]"]
     assert input_differences(card, spec=spec, preprocessing=_preprocessing(["bmi", "age"], ["no", "maybe", "yes"]),
                              n_outputs=3) == ["labels: ['no', 'yes'] -> ['no', 'maybe', 'yes']",
                                               "inputs: the same columns in another order (bmi, age)",
@@ -98,9 +101,9 @@ def test_a_run_starts_from_production_and_a_run_with_another_model_is_refused(
         "train": record_spec.train.model_copy(update={"init_from": "week-1"})})
     state = federated_training(mlp, RunOptions(run_id="week-3"), return_state=True)
     assert state.is_failed()
-    assert ("train.init_from: the model of run week-1 reads other inputs than this run: model.hidden: [64, 32] -> "
-            "[4]; model.kind: logistic -> mlp (fix: train from scratch with init_from: none, or keep the features, "
-            "labels and model of that run)") in state.message
+    assert ("train.init_from: the model of run week-1 does not fit this run: model.kind: logistic -> mlp (fix: "
+            "train from scratch with init_from: none, or keep the features, labels and model of that run)") \
+        in state.message
 
 
 def _record_of(work: Path) -> dict:
