@@ -16,7 +16,7 @@ The test process's own Prefect settings are never touched (other tests use `pref
 module talks to the server's REST API with httpx and drives the Prefect CLI in subprocesses whose
 environment it builds from scratch, without the developer's PREFECT_*, FEDGROVE_* or leaf credentials.
 
-Its length (~380 lines) is the life cycle of a server and its workers, whose start and clean-up belong
+Its length (~400 lines) is the life cycle of a server and its workers, whose start and clean-up belong
 together.
 """
 

@@ -6,7 +6,7 @@ no blob the database does not account for, nothing left in the scratch folder. R
 httpx, built as `branchkey.Client.file_upload` builds them except for the part each test breaks. Memory
 is measured with `PeakRss`: the server runs in a thread of the test process.
 
-Its length (~800 lines) is the table of cases: 34 tests, most parametrised, that share one branch fixture
+Its length (~890 lines) is the table of cases: 37 tests, most parametrised, that share one branch fixture
 and one unchanged-state check; split by topic they would repeat both.
 """
 
