@@ -28,9 +28,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.end_to_end import warm_prefect_home  # noqa: E402
+from bench.end_to_end import simulated_timings, warm_prefect_home  # noqa: E402
 from fedgrove.demo import DemoOptions, demo_spec, write_demo_sites  # noqa: E402
-from fedgrove.simulation import simulate  # noqa: E402
 from fedgrove.site_table import table_for_spec  # noqa: E402
 from fedgrove.sources import read_source  # noqa: E402
 from fedgrove.spec import FederationSpec, ModelSpec  # noqa: E402
@@ -72,15 +71,7 @@ def pipeline_per_round(spec: FederationSpec, name: str, workdir: Path) -> tuple[
 def memory_per_round(spec: FederationSpec) -> float:
     """The in-memory federation's time per round (rounds minus one round, so the preprocessing drops out)."""
     tables = {site: table_for_spec(read_source(source), spec, site) for site, source in spec.sites.items()}
-
-    def timed(rounds: int) -> float:
-        shorter = spec.model_copy(update={"train": spec.train.model_copy(update={"rounds": rounds})})
-        started = time.perf_counter()
-        simulate(shorter, tables, baselines=False, centralised=False)
-        return time.perf_counter() - started
-
-    timed(2)  # warm-up
-    return (timed(spec.train.rounds) - timed(1)) / (spec.train.rounds - 1)
+    return simulated_timings(spec, tables)[1]
 
 
 def main() -> None:
