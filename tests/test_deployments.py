@@ -101,7 +101,7 @@ def poll_scheduled_runs(server: PrefectServer, deployment_id: str, *, at_least: 
         if time.monotonic() > deadline:
             raise AssertionError(
                 f"the scheduler created {len(runs)} runs of {WEEKLY} in {SCHEDULER_TIMEOUT_S} s, expected at least "
-                f"{at_least} (is SQLAlchemy < 2.1? see README, Dependencies)"
+                f"{at_least} (is SQLAlchemy < 2.1? see docs/dependencies.md)"
             )
         time.sleep(1)
 
