@@ -5,7 +5,8 @@
 Run by `bench/end_to_end.py` as a fresh process on a fresh PREFECT_HOME, set up as `fedgrove demo` sets up
 Prefect (its temporary server started first, in-memory database, quiet task-run logs): a coordinator flow
 runs one subflow per organisation in threads, each doing ROUNDS rounds of TASKS_PER_ROUND task runs that
-return at once (the demo's leaf does fit, upload, wait, reload, evaluate). Prints one JSON line: seconds to the first flow's body, the median
+return at once (the demo's leaf runs fit-local, upload-parameters, wait-for-aggregation and
+reload-and-evaluate: `flows.leaf_training.TASK_RUNS_PER_ROUND`). Prints one JSON line: seconds to the first flow's body, the median
 round (slowest organisation), the whole run, and the CPU the rounds cost this process (Prefect's client:
 engine, events, logs) and the temporary server (recording them), per task run and per round, over the
 organisations' subflows from start to end. CPU per round divided by the cores bounds from below the wall time

@@ -10,7 +10,8 @@ the whole demo's wall time, its per-round time once running (median over rounds)
 time, their ratio and difference (the per-round overhead), and peak memory across all processes.
 
 A second floor, Prefect's own (`_prefect_floor.py`, a fresh process set up as the demo sets up Prefect):
-the same flows and threads with empty task runs, 5 per site per round as the demo's leaf has.
+the same flows and threads with empty task runs, as many per site per round as the demo's leaf has
+(`flows.leaf_training.TASK_RUNS_PER_ROUND`).
 It splits the overhead into what Prefect's engine costs for that many task runs on this machine and what
 the pipeline adds (the official client, the server, files, metrics). It also reports the CPU those empty task
 runs cost Prefect's client and its server per round: divided by the cores, that is a lower bound on the time
@@ -36,6 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
+
+from flows.leaf_training import TASK_RUNS_PER_ROUND
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {"per_round_overhead_ms": 90.0, "demo_wall_s": 20.0, "peak_memory_mb": 1024.0}
@@ -100,7 +103,7 @@ def run_demo(rounds: int, sites: int, workdir: Path) -> tuple[float, int, dict]:
     return wall, peak, summary
 
 
-def prefect_floor(rounds: int, sites: int, workdir: Path, tasks_per_round: int = 5) -> dict[str, float]:
+def prefect_floor(rounds: int, sites: int, workdir: Path, tasks_per_round: int = TASK_RUNS_PER_ROUND) -> dict[str, float]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -203,7 +206,7 @@ def main() -> None:
         ("ratio per round / floor", figures["ratio_to_floor"], ""),
         ("per-round overhead (ms)", figures["per_round_overhead_ms"], f"≤ {TARGETS['per_round_overhead_ms']:g}"),
         ("peak memory, all processes (MB)", figures["peak_memory_mb"], f"≤ {TARGETS['peak_memory_mb']:g}"),
-        ("Prefect floor: empty task runs (5 per site) per round, median (ms)",
+        (f"Prefect floor: empty task runs ({TASK_RUNS_PER_ROUND} per site) per round, median (ms)",
          figures["prefect_floor_per_round_ms"], ""),
         ("Prefect floor: process start to the first flow's body (s)", figures["prefect_floor_first_flow_s"], ""),
         ("Prefect floor: whole run of empty tasks (s)", figures["prefect_floor_whole_s"], ""),

@@ -100,6 +100,7 @@ class LeafCheckpoints:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self._dumped: list[tuple[RoundMetrics, dict[str, Any]]] = []  # frozen metrics, each dumped once
 
     def clear(self) -> None:
         """Forget an earlier run's checkpoints under the same id (a fresh start)."""
@@ -143,7 +144,7 @@ class LeafCheckpoints:
             "format": FORMAT,
             "round": checkpoint.round_number,
             "step": None if checkpoint.optimizer is None else checkpoint.optimizer.step,
-            "history": [metrics.model_dump(mode="json") for metrics in checkpoint.history],
+            "history": self._history_as_json(checkpoint.history),
             "digests": checkpoint.digests,
             "round_seconds": checkpoint.round_seconds,
             "loaded": checkpoint.loaded,
@@ -159,6 +160,14 @@ class LeafCheckpoints:
         replace_durably(temp, path)
         for old in self._round_files()[:-KEEP_ROUNDS]:
             old.unlink(missing_ok=True)
+
+    def _history_as_json(self, history: list[RoundMetrics]) -> list[dict[str, Any]]:
+        """Each round's metrics dumped once, not every round's again at every round."""
+        kept = 0
+        while kept < min(len(self._dumped), len(history)) and self._dumped[kept][0] is history[kept]:
+            kept += 1
+        self._dumped = self._dumped[:kept] + [(m, m.model_dump(mode="json")) for m in history[kept:]]
+        return [dumped for _, dumped in self._dumped]
 
     def latest_round(self) -> RoundCheckpoint | None:
         """The newest round checkpoint, or None when the site finished no round."""

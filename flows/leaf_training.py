@@ -29,7 +29,6 @@ from fedgrove.site_training import initial_parameters
 from fedgrove.spec import FederationSpec
 from tasks.exchange import (
     connect_leaf,
-    load_aggregate,
     missed_aggregations,
     report_performance,
     upload_parameters,
@@ -37,11 +36,13 @@ from tasks.exchange import (
 )
 from tasks.preprocessing import SiteReading, agree_preprocessing, read_site_data
 from tasks.site_results import publish_site_result
-from tasks.training import evaluate_and_track, fit_local, prepare_inputs, train_alone_task
+from tasks.reload import reload_and_evaluate
+from tasks.training import fit_local, prepare_inputs, train_alone_task
 from tasks.warm_start import load_warm_start
 
 SITE_OWNED_KEYS = ("data", "sql", "data_path", "test_path", "work_dir", "env_file", "artifacts", "base_dir")
 REPORT_EVERY_ROUNDS = 10
+TASK_RUNS_PER_ROUND = 4  # fit-local, upload-parameters, wait-for-aggregation, reload-and-evaluate
 
 
 class SiteOwnedParameter(ValueError):
@@ -175,11 +176,10 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
                                   round_number=round_number, secure=secure)
                 aggregation_id = wait_for_aggregation(the_session, round_number=round_number,
                                                       timeout_s=assignment.aggregation_timeout_s)
-            parameters = load_aggregate(the_session, aggregation_id, template=quote(local), secure=secure,
-                                        round_number=round_number)
-            metrics = evaluate_and_track(quote(parameters), inputs, spec=model_spec, round_number=round_number,
-                                         leaf_name=credentials.leaf_name,
-                                         epsilon=plan.epsilons[round_number - 1] if plan.epsilons else None)
+            parameters, metrics = reload_and_evaluate(
+                the_session, aggregation_id, template=quote(local), arrays=inputs, spec=model_spec,
+                round_number=round_number, leaf_name=credentials.leaf_name, secure=secure,
+                epsilon=plan.epsilons[round_number - 1] if plan.epsilons else None)
             history.append(metrics)
             digests.append(parameter_digest(parameters))
             round_seconds.append(time.perf_counter() - started)
@@ -201,7 +201,7 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
         if progress is not None:
             progress.close()  # never raises, so the session below is closed whatever happens here
         session.close()
-    alone = train_alone_task(arrays, spec=spec, site=name)
+    alone = train_alone_task(quote(arrays), spec=quote(spec), site=name)
     result = SiteResult(
         site=name,
         leaf_name=credentials.leaf_name,
@@ -218,7 +218,7 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
         imputed=arrays.imputed.imputed,
     )
     publish_site_result(run_id=assignment.run_id, artifacts_url=config.artifacts or shared_artifacts_url(None),
-                        result=result, parameters=parameters, staging=work_dir / "result")
+                        result=quote(result), parameters=quote(parameters), staging=work_dir / "result")
     return result
 
 

@@ -158,19 +158,18 @@ def waiting_for(session: LeafSession) -> str:
     return ", ".join(names) or "none"
 
 
-@task(name="load-aggregate", **TRANSIENT)
-def load_aggregate(
+def download_aggregate(
     session: LeafSession, aggregation_id: str, *, template: list[np.ndarray], secure: SecureRound | None = None,
     round_number: int = 0,
 ) -> list[np.ndarray]:
     """Download the aggregate and check it fits the local model (count, shapes, dtypes, finite values); with
-    secure aggregation, unmask it (and check its masked checksum) first."""
+    secure aggregation, unmask it (and check its masked checksum) first; the caller marks it loaded.
+    Part of the `reload-and-evaluate` task (`tasks.reload`)."""
     if secure is None:
         layers = _aggregate_layers(session, aggregation_id, template)
     else:
         masked_template = [np.empty((2, *t.shape)) for t in template] + [np.empty(3)]
         layers = secure.unmask(_aggregate_layers(session, aggregation_id, masked_template), template, round_number)
-    session.mark_loaded(aggregation_id)
     return layers
 
 

@@ -41,13 +41,12 @@ def fit_local(
     return local, state
 
 
-@task(name="evaluate-and-track", **LOCAL)
 def evaluate_and_track(
     parameters: list[np.ndarray], arrays: SiteArrays, *, spec: FederationSpec, round_number: int, leaf_name: str,
     epsilon: float | None = None,
 ) -> RoundMetrics:
     """Measure the aggregate on this site's records (and the privacy spent so far); record the four metrics in
-    AskAnna."""
+    AskAnna. Part of the `reload-and-evaluate` task (`tasks.reload`)."""
     metrics = measure(parameters, arrays, spec=spec, epoch=round_number)
     if epsilon is not None:
         metrics = metrics.model_copy(update={"epsilon": epsilon})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,26 @@ def test_a_round_checkpoint_reads_back_exactly_and_only_the_newest_two_are_kept(
     assert got.history == expected.history and got.digests == expected.digests and got.loaded == expected.loaded
     mode = stat.S_IMODE((tmp_path / "checkpoints" / "round-000003.npz").stat().st_mode)
     assert mode & 0o077 == 0, oct(mode)
+
+
+def test_a_growing_history_is_saved_whole_and_a_replaced_one_as_it_is_now(tmp_path: Path) -> None:
+    """The leaf appends one round's metrics to the same list every round (each dumped once); a history that is
+    replaced (a resumed leaf's) is saved as the new list holds it, not as the earlier one was."""
+    def metrics(epoch: int, loss: float) -> RoundMetrics:
+        return RoundMetrics(epoch=epoch, train=SplitMetrics(records=40, values={"loss": loss}),
+                            test=SplitMetrics(records=10, values={"loss": loss}))
+
+    checkpoints = LeafCheckpoints(tmp_path / "checkpoints")
+    history: list[RoundMetrics] = []
+    for number in (1, 2, 3):
+        history.append(metrics(number, 1.0 / number))
+        checkpoints.save_round(replace(_round(number), history=history))
+    latest = checkpoints.latest_round()
+    assert latest is not None and latest.history == [metrics(r, 1.0 / r) for r in (1, 2, 3)]
+    replaced = [metrics(1, 9.0), metrics(2, 8.0), metrics(3, 7.0), metrics(4, 6.0)]
+    checkpoints.save_round(replace(_round(4), history=replaced))
+    latest = checkpoints.latest_round()
+    assert latest is not None and latest.history == replaced
 
 
 def test_a_damaged_or_newer_checkpoint_is_refused_by_name(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -123,6 +124,46 @@ def test_the_temporary_servers_event_socket_is_not_compressed(tmp_path: Path) ->
         server.stop()
     assert offered is not None and "permessage-deflate" in offered
     assert accepted is None
+
+
+SEVEN_TASK_RUNS = """
+from prefect import flow, task
+
+@task
+def step(number: int) -> int:
+    return number
+
+@flow(name="seven-steps")
+def seven_steps() -> None:
+    for number in range(7):
+        step(number)
+
+seven_steps()
+"""
+
+
+def test_the_in_memory_server_records_every_task_run_in_batches_and_keeps_no_event_feed(tmp_path: Path) -> None:
+    """Nobody can look at an in-memory temporary server after its run: it keeps no event feed, but it still
+    records every task run (in batches, at most a second late)."""
+    from fedgrove.prefect_ephemeral import TemporaryPrefectServer
+
+    server = TemporaryPrefectServer(in_memory=True).start()
+    try:
+        server.wait_until_ready()
+        env = clean_env(tmp_path, PREFECT_API_URL=server.api_url)
+        subprocess.run([sys.executable, "-c", SEVEN_TASK_RUNS], env=env, cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300, check=True)
+        deadline, recorded = time.monotonic() + 30, None
+        while time.monotonic() < deadline:
+            recorded = httpx.post(f"{server.api_url}/task_runs/count", json={}, timeout=30).json()
+            if recorded == 7:
+                break
+            time.sleep(0.5)
+        events = httpx.post(f"{server.api_url}/events/filter", json={"limit": 50}, timeout=30).json()
+    finally:
+        server.stop()
+    assert recorded == 7
+    assert events["total"] == 0, [event["event"] for event in events["events"]]
 
 
 def flow_names(api_url: str) -> list[str]:

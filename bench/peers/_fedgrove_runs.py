@@ -10,8 +10,8 @@ round is the median, over the rounds after the first, of the slowest site's roun
 
 The demo's two floors are measured here too, after the demo and on its own site files, with
 `bench/end_to_end.py`'s own code: the in-memory FedAvg floor (`fedgrove.simulation.simulate`, in this process)
-and Prefect's own floor (`_prefect_floor.py`: the same flows and threads with empty task runs, 5 per site per
-round, as a fresh process whose tree's memory is sampled like every other run's).
+and Prefect's own floor (`_prefect_floor.py`: the same flows and threads with empty task runs, as many per site per
+round as the demo's leaf has, as a fresh process whose tree's memory is sampled like every other run's).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: end_to_e
 
 import end_to_end  # noqa: E402
 from _processes import run_sampled, tail  # noqa: E402
+
+from flows.leaf_training import TASK_RUNS_PER_ROUND  # noqa: E402
 
 PREFECT_FLOOR_SCRIPT = Path(__file__).resolve().parents[1] / "_prefect_floor.py"
 
@@ -86,7 +88,7 @@ def inmemory_floor(scratch: Path, *, rounds: int, sites: int) -> FedgroveFigures
                                 "no memory figure of its own")
 
 
-def prefect_floor(scratch: Path, *, rounds: int, sites: int, tasks_per_round: int = 5,
+def prefect_floor(scratch: Path, *, rounds: int, sites: int, tasks_per_round: int = TASK_RUNS_PER_ROUND,
                   timeout_s: float = 1800.0) -> FedgroveFigures:
     """Prefect's own floor: a fresh process running the demo's flows with empty task runs, its tree sampled."""
     workdir = scratch / "prefect-floor"
