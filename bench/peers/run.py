@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _report  # noqa: E402
 from _fedgrove_runs import demo, inmemory_floor, prefect_floor  # noqa: E402
+from _fedgrove_sites import sites_mode  # noqa: E402
 from _flower_runs import clientapp_start_cost, deployment, simulation  # noqa: E402
 from _flower_venv import ensure_flower_venv, versions  # noqa: E402
 from _processes import load_average  # noqa: E402
@@ -42,7 +43,7 @@ from export_task import export  # noqa: E402
 
 from fedgrove.demo import DemoOptions  # noqa: E402
 
-MODES = ("simulation", "demo", "deployment")
+MODES = ("simulation", "demo", "deployment", "sites")
 DEPLOYMENT_ROUNDS = 10
 
 
@@ -86,6 +87,9 @@ def main() -> None:
             runs["inmemory_floor"] = inmemory_floor(scratch, rounds=arguments.rounds, sites=arguments.sites).as_dict()
             print("Prefect's floor ...", flush=True)
             runs["prefect_floor"] = prefect_floor(scratch, rounds=arguments.rounds, sites=arguments.sites).as_dict()
+        if "sites" not in arguments.skip:
+            print("fedgrove sites mode ...", flush=True)
+            runs["fedgrove_sites"] = sites_mode(scratch, rounds=arguments.rounds, sites=arguments.sites).as_dict()
         if "deployment" not in arguments.skip:
             print("Flower deployment ...", flush=True)
             runs["flower_deployment"] = deployment(
@@ -102,8 +106,10 @@ def main() -> None:
              f"client on {os.cpu_count()} cores.",
              "Per round: fedgrove, the slowest site's round (fit to evaluation); Flower, the ServerApp's round "
              "(training sent to evaluation aggregated). Both train and evaluate every site every round.",
-             "fedgrove sites mode (a `prefect server`, a process worker per site) is not run by this benchmark: "
-             "its target is reported MISS (not measured).",
+             "fedgrove sites mode: a `prefect server` (SQLite file, Prefect's default services), the project's "
+             "deployments, a process worker per site with only its own data file and leaf credentials, the "
+             "coordinator on a worker of its own, the aggregator as a process; timed from `prefect deployment run` "
+             "to the final state, with the server and workers already up, as at a consortium.",
              "Every run in this table comes from this one invocation, one after the other on the same machine; the "
              "load average before and after is in the header."]
     deployed = runs.get("flower_deployment")
