@@ -24,8 +24,6 @@ from dotenv import dotenv_values
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: the tests' Prefect harness
 
-from _fedgrove_runs import FedgroveFigures, site_round_seconds, slowest_rounds  # noqa: E402
-
 from aggregator.process import AggregatorProcess, environment_without_fedgrove_settings  # noqa: E402
 from fedgrove.demo import DemoOptions, demo_spec, write_demo_sites  # noqa: E402
 from tests.prefect_server import (  # noqa: E402
@@ -36,6 +34,9 @@ from tests.prefect_server import (  # noqa: E402
     clean_environment,
     site_pool,
 )
+
+# Last: it puts bench/ first on the path, where bench/aggregator.py would hide the aggregator package.
+from _fedgrove_runs import FedgroveFigures, site_round_seconds, slowest_rounds  # noqa: E402,I001
 
 RUN_TIMEOUT_S = 1800
 
