@@ -130,8 +130,9 @@ def stop_processes(processes: list[ManagedProcess], *, timeout_s: float = STOP_T
 class PrefectServer:
     """`prefect server start` with its own PREFECT_HOME under `root`; CLI calls and workers use another."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, server_env: Mapping[str, str] | None = None) -> None:
         self.root = root
+        self.server_env = dict(server_env or {})  # the server process's own settings (its database, services)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_url = f"{self.url}/api"
@@ -159,6 +160,7 @@ class PrefectServer:
             "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
             "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "true",
             "PYTHONUNBUFFERED": "1",
+            **self.server_env,
         }
 
     def start(self) -> PrefectServer:
