@@ -106,8 +106,9 @@ def main() -> None:
              f"client on {os.cpu_count()} cores.",
              "Per round: fedgrove, the slowest site's round (fit to evaluation); Flower, the ServerApp's round "
              "(training sent to evaluation aggregated). Both train and evaluate every site every round.",
-             "fedgrove sites mode: a `prefect server` (SQLite file, Prefect's default services), the project's "
-             "deployments, a process worker per site with only its own data file and leaf credentials, the "
+             "fedgrove sites mode: a `prefect server` on PostgreSQL with its task-run recorder batched (the README's "
+             "settings), the project's deployments, a process worker per site with only its own data file and leaf "
+             "credentials, the "
              "coordinator on a worker of its own, the aggregator as a process; timed from `prefect deployment run` "
              "to the final state, with the server and workers already up, as at a consortium.",
              "Every run in this table comes from this one invocation, one after the other on the same machine; the "
