@@ -172,7 +172,7 @@ def readme_table(figures: Mapping[str, Any]) -> str:
         shares = " / ".join(_cell(_ratio(demo.get(name), run.get(name)), 2) for name in ("wall_s", "per_round_s"))
         lines.append(f"| {label} | {run['wall_s']:.1f} s | {per_round} | {peak} | "
                      f"{'—' if key == 'fedgrove_demo' else shares} |")
-    lines += ["", "| target (#21) | figure | |", "|---|---|---|"]
+    lines += ["", "| target | figure | |", "|---|---|---|"]
     lines += [f"| {name} | {target['figure']} | {verdict(target['met'])} |"
               for name, target in figures["targets"].items()]
     lines += ["", "Full figures: `bench/results/peers.md`; how to run them: `docs/benchmarks.md`."]
