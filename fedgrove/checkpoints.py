@@ -6,7 +6,8 @@ the site has is its own state: the preprocessing it agreed, its privacy plan (wi
 secrets), the round it finished, the model it loaded, its optimizer's moments, its metrics so far and the
 aggregation ids it has loaded. That is what is written here, at the site, after every round: one file per
 round, renamed into place whole (a crash leaves the previous round's file or this one, never half), the newest
-two kept. Files are readable by their owner only; once every round is done the pair secrets are dropped,
+two kept. The site the coordinator names also keeps every round's aggregate, so that the run can keep its best
+round's model once the sites' test losses are pooled. Files are readable by their owner only; once every round is done the pair secrets are dropped,
 and the rest stays so that a coordinator that died after its sites finished can still collect their results.
 """
 
@@ -31,6 +32,7 @@ FORMAT = 1
 KEEP_ROUNDS = 2
 AGREEMENT_FILE = "agreement.json"
 ROUND_PREFIX = "round-"
+ROUND_MODEL_PREFIX = "model-"
 
 
 class CheckpointError(RuntimeError):
@@ -160,6 +162,29 @@ class LeafCheckpoints:
         replace_durably(temp, path)
         for old in self._round_files()[:-KEEP_ROUNDS]:
             old.unlink(missing_ok=True)
+
+    def save_round_model(self, round_number: int, parameters: list[np.ndarray]) -> None:
+        """Keep this round's aggregate for good (not pruned like the round checkpoints): the run's best round
+        is known only once every site's test loss is pooled, after the last round."""
+        path = self.folder / f"{ROUND_MODEL_PREFIX}{round_number:06d}.npz"
+        with staged(self.folder) as (temp, handle):
+            np.savez(handle, **{f"parameter_{i}": layer for i, layer in enumerate(parameters)})
+        replace_durably(temp, path)
+
+    def round_models(self) -> dict[int, list[np.ndarray]]:
+        """Every kept round's aggregate, by round number."""
+        if not self.folder.is_dir():
+            return {}
+        kept: dict[int, list[np.ndarray]] = {}
+        for path in sorted(self.folder.glob(f"{ROUND_MODEL_PREFIX}*.npz")):
+            try:
+                with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
+                    kept[int(path.stem.removeprefix(ROUND_MODEL_PREFIX))] = [
+                        archive[f"parameter_{i}"] for i in range(len(archive.files))]
+            except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
+                raise CheckpointError(f"checkpoint {path} cannot be read ({exc}) (fix: delete it; the run's best "
+                                      "round's model is then not kept unless it is the last)") from exc
+        return kept
 
     def _history_as_json(self, history: list[RoundMetrics]) -> list[dict[str, Any]]:
         """Each round's metrics dumped once, not every round's again at every round."""

@@ -82,7 +82,7 @@ class RunEntry(Strict):
     final: RoundMetricsEntry
     best: RoundMetricsEntry  # the round with the lowest pooled test loss
     final_model: str | None
-    best_model: str | None  # None when the best round is not the last: see docs/registry.md
+    best_model: str | None  # model.pt when the best round is the last, else best-model.pt; None if not kept
     summary: str | None = None
 
 
@@ -219,6 +219,20 @@ class Registry:
                                     f"run {run_id} was not promoted, production stays on run {index.production}: "
                                     f"{decision.reason}")
         return self.promote(run_id, expected_production=index.production, reason=decision.reason)
+
+
+POINTERS = ("latest", "production")
+
+
+def resolve_run(index: RegistryIndex, name: str, *, location: str) -> str:
+    """A run id, or the run a pointer (`latest`, `production`) names; a pointer that names none is refused."""
+    if name not in POINTERS:
+        return name
+    target = index.latest if name == "latest" else index.production
+    if target is None:
+        raise RunNotRegistered(f"the registry at {location} has no {name} run yet (fix: `fedgrove models list` "
+                               "shows the registered runs; pass one's id)")
+    return target
 
 
 def entry_of(index: RegistryIndex, run_id: str, *, location: str) -> RunEntry:

@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import subprocess
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from fedgrove.registry import RoundMetricsEntry, RunEntry, SiteCounts
 from fedgrove.spec import FederationSpec
 
 CHECKOUT = Path(__file__).resolve().parent.parent
+BEST_MODEL_FILE = "best-model.pt"  # with best-model.json beside it, as model.pt has model.json
 
 
 def spec_hash(spec: FederationSpec) -> str:
@@ -56,14 +58,34 @@ def _metrics(row: pd.Series) -> dict[str, float | None]:
     return {name: (None if pd.isna(value) else float(value)) for name, value in row.items() if name != "epoch"}
 
 
-def build_entry(*, spec: FederationSpec, summary: Mapping, epochs: pd.DataFrame, uris: Mapping[str, str],
-                failures: Mapping[str, str], code: str, now: datetime | None = None) -> RunEntry:
-    """The run's entry: failed if any site failed; the best round is the one with the lowest pooled test loss."""
+@dataclass(frozen=True)
+class BestRound:
+    """The run's last round and its best one (lowest pooled test loss; the first of equals), with the best
+    round's pooled test metrics."""
+
+    final: int
+    best: int
+    metrics: dict[str, float | None]
+    rounds: int
+
+    @property
+    def is_final(self) -> bool:
+        return self.best == self.final
+
+
+def best_round(epochs: pd.DataFrame) -> BestRound:
     rounds = pooled_rounds(epochs)
     final = rounds.iloc[-1]
     losses = rounds["loss_test"].astype(float)
     best = rounds.loc[losses.idxmin()] if losses.notna().any() else final
-    final_round, best_round = int(final["epoch"]), int(best["epoch"])
+    return BestRound(final=int(final["epoch"]), best=int(best["epoch"]), metrics=_metrics(best), rounds=len(rounds))
+
+
+def build_entry(*, spec: FederationSpec, summary: Mapping, epochs: pd.DataFrame, uris: Mapping[str, str],
+                failures: Mapping[str, str], code: str, now: datetime | None = None) -> RunEntry:
+    """The run's entry: failed if any site failed; the best round is the one with the lowest pooled test loss,
+    and its model is `best-model.pt` when the run kept it (the last round's `model.pt` when it is the last)."""
+    rounds = best_round(epochs)
     model = uris.get("model.pt")
     return RunEntry(
         run_id=summary["run_id"],
@@ -75,10 +97,10 @@ def build_entry(*, spec: FederationSpec, summary: Mapping, epochs: pd.DataFrame,
         code_version=code,
         sites={site: SiteCounts(records=values["records"], test_records=values["test_records"])
                for site, values in summary["sites"].items()},
-        rounds_run=len(rounds),
-        final=RoundMetricsEntry(round=final_round, metrics=dict(summary["federated_pooled"])),
-        best=RoundMetricsEntry(round=best_round, metrics=_metrics(best)),
+        rounds_run=rounds.rounds,
+        final=RoundMetricsEntry(round=rounds.final, metrics=dict(summary["federated_pooled"])),
+        best=RoundMetricsEntry(round=rounds.best, metrics=rounds.metrics),
         final_model=model,
-        best_model=model if best_round == final_round else None,
+        best_model=model if rounds.is_final else uris.get(BEST_MODEL_FILE),
         summary=uris.get("summary.json"),
     )

@@ -57,7 +57,7 @@ def entry_lines(entry: RunEntry, index: RegistryIndex) -> list[tuple[str, str]]:
         metrics = ", ".join(f"{name} {_shown(value)}" for name, value in sorted(result.metrics.items()))
         lines.append((f"{label} (round {result.round})", metrics))
     lines += [("final model", entry.final_model or "–"),
-              ("best model", entry.best_model or "not kept: the best round is not the last (docs/registry.md)"),
+              ("best model", entry.best_model or "not kept (docs/registry.md says when)"),
               ("summary", entry.summary or "–")]
     return lines
 

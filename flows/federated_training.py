@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fedgrove.demo import DemoOptions
 from fedgrove.model import outputs_for
 from fedgrove.model_card import ModelCard
+from fedgrove.registry_entry import best_round
 from fedgrove.run_record import (
     RECORD_FILE,
     ResumeRefused,
@@ -43,7 +44,7 @@ from tasks.baselines import train_centralised
 from tasks.outputs import publish_prefect_artifacts, write_outputs
 from tasks.provisioning import forget_credentials, provide_branch
 from tasks.registry import register_and_promote
-from tasks.run_setup import agreed_preprocessing, collect_site_results, settle_spec
+from tasks.run_setup import agreed_preprocessing, best_round_parameters, collect_site_results, settle_spec
 from tasks.warm_start import choose_warm_start
 
 
@@ -149,7 +150,7 @@ def federated_training(spec: FederationSpec | None = None, run: RunOptions = Run
     assignments = [
         LeafAssignment(spec=spec.shared(), site=site, run_id=run_id, aggregation_timeout_s=settings.aggregation_timeout_s,
                        progress_artifact_id=str(progress_id) if index == 0 else None, resume=resume,
-                       warm_start=warm_start)
+                       warm_start=warm_start, keep_round_models=index == 0)
         for index, site in enumerate(spec.roster())
     ]
     if run.mode == "sites":
@@ -181,8 +182,13 @@ def federated_training(spec: FederationSpec | None = None, run: RunOptions = Run
                      n_inputs=len(preprocessing.input_names),
                      n_outputs=outputs_for(preprocessing.task, len(preprocessing.labels)),
                      metrics=summary["federated_pooled"])
+    best = best_round(epochs)
+    keeper = assignments[0].site  # it kept every round's aggregate (keep_round_models)
+    best_parameters = best_round_parameters(run_id=run_id, artifacts_url=artifacts_url, best=best,
+                                            keeper=keeper if keeper in finished else None)
     uris, result_url = write_outputs(run_id=run_id, staging=work / "outputs", artifacts_url=artifacts_url,
-                                     epochs=epochs, card=card, parameters=parameters, summary=summary)
+                                     epochs=epochs, card=card, parameters=parameters, summary=summary,
+                                     best=None if best_parameters is None else (best_parameters, best.metrics))
     publish_prefect_artifacts(summary=summary, epochs=epochs, uris=uris, result_url=result_url)
     register_and_promote(spec=spec, summary=summary, epochs=epochs, uris=uris, failures=failures,
                          artifacts_url=artifacts_url)

@@ -62,6 +62,8 @@ class LeafAssignment(BaseModel):
     resume: bool = Field(default=False, description="continue the run from this site's checkpoint, not round 1")
     warm_start: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$",
                                    description="the registered run whose model this run starts from")
+    keep_round_models: bool = Field(default=False, description="keep every round's aggregate and publish them "
+                                    "with the result, so that the run can keep its best round's model")
 
     @model_validator(mode="before")
     @classmethod
@@ -186,6 +188,8 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
             checkpoints.save_round(RoundCheckpoint(
                 round_number=round_number, parameters=parameters, optimizer=optimizer_state, history=history,
                 digests=digests, round_seconds=round_seconds, loaded=list(session.loaded_in_order)))
+            if assignment.keep_round_models:
+                checkpoints.save_round_model(round_number, parameters)
             if round_number == rounds or round_number % REPORT_EVERY_ROUNDS == 0:
                 report_performance(session, aggregation_id, metrics.flat())
             if progress is not None:
@@ -218,7 +222,8 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
         imputed=arrays.imputed.imputed,
     )
     publish_site_result(run_id=assignment.run_id, artifacts_url=config.artifacts or shared_artifacts_url(None),
-                        result=quote(result), parameters=quote(parameters), staging=work_dir / "result")
+                        result=quote(result), parameters=quote(parameters), staging=work_dir / "result",
+                        round_models=quote(checkpoints.round_models() if assignment.keep_round_models else None))
     return result
 
 

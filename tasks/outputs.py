@@ -13,10 +13,12 @@ from prefect.artifacts import create_image_artifact, create_link_artifact, creat
 from fedgrove.artifacts import artifact_store_from_url
 from fedgrove.model import build_model, set_parameters
 from fedgrove.model_card import ModelCard, save_model
+from fedgrove.registry_entry import BEST_MODEL_FILE
 from fedgrove.run_report import run_markdown
 from tasks.options import LOCAL, TRANSIENT
 
 OUTPUT_FILES = ("model.pt", "model.json", "result.png", "epochs.csv", "summary.json")
+BEST_MODEL_FILES = (BEST_MODEL_FILE, BEST_MODEL_FILE.replace(".pt", ".json"))
 ARTIFACT_KEY = "federated-training"
 
 
@@ -30,20 +32,27 @@ def write_outputs(
     card: ModelCard,
     parameters: list[np.ndarray],
     summary: dict,
+    best: tuple[list[np.ndarray], dict[str, float | None]] | None = None,
 ) -> tuple[dict[str, str], str]:
     """Stage model, plot, per-epoch metrics and summary, then publish them all (or none) to the store.
+    `best`: an earlier round's parameters and pooled test metrics, kept as best-model.pt/.json.
 
     Returns each output's URI and a URL to `result.png`."""
     staging.mkdir(parents=True, exist_ok=True)
     model = build_model(card.n_inputs, card.n_outputs, seed=card.spec.train.seed, spec=card.spec.model)
     set_parameters(model, parameters)
     save_model(model, staging / "model.pt", card)
+    names = OUTPUT_FILES
+    if best is not None:
+        set_parameters(model, best[0])
+        save_model(model, staging / BEST_MODEL_FILE, card.model_copy(update={"metrics": best[1]}))
+        names += BEST_MODEL_FILES
     epochs.to_csv(staging / "epochs.csv", index=False)
     from fedgrove.plotting import plot_results  # matplotlib (~25 MB, ~0.5 s) only once training is over
     plot_results(epochs, staging / "result.png", headline=summary["headline"][0])
     (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     store = artifact_store_from_url(artifacts_url)
-    uris = store.publish_run(run_id, {name: staging / name for name in OUTPUT_FILES})
+    uris = store.publish_run(run_id, {name: staging / name for name in names})
     return uris, store.url(run_id, "result.png")
 
 

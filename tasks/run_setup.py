@@ -13,11 +13,12 @@ from prefect import task
 
 from fedgrove.demo import DemoOptions, demo_spec, write_demo_sites
 from fedgrove.encoding import Preprocessing
+from fedgrove.registry_entry import BestRound
 from fedgrove.results import SiteResult
 from fedgrove.spec import FederationSpec, load_spec
 from tasks.logs import run_logger
 from tasks.options import LOCAL
-from tasks.site_results import read_site_result
+from tasks.site_results import read_round_model, read_site_result
 
 
 class SpecNotRunnable(ValueError):
@@ -81,3 +82,16 @@ def agreed_preprocessing(results: list[SiteResult]) -> Preprocessing:
             + "; ".join(f"{r.site}: {', '.join(r.preprocessing.input_names)}" for r in results)
         )
     return results[0].preprocessing
+
+
+def best_round_parameters(*, run_id: str, artifacts_url: str, best: BestRound, keeper: str | None
+                          ) -> list[np.ndarray] | None:
+    """The best round's aggregate when it is not the last, from the site that kept every round's (None when
+    that site did not finish, or kept none)."""
+    if best.is_final or keeper is None:
+        return None
+    parameters = read_round_model(run_id=run_id, artifacts_url=artifacts_url, site=keeper, round_number=best.best)
+    if parameters is None:
+        run_logger().warning("the best round's model (round %d) is not kept: site %s published no model of it",
+                             best.best, keeper)
+    return parameters

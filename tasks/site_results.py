@@ -3,7 +3,9 @@
 In sites mode a leaf runs on its organisation's own worker; it publishes its result (metrics, counts, the
 agreed preprocessing: no record) and its final parameters into the run's folder of the artifact store that
 its own `FEDGROVE_ARTIFACTS` names, and the coordinator reads them back from its own. The two must point
-at the same store (a bucket the consortium shares); if they do not, the coordinator says so.
+at the same store (a bucket the consortium shares); if they do not, the coordinator says so. The site the
+coordinator asks to keep every round's aggregate (they are the same at every site) publishes them too, so that
+the coordinator can keep the best round's model once it has pooled every site's test loss.
 """
 
 from __future__ import annotations
@@ -28,18 +30,46 @@ def site_result_names(site: str) -> tuple[str, str]:
     return f"site-{site}.json", f"site-{site}-parameters.npz"
 
 
+def round_models_name(site: str) -> str:
+    return f"site-{site}-round-models.npz"
+
+
+def _round_entry(round_number: int, layer: int) -> str:
+    return f"round-{round_number:06d}-{layer_name(layer)}"
+
+
 @task(name="publish-site-result", **TRANSIENT)
 def publish_site_result(
-    *, run_id: str, artifacts_url: str | None, result: SiteResult, parameters: list[np.ndarray], staging: Path
+    *, run_id: str, artifacts_url: str | None, result: SiteResult, parameters: list[np.ndarray], staging: Path,
+    round_models: dict[int, list[np.ndarray]] | None = None,
 ) -> dict[str, str]:
-    """Put the site's result and final parameters in the run's folder of the artifact store."""
+    """Put the site's result and final parameters (and every round's aggregate, if it kept them) in the run's
+    folder of the artifact store, all in one publish."""
     summary_name, parameters_name = site_result_names(result.site)
     staging.mkdir(parents=True, exist_ok=True)
     (staging / summary_name).write_text(result.model_dump_json(indent=2) + "\n")
     np.savez(staging / parameters_name, **layer_entries(parameters))
-    store = artifact_store_from_url(artifacts_url)
-    return store.publish_run(run_id, {summary_name: staging / summary_name,
-                                      parameters_name: staging / parameters_name})
+    files = {summary_name: staging / summary_name, parameters_name: staging / parameters_name}
+    if round_models:
+        files[round_models_name(result.site)] = staging / round_models_name(result.site)
+        np.savez(files[round_models_name(result.site)], **{
+            _round_entry(number, i): layer for number, layers in round_models.items() for i, layer in enumerate(layers)})
+    return artifact_store_from_url(artifacts_url).publish_run(run_id, files)
+
+
+def read_round_model(*, run_id: str, artifacts_url: str | None, site: str, round_number: int
+                     ) -> list[np.ndarray] | None:
+    """The aggregate of `round_number` as `site` kept it, or None if it kept none (or not that round)."""
+    try:
+        raw = artifact_store_from_url(artifacts_url).read_bytes(run_id, round_models_name(site))
+    except ArtifactNotFound:
+        return None
+    with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
+        layers, entry = [], _round_entry(round_number, 0)
+        while entry in archive.files:
+            layers.append(archive[entry])
+            entry = _round_entry(round_number, len(layers))
+    return layers or None
 
 
 def read_site_result(*, run_id: str, artifacts_url: str | None, site: str) -> tuple[SiteResult, list[np.ndarray]]:

@@ -84,6 +84,30 @@ def test_a_growing_history_is_saved_whole_and_a_replaced_one_as_it_is_now(tmp_pa
     assert latest is not None and latest.history == replaced
 
 
+def test_every_rounds_model_is_kept_beside_the_pruned_round_checkpoints_and_a_fresh_start_drops_them(
+    tmp_path: Path,
+) -> None:
+    checkpoints = LeafCheckpoints(tmp_path / "checkpoints")
+    assert checkpoints.round_models() == {}
+    for number in (1, 2, 3):
+        checkpoints.save_round(_round(number))
+        checkpoints.save_round_model(number, _round(number).parameters)
+    kept = checkpoints.round_models()
+    assert sorted(kept) == [1, 2, 3]
+    for number, layers in kept.items():
+        for a, b in zip(layers, _round(number).parameters, strict=True):
+            np.testing.assert_array_equal(a, b)
+            assert a.dtype == b.dtype
+    assert len(list((tmp_path / "checkpoints").glob("round-*.npz"))) == 2
+    damaged = tmp_path / "checkpoints" / "model-000002.npz"
+    damaged.write_bytes(damaged.read_bytes()[:30])
+    with pytest.raises(CheckpointError, match=rf"^checkpoint {damaged} cannot be read \(.*\) \(fix: delete it; the "
+                       r"run's best round's model is then not kept unless it is the last\)$"):
+        checkpoints.round_models()
+    checkpoints.clear()
+    assert checkpoints.round_models() == {}
+
+
 def test_a_damaged_or_newer_checkpoint_is_refused_by_name(tmp_path: Path) -> None:
     checkpoints = LeafCheckpoints(tmp_path)
     checkpoints.save_round(_round(1))

@@ -28,15 +28,21 @@ def epochs(losses: list[float]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_the_best_round_is_the_one_with_the_lowest_pooled_test_loss_and_its_model_is_not_kept_if_not_last() -> None:
-    entry = build_entry(spec=SPEC, summary=SUMMARY, epochs=epochs([0.5, 0.2, 0.3]), uris=URIS, failures={},
-                        code="git abc")
+def test_the_best_round_is_the_one_with_the_lowest_pooled_test_loss_and_its_model_is_best_model_pt() -> None:
+    entry = build_entry(spec=SPEC, summary=SUMMARY, epochs=epochs([0.5, 0.2, 0.3]),
+                        uris={**URIS, "best-model.pt": "/runs/r/best-model.pt"}, failures={}, code="git abc")
     assert (entry.best.round, entry.final.round, entry.rounds_run) == (2, 3, 3)
     assert entry.best.metrics == {"accuracy_test": 0.81, "loss_test": 0.2, "auc_test": 0.9}
     assert entry.final.metrics == SUMMARY["federated_pooled"]
-    assert (entry.final_model, entry.best_model) == ("/runs/r/model.pt", None)
+    assert (entry.final_model, entry.best_model) == ("/runs/r/model.pt", "/runs/r/best-model.pt")
     assert {site: counts.records for site, counts in entry.sites.items()} == {"site-1": 80, "site-2": 40}
     assert entry.status == "completed"
+
+
+def test_an_earlier_best_round_whose_model_was_not_kept_has_no_best_model() -> None:
+    entry = build_entry(spec=SPEC, summary=SUMMARY, epochs=epochs([0.5, 0.2, 0.3]), uris=URIS, failures={},
+                        code="git abc")
+    assert (entry.best.round, entry.best_model) == (2, None)
 
 
 def test_when_the_last_round_is_best_its_model_is_the_best_model() -> None:
