@@ -56,15 +56,16 @@ def models_list(artifacts: ArtifactsOption = None) -> None:
 
 
 @models_app.command("show")
-def models_show(run_id: Annotated[str, typer.Argument(help="The run to show.")],
+def models_show(run_id: Annotated[str, typer.Argument(help="The run to show: its id, or latest or production.")],
                 artifacts: ArtifactsOption = None) -> None:
     """One run's entry: spec hash, code version, sites, final and best-round metrics, where its model is."""
-    from fedgrove.registry import RunNotRegistered, entry_of
+    from fedgrove.registry import RunNotRegistered, entry_of, resolve_run
     from fedgrove.registry_report import entry_lines
 
     registry = _registry(artifacts)
     index = _index(registry)
     try:
+        run_id = resolve_run(index, run_id, location=registry.location)
         entry = entry_of(index, run_id, location=registry.location)
     except RunNotRegistered as exc:
         fail(str(exc))
@@ -77,15 +78,16 @@ def models_show(run_id: Annotated[str, typer.Argument(help="The run to show.")],
 
 
 @models_app.command("promote")
-def models_promote(run_id: Annotated[str, typer.Argument(help="The run to make production.")],
+def models_promote(run_id: Annotated[str, typer.Argument(help="The run to make production: its id, or latest.")],
                    artifacts: ArtifactsOption = None) -> None:
     """Make a completed run production (by hand: no metric rule; a failed run is refused)."""
-    from fedgrove.registry import RegistryError
+    from fedgrove.registry import RegistryError, resolve_run
     from fedgrove.registry_store import RegistryStoreError
 
     registry = _registry(artifacts)
     index = _index(registry)
     try:
+        run_id = resolve_run(index, run_id, location=registry.location)
         outcome = registry.promote(run_id, expected_production=index.production,
                                    reason="promoted by hand with `fedgrove models promote`")
     except (RegistryError, RegistryStoreError) as exc:

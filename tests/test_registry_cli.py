@@ -55,6 +55,21 @@ def test_models_show_prints_the_entry(runs: Path) -> None:
         assert expected in output
 
 
+def test_models_show_and_promote_take_the_pointers_for_the_runs_they_name(runs: Path, tmp_path: Path) -> None:
+    code, output = models("show", "production", "--artifacts", str(runs))
+    assert code == 0 and "Run week-1" in output and "/runs/week-1/model.pt" in output, output
+    code, output = models("show", "latest", "--artifacts", str(runs))
+    assert code == 0 and "Run week-2" in output and "/runs/week-2/model.pt" in output, output
+    code, output = models("promote", "latest", "--artifacts", str(runs))
+    assert (code, output.strip()) == (0, "run week-2 is now production (was run week-1)")
+    empty = tmp_path / "empty"
+    Registry(LocalIndexStore(empty)).register(entry("week-9", status="failed"))
+    code, output = models("show", "production", "--artifacts", str(empty))
+    assert (code, output.strip()) == (1, f"error: the registry at {empty / 'registry' / 'index.json'} has no "
+                                         "production run yet (fix: `fedgrove models list` shows the registered runs; "
+                                         "pass one's id)")
+
+
 def test_models_promote_moves_production_and_says_from_where(runs: Path) -> None:
     code, output = models("promote", "week-2", "--artifacts", str(runs))
     assert (code, output.strip()) == (0, "run week-2 is now production (was run week-1)")
