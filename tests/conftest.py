@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.prefect_fixtures",
     "tests.prefect_server",
     "tests.s3_server",
+    "tests.seaweed_server",
     "tests.postgres_server",
     "tests.database_backends",
 ]

@@ -1,6 +1,7 @@
 """The model registry against both stores it runs on: a local folder, and the loopback S3 server (`rclone serve
 s3`). One suite, run against each: registering runs, the pointers, the safe-promotion rule, refusals with their
-exact messages, and compare-and-swap."""
+exact messages, and compare-and-swap. Concurrent promotions on S3 run against SeaweedFS, which enforces
+conditional writes as AWS S3 does (rclone does not)."""
 
 from __future__ import annotations
 
@@ -198,10 +199,10 @@ def test_an_index_of_a_newer_format_is_refused_naming_both_versions(registry: Re
                                 "version that wrote it)")
 
 
-def test_two_concurrent_promotions_from_the_same_production_exactly_one_wins(tmp_path: Path) -> None:
-    """Eight threads each promote their own run over the same production at once; the local folder's lock and
-    compare-and-swap let exactly one through, and every other one is told production moved to the winner."""
-    registry = Registry(LocalIndexStore(tmp_path / "runs"))
+def _concurrent_promotions_let_exactly_one_through(make_store) -> None:  # type: ignore[no-untyped-def]
+    """Eight threads each promote their own run over the same production at once; exactly one gets through,
+    and every other one is told production moved to the winner."""
+    registry = Registry(make_store())
     registry.register(entry("base"))
     registry.promote("base", expected_production=None, reason="first")
     contenders = [f"contender-{n}" for n in range(8)]
@@ -211,7 +212,7 @@ def test_two_concurrent_promotions_from_the_same_production_exactly_one_wins(tmp
     outcomes = {}
 
     def promote(run_id: str) -> None:
-        mine = Registry(LocalIndexStore(tmp_path / "runs"))  # each its own store, as separate processes have
+        mine = Registry(make_store())  # each its own store, as separate processes have
         start.wait()
         outcomes[run_id] = mine.promote(run_id, expected_production="base", reason="concurrent")
 
@@ -228,6 +229,38 @@ def test_two_concurrent_promotions_from_the_same_production_exactly_one_wins(tmp
     index = registry.index()
     assert index.production == winners[0]
     assert [move.run_id for move in index.history] == ["base", winners[0]]
+
+
+def test_two_concurrent_promotions_from_the_same_production_exactly_one_wins(tmp_path: Path) -> None:
+    """On a local folder: its lock and compare-and-swap."""
+    _concurrent_promotions_let_exactly_one_through(lambda: LocalIndexStore(tmp_path / "runs"))
+
+
+def test_two_concurrent_promotions_on_s3_with_conditional_writes_exactly_one_wins(
+    seaweed_s3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """On an S3 server that enforces If-Match / If-None-Match (SeaweedFS, tests/seaweed_server.py): the store
+    finds the server enforces them and relies on them alone, and they let exactly one promotion through."""
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                 "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweed_s3.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed_s3.secret_key)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", seaweed_s3.endpoint_url)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", seaweed_s3.region)
+    bucket = seaweed_s3.make_bucket(f"fg-{tmp_path.name[-12:].lower().replace('_', '-')}")
+    assert S3IndexStore(f"s3://{bucket}/fedgrove").conditional_writes is True
+    stores: list[S3IndexStore] = []
+
+    def make_store() -> S3IndexStore:
+        stores.append(S3IndexStore(f"s3://{bucket}/fedgrove"))
+        return stores[-1]
+
+    _concurrent_promotions_let_exactly_one_through(make_store)
+    assert all(store.conditional_writes for store in stores)
 
 
 def test_the_loopback_s3_server_ignores_conditional_writes_and_the_store_says_so(s3_env: str) -> None:
