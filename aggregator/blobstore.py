@@ -27,7 +27,7 @@ from aggregator.blobstore_errors import BlobNotFound, BlobStoreError, BlobStoreU
 from fedgrove_common.atomic_files import TEMP_PREFIX, move_durably, staged_copy
 from fedgrove_common.names import is_valid_name
 from fedgrove_common.s3 import S3Connection, S3Location, S3Problem
-from fedgrove_common.store_urls import local_folder
+from fedgrove_common.store_urls import is_block_url, local_folder
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,12 @@ def blob_store_from_url(url: str | None, *, data_dir: Path, endpoint_url: str | 
     `None`/"" → `<data_dir>/blobs`; `file:///abs/path` or a plain path → that folder;
     `s3://bucket/prefix` → S3 (`endpoint_url` overrides `AWS_ENDPOINT_URL`).
     """
+    if is_block_url(url):
+        raise BlobStoreError(
+            f"expected {SETTING} to be a folder, file:///abs/path or s3://bucket/prefix, got {url!r}: the aggregator "
+            "is a server, not a Prefect process, and reads no Prefect block (fix: set it to the block's "
+            "s3://bucket/folder, with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and AWS_ENDPOINT_URL for an "
+            "S3-compatible server, in the aggregator's environment)")
     try:
         folder = local_folder(url, setting=SETTING, default=data_dir / "blobs")
     except ValueError as exc:

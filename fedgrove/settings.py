@@ -32,7 +32,8 @@ class PipelineSettings(BaseSettings):
     verify_ssl: bool = True
     site_data: str | None = Field(
         default=None,
-        description="this site's own data source (sites mode, `fedgrove leaf`): a path, an s3:// URL, or JSON "
+        description="this site's own data source (sites mode, `fedgrove leaf`): a path, an s3:// URL, a "
+        "block:s3-bucket/<block>/<key> reference, or JSON "
         'such as {"sql": {"url_env": "HOSPITAL_DB", "query": "select * from patients"}}',
     )
     spec: Path | None = Field(

@@ -15,7 +15,7 @@ from typing import IO
 import pandas as pd
 
 from fedgrove_common.s3 import S3Connection, S3Location, S3Problem
-from fedgrove.sources import DataSource, FileFormat, SourceError, s3_location, source_error
+from fedgrove.sources import DataSource, FileFormat, SourceError, block_source, s3_location, source_error
 
 SNIFF_BYTES = 64 * 1024  # CSV text has no NUL byte; a binary file almost always has one in its first 64 KiB
 SPOOL_BYTES = 64 * 1024 * 1024  # an S3 object up to this size is buffered in memory, a larger one on disk
@@ -48,8 +48,7 @@ def _not_a_file(source: DataSource, path: Path, *, got: str, fix: str, setting: 
 
 
 def read_s3_file(source: DataSource, *, setting: str) -> pd.DataFrame:
-    location = s3_location(source.data or "")
-    s3 = S3Connection(setting=setting)
+    location, s3 = _s3_object(source, setting=setting)
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as buffer:
         try:
             body = s3.client.get_object(Bucket=location.bucket, Key=location.prefix)["Body"]
@@ -61,6 +60,24 @@ def read_s3_file(source: DataSource, *, setting: str) -> pd.DataFrame:
             return _parse_table(buffer, source.file_format)
         except Exception as exc:  # as for a local file
             raise _unreadable(source, where=location.uri(), exc=exc) from None
+
+
+def _s3_object(source: DataSource, *, setting: str) -> tuple[S3Location, S3Connection]:
+    """Where the object is and a client for it: AWS's own credential chain for an s3:// URL, the block's bucket,
+    folder, endpoint and credentials for a block reference."""
+    in_block = block_source(source.data or "")
+    if in_block is None:
+        return s3_location(source.data or ""), S3Connection(setting=setting)
+    from fedgrove.prefect_blocks import BlockNotUsable, s3_bucket_block
+
+    reference, key = in_block
+    try:
+        block = s3_bucket_block(reference, setting=setting)
+    except BlockNotUsable as exc:
+        raise source_error(f"expected {setting} to name a usable Prefect S3Bucket block, got one that could not be "
+                           "loaded (fix: read the full error on the site's own terminal)", str(exc)) from None
+    location = s3_location(f"{block.url.rstrip('/')}/{key}")
+    return location, S3Connection(endpoint_url=block.endpoint_url, credentials=block.credentials, setting=setting)
 
 
 def _parse_table(stream: IO[bytes], fmt: FileFormat) -> pd.DataFrame:

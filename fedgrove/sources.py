@@ -26,11 +26,13 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from fedgrove_common.s3 import S3Location
+from fedgrove_common.store_urls import BLOCK_PREFIX
 
 SITE_DATA_VARIABLE = "FEDGROVE_SITE_DATA"
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SHAPE_FIX = (
-    f"fix: set {SITE_DATA_VARIABLE} to a .csv, .csv.gz, .parquet or .pq path, an s3:// URL, or JSON like "
+    f"fix: set {SITE_DATA_VARIABLE} to a .csv, .csv.gz, .parquet or .pq path, an s3:// URL, a "
+    "block:s3-bucket/<block>/<key> reference, or JSON like "
     '{"sql": {"url_env": "SITE_DB", "query": "select * from patients"}}'
 )
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -85,6 +87,22 @@ def file_format_of(location: str) -> FileFormat | None:
 
 def is_s3(location: str) -> bool:
     return location[:5].lower() == "s3://"
+
+
+_BLOCK_SOURCE = re.compile(r"block:s3-bucket/([A-Za-z0-9_-]+)/(\S+)")
+
+
+def is_block_source(location: str) -> bool:
+    """A file in the bucket (and folder) of a Prefect S3Bucket block: `block:s3-bucket/<block>/<key>`."""
+    return location.startswith(BLOCK_PREFIX)
+
+
+def block_source(location: str) -> tuple[str, str] | None:
+    """`(block:s3-bucket/<block>, <key>)`, or None when `location` is not of that shape."""
+    match = _BLOCK_SOURCE.fullmatch(location)
+    if match is None or any(part in {"", ".", ".."} for part in match[2].split("/")):
+        return None
+    return f"{BLOCK_PREFIX}s3-bucket/{match[1]}", match[2]
 
 
 def s3_location(url: str) -> S3Location:
@@ -142,6 +160,12 @@ class DataSource(BaseModel):
             raise source_error(  # not even in detail: another scheme's URL may carry a token
                 f"{expected}, got a URL of another kind ({fix})", f"{expected}, got a {scheme[1]}:// URL ({fix})"
             )
+        if is_block_source(value) and block_source(value) is None:
+            raise source_error(
+                "expected a block reference like block:s3-bucket/<block>/<folder>/table.csv, got one of another "
+                f"shape (fix: name an S3Bucket block and the file's key under its folder in {SITE_DATA_VARIABLE})",
+                f"expected a block reference like block:s3-bucket/<block>/<folder>/table.csv, got {value!r} (fix: "
+                f"name an S3Bucket block and the file's key under its folder in {SITE_DATA_VARIABLE})")
         if is_s3(value):
             try:
                 s3_location(value)
@@ -206,7 +230,8 @@ class DataSource(BaseModel):
         """
         if self.sql is not None:
             return f"a SQL query (URL in ${self.sql.url_env})"
-        return f"a {self.file_format.value} file" + (" on S3" if is_s3(self.data or "") else "")
+        on_s3 = is_s3(self.data or "") or is_block_source(self.data or "")
+        return f"a {self.file_format.value} file" + (" on S3" if on_s3 else "")
 
 
 def read_source(source: DataSource, *, base_dir: Path | None = None, setting: str = SITE_DATA_VARIABLE) -> pd.DataFrame:
@@ -218,6 +243,6 @@ def read_source(source: DataSource, *, base_dir: Path | None = None, setting: st
     if source.sql is not None:
         return read_sql(source.sql, setting=setting)
     assert source.data is not None
-    if is_s3(source.data):
+    if is_s3(source.data) or is_block_source(source.data):
         return read_s3_file(source, setting=setting)
     return read_local_file(source, (base_dir or Path.cwd()) / Path(source.data).expanduser(), setting=setting)

@@ -231,7 +231,7 @@ def _recorded_demo(run_id: str):  # type: ignore[no-untyped-def]
 
 def leaf(
     spec_file: Annotated[Path, typer.Option("--spec", help="The federation spec (YAML), the same at every site.")],
-    data: Annotated[str, typer.Option(help="This site's table: a path, an s3:// URL, or JSON "
+    data: Annotated[str, typer.Option(help="This site's table: a path, an s3:// URL, block:s3-bucket/<block>/<key>, or JSON "
                                            '{"sql": {"url_env": "NAME", "query": "select ..."}}.',
                                       envvar="FEDGROVE_SITE_DATA")],
     env_file: Annotated[Path | None, typer.Option(help="This leaf's credentials (.env); default: the "

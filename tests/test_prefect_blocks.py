@@ -7,6 +7,7 @@ import json
 import uuid
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from fedgrove.artifacts import artifact_store_from_url
@@ -82,3 +83,35 @@ def test_a_federated_run_publishes_every_output_through_the_block(
     assert summary["outputs"]["summary.json"] == (
         f"s3://{s3_bucket_block['bucket']}/fedgrove/runs/through-a-block/summary.json")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_sites_table_is_read_through_a_block_with_the_blocks_own_credentials(
+    s3_bucket_block: dict, s3_server: S3Server
+) -> None:
+    from fedgrove.sources import DataSource, read_source
+
+    table = pd.DataFrame({"age": [51, 63, 47], "outcome": ["yes", "no", "yes"]})
+    s3_server.client().put_object(Bucket=s3_bucket_block["bucket"], Key="fedgrove/runs/site-a/table.csv",
+                                  Body=table.to_csv(index=False).encode())
+    source = DataSource.parse(f"{s3_bucket_block['url']}/site-a/table.csv")
+    assert source.public_description() == "a CSV file on S3"
+    pd.testing.assert_frame_equal(read_source(source), table)
+
+
+def test_a_site_data_block_reference_of_the_wrong_shape_or_naming_no_block_is_refused_exactly(prefect_api) -> None:
+    from fedgrove.sources import DataSource, SourceError, read_source
+
+    with pytest.raises(SourceError) as caught:
+        DataSource.parse("block:s3-bucket/table.csv")
+    assert (str(caught.value), caught.value.detail) == (
+        "expected a block reference like block:s3-bucket/<block>/<folder>/table.csv, got one of another shape (fix: "
+        "name an S3Bucket block and the file's key under its folder in FEDGROVE_SITE_DATA)",
+        "expected a block reference like block:s3-bucket/<block>/<folder>/table.csv, got 'block:s3-bucket/table.csv' "
+        "(fix: name an S3Bucket block and the file's key under its folder in FEDGROVE_SITE_DATA)")
+    with pytest.raises(SourceError) as caught:
+        read_source(DataSource.parse("block:s3-bucket/no-such-block/site-a/table.parquet"))
+    assert (str(caught.value), caught.value.detail) == (
+        "expected FEDGROVE_SITE_DATA to name a usable Prefect S3Bucket block, got one that could not be loaded (fix: "
+        "read the full error on the site's own terminal)",
+        "FEDGROVE_SITE_DATA names the S3Bucket block 'no-such-block', but the Prefect API has no such block (fix: "
+        "create it, e.g. S3Bucket(bucket_name=..., credentials=...).save('no-such-block'), or check PREFECT_API_URL)")

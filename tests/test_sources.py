@@ -27,7 +27,8 @@ from tests.postgres_server import PostgresDatabase
 from tests.s3_server import S3Server
 
 SHAPE_FIX = (
-    "fix: set FEDGROVE_SITE_DATA to a .csv, .csv.gz, .parquet or .pq path, an s3:// URL, or JSON like "
+    "fix: set FEDGROVE_SITE_DATA to a .csv, .csv.gz, .parquet or .pq path, an s3:// URL, a "
+    "block:s3-bucket/<block>/<key> reference, or JSON like "
     '{"sql": {"url_env": "SITE_DB", "query": "select * from patients"}}'
 )
 PASSWORD = "pw-s3cr3t-7731"
