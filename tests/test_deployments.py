@@ -32,6 +32,7 @@ from tests.prefect_server import (
     PREFECT_FILE,
     REPO_ROOT,
     SITES,
+    TERMINAL_STATES,
     WEEKLY,
     WEEKLY_PARAMETERS,
     CoordinatorWorker,
@@ -298,3 +299,66 @@ def test_a_site_parameter_set_by_the_caller_is_refused_by_the_leaf_naming_it(
     assert run["state_type"] == "FAILED"
     refusal = "parameter 'site' was set by whoever started this run, not by this site's own deployment"
     assert refusal in prefect_server.wait_for_log(run["id"], refusal)
+
+
+KILLED_RUN = "killed-on-its-worker"
+KILL_AFTER_ROUND, ROUNDS_KILLED = 20, 30
+
+
+@pytest.mark.slow
+def test_a_coordinator_run_killed_on_its_worker_resumes_when_retried_as_the_ui_does(
+    prefect_server: PrefectServer, coordinator_worker: CoordinatorWorker
+) -> None:
+    """SIGKILL to the coordinator's flow-run process (and the aggregator it started) once both sites have a
+    checkpoint of round 20 of 30; the worker reports it crashed. Then the UI's Retry: the same call the UI makes
+    (`set_state` AwaitingRetry, not forced). The worker runs it again (run count 2), it resumes by itself, and
+    its model equals the same federation run uninterrupted in memory."""
+    import numpy as np
+    import psutil
+    import torch
+
+    from fedgrove.demo import DemoOptions, demo_spec
+
+    parameters = {"run": {"run_id": KILLED_RUN, "init_from": "none",
+                          "demo": {"sites": 2, "rounds": ROUNDS_KILLED}}}
+    flow_run_id = prefect_server.run_deployment(WEEKLY, parameters=parameters)
+    run_dir = coordinator_worker.work_dir / "runs" / KILLED_RUN
+    checkpoints = [run_dir / "leaves" / KILLED_RUN / site / "checkpoints" for site in SITE_NAMES]
+    deadline = time.monotonic() + SITES_TIMEOUT_S
+    while not all(any(int(path.stem.split("-")[1]) >= KILL_AFTER_ROUND for path in folder.glob("round-*.npz"))
+                  for folder in checkpoints):
+        run = prefect_server.api("GET", f"/flow_runs/{flow_run_id}")
+        assert run["state_type"] not in TERMINAL_STATES, prefect_server.explain(run)
+        assert time.monotonic() < deadline, prefect_server.explain(run)
+        time.sleep(0.05)
+    flow_processes = coordinator_worker.worker.family()[1:]  # the worker itself stays
+    assert flow_processes, coordinator_worker.worker.tail()
+    for process in flow_processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(flow_processes, timeout=30)
+    crashed = prefect_server.wait_for_flow_run(flow_run_id, timeout_s=120)
+    assert crashed["state_type"] == "CRASHED", prefect_server.explain(crashed)
+    assert not (coordinator_worker.artifacts / KILLED_RUN / "model.pt").exists()
+
+    retry = prefect_server.api("POST", f"/flow_runs/{flow_run_id}/set_state", {
+        "state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"}, "force": False})
+    assert retry["status"] == "ACCEPT", retry
+    deadline = time.monotonic() + SITES_TIMEOUT_S
+    while (run := prefect_server.api("GET", f"/flow_runs/{flow_run_id}"))["run_count"] < 2 or \
+            run["state_type"] not in TERMINAL_STATES:
+        assert time.monotonic() < deadline, prefect_server.explain(run)
+        time.sleep(1)
+    assert run["state_type"] == "COMPLETED", prefect_server.explain(run)
+    assert run["run_count"] == 2
+    assert f"resuming run {KILLED_RUN}" in prefect_server.wait_for_log(flow_run_id, f"resuming run {KILLED_RUN}")
+
+    data = run_dir / "data"
+    spec = demo_spec({site: data / f"{site}.csv" for site in SITE_NAMES}, DemoOptions(sites=2, rounds=ROUNDS_KILLED))
+    uninterrupted = simulate(spec, {site: table_for_spec(read_source(source), spec, site)
+                                    for site, source in spec.sites.items()})
+    model = torch.load(coordinator_worker.artifacts / KILLED_RUN / "model.pt", weights_only=True)
+    for got, expected in zip((layer.numpy() for layer in model.values()), uninterrupted.parameters, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
