@@ -26,7 +26,8 @@ from typing import Any, NoReturn, Protocol
 from aggregator.blobstore_errors import BlobNotFound, BlobStoreError, BlobStoreUnavailable, InvalidBlobKey
 from fedgrove_common.atomic_files import TEMP_PREFIX, move_durably, staged_copy
 from fedgrove_common.names import is_valid_name
-from fedgrove_common.s3 import S3Connection, S3Location, S3Problem
+from fedgrove_common.s3 import S3Connection, S3Credentials, S3Location, S3Problem
+from fedgrove_common.prefect_blocks import BlockNotUsable, s3_bucket_block
 from fedgrove_common.store_urls import is_block_url, local_folder
 
 logger = logging.getLogger(__name__)
@@ -80,14 +81,16 @@ def blob_store_from_url(url: str | None, *, data_dir: Path, endpoint_url: str | 
     """Pick the store for `FEDGROVE_BLOB_URL`.
 
     `None`/"" → `<data_dir>/blobs`; `file:///abs/path` or a plain path → that folder;
-    `s3://bucket/prefix` → S3 (`endpoint_url` overrides `AWS_ENDPOINT_URL`).
+    `s3://bucket/prefix` → S3 (`endpoint_url` overrides `AWS_ENDPOINT_URL`); `block:s3-bucket/<name>` → the
+    bucket, folder, endpoint and credentials of that Prefect S3Bucket block (read once, at start-up, from the
+    Prefect API that PREFECT_API_URL names).
     """
     if is_block_url(url):
-        raise BlobStoreError(
-            f"expected {SETTING} to be a folder, file:///abs/path or s3://bucket/prefix, got {url!r}: the aggregator "
-            "is a server, not a Prefect process, and reads no Prefect block (fix: set it to the block's "
-            "s3://bucket/folder, with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and AWS_ENDPOINT_URL for an "
-            "S3-compatible server, in the aggregator's environment)")
+        try:
+            block = s3_bucket_block(str(url), setting=SETTING)
+        except BlockNotUsable as exc:
+            raise BlobStoreError(str(exc)) from exc
+        return S3BlobStore(block.url, endpoint_url=block.endpoint_url, credentials=block.credentials)
     try:
         folder = local_folder(url, setting=SETTING, default=data_dir / "blobs")
     except ValueError as exc:
@@ -179,16 +182,17 @@ class LocalBlobStore:
 class S3BlobStore:
     """Blobs as objects under `s3://bucket/prefix/<key>`.
 
-    Credentials come from the standard AWS chain; the endpoint from `endpoint_url`, else
-    `AWS_ENDPOINT_URL`, else AWS. Path-style addressing, so S3-compatible servers work too.
+    Credentials come from `credentials` (a Prefect block's), else the standard AWS chain; the endpoint from
+    `endpoint_url`, else `AWS_ENDPOINT_URL`, else AWS. Path-style addressing, so S3-compatible servers work too.
     """
 
-    def __init__(self, url: str, *, endpoint_url: str | None = None, setting: str = SETTING) -> None:
+    def __init__(self, url: str, *, endpoint_url: str | None = None, setting: str = SETTING,
+                 credentials: S3Credentials | None = None) -> None:
         try:
             self.location = S3Location.parse(url, setting=setting)
         except ValueError as exc:
             raise BlobStoreError(str(exc)) from exc
-        self._s3 = S3Connection(endpoint_url=endpoint_url, setting=setting)
+        self._s3 = S3Connection(endpoint_url=endpoint_url, setting=setting, credentials=credentials)
         self._client = self._s3.client
 
     def __repr__(self) -> str:

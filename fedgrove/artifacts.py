@@ -24,7 +24,7 @@ from typing import Any, NoReturn, Protocol
 from fedgrove_common.atomic_files import replace_durably, staged, staged_copy
 from fedgrove_common.names import NAME_RULE, is_valid_name
 from fedgrove_common.s3 import S3Connection, S3Credentials, S3Location, S3Problem
-from fedgrove.prefect_blocks import BlockNotUsable
+from fedgrove_common.prefect_blocks import BlockNotUsable
 from fedgrove.store_target import store_target
 
 logger = logging.getLogger(__name__)

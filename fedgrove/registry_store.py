@@ -31,7 +31,7 @@ from botocore.exceptions import ClientError
 
 from fedgrove_common.atomic_files import replace_durably, staged
 from fedgrove_common.s3 import S3Connection, S3Credentials, S3Location
-from fedgrove.prefect_blocks import BlockNotUsable
+from fedgrove_common.prefect_blocks import BlockNotUsable
 from fedgrove.store_target import store_target
 
 logger = logging.getLogger(__name__)

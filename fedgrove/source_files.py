@@ -68,7 +68,7 @@ def _s3_object(source: DataSource, *, setting: str) -> tuple[S3Location, S3Conne
     in_block = block_source(source.data or "")
     if in_block is None:
         return s3_location(source.data or ""), S3Connection(setting=setting)
-    from fedgrove.prefect_blocks import BlockNotUsable, s3_bucket_block
+    from fedgrove_common.prefect_blocks import BlockNotUsable, s3_bucket_block
 
     reference, key = in_block
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedgrove.prefect_blocks import s3_bucket_block
+from fedgrove_common.prefect_blocks import s3_bucket_block
 from fedgrove_common.s3 import S3Credentials
 from fedgrove_common.store_urls import is_block_url, local_folder
 

@@ -314,16 +314,6 @@ def test_s3_url_means_the_s3_store_with_its_prefix(s3_env: str) -> None:
     assert (store.location.bucket, store.location.prefix) == (s3_env, "some/prefix")
 
 
-def test_a_prefect_block_reference_is_refused_with_what_to_set_instead(tmp_path: Path) -> None:
-    with pytest.raises(BlobStoreError) as caught:
-        blob_store_from_url("block:s3-bucket/fedgrove-blobs", data_dir=tmp_path)
-    assert str(caught.value) == (
-        "expected FEDGROVE_BLOB_URL to be a folder, file:///abs/path or s3://bucket/prefix, got "
-        "'block:s3-bucket/fedgrove-blobs': the aggregator is a server, not a Prefect process, and reads no Prefect "
-        "block (fix: set it to the block's s3://bucket/folder, with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-        "and AWS_ENDPOINT_URL for an S3-compatible server, in the aggregator's environment)")
-
-
 def test_unknown_scheme_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BlobStoreError, match="expected FEDGROVE_BLOB_URL to be a folder"):
         blob_store_from_url("ftp://host/x", data_dir=tmp_path)

@@ -1,5 +1,6 @@
-"""A Prefect S3Bucket block as the artifact store: `FEDGROVE_ARTIFACTS=block:s3-bucket/<name>`, its bucket,
-folder, endpoint and AwsCredentials used against the loopback S3 server, with no AWS variable set."""
+"""A Prefect S3Bucket block as a store: the artifact store (`FEDGROVE_ARTIFACTS=block:s3-bucket/<name>`), a site's
+table and the aggregator's blob store; its bucket, folder, endpoint and AwsCredentials used against the loopback
+S3 server, with no AWS variable set."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import json
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from fedgrove.artifacts import artifact_store_from_url
 from fedgrove.demo import DemoOptions
-from fedgrove.prefect_blocks import BlockNotUsable
+from fedgrove_common.prefect_blocks import BlockNotUsable
 from flows.federated_training import RunOptions, federated_training
 from tests.s3_server import S3Server
 
@@ -115,3 +117,49 @@ def test_a_site_data_block_reference_of_the_wrong_shape_or_naming_no_block_is_re
         "read the full error on the site's own terminal)",
         "FEDGROVE_SITE_DATA names the S3Bucket block 'no-such-block', but the Prefect API has no such block (fix: "
         "create it, e.g. S3Bucket(bucket_name=..., credentials=...).save('no-such-block'), or check PREFECT_API_URL)")
+
+
+def test_the_aggregator_keeps_its_blobs_in_a_blocks_bucket_with_the_blocks_credentials(
+    s3_bucket_block: dict, s3_server: S3Server, tmp_path: Path
+) -> None:
+    """FEDGROVE_BLOB_URL=block:s3-bucket/<name>: uploads and the aggregate go under the block's folder, and the
+    official client downloads the aggregate through the presigned link; no AWS variable is set."""
+    from branchkey import APIConfig, Client, Credentials, RetryConfig
+
+    from aggregator.config import AggregatorSettings
+    from aggregator.server import ServerThread
+    from tests.aggregator_fixtures import wait_until_connected
+
+    settings = AggregatorSettings(data_dir=tmp_path / "aggregator", port=0, blob_url=s3_bucket_block["url"],
+                                  _env_file=None)
+    with ServerThread(settings) as server:
+        _tree, _branch, credentials = server.context.registry.create_branch(tree="t", branch="blocks", leaves=2)
+        clients = [Client(Credentials(**vars(c)), api_config=APIConfig(host=server.url, ssl=False),
+                          retry_config=RetryConfig(max_retries=0), output_dir=str(tmp_path / c.name))
+                   for c in credentials]
+        try:
+            for c in credentials:
+                wait_until_connected(server, c)
+            for index, (client, weighting, value) in enumerate(zip(clients, (3.0, 1.0), (1.0, 5.0), strict=True)):
+                client.file_upload(client.save_weights(str(tmp_path / f"w{index}"), weighting,
+                                                       [np.full((4,), value, np.float32)]))
+            aggregation_id = clients[0].queue.get(timeout=10)
+            with np.load(clients[0].file_download(aggregation_id), allow_pickle=False) as archive:
+                np.testing.assert_array_equal(archive["layer_0"], np.full((4,), 2.0, np.float32))  # (3·1 + 1·5) / 4
+        finally:
+            for client in clients:
+                client.close()
+    listed = s3_server.client().list_objects_v2(Bucket=s3_bucket_block["bucket"], Prefix="fedgrove/runs/")
+    assert f"fedgrove/runs/{aggregation_id}" in {item["Key"] for item in listed.get("Contents", [])}
+    assert not (tmp_path / "aggregator" / "blobs").exists()
+
+
+def test_an_aggregator_blob_store_block_that_names_no_block_is_refused_by_name(prefect_api, tmp_path: Path) -> None:
+    from aggregator.blobstore import blob_store_from_url
+    from aggregator.blobstore_errors import BlobStoreError
+
+    with pytest.raises(BlobStoreError) as caught:
+        blob_store_from_url("block:s3-bucket/no-such-blobs", data_dir=tmp_path)
+    assert str(caught.value) == (
+        "FEDGROVE_BLOB_URL names the S3Bucket block 'no-such-blobs', but the Prefect API has no such block (fix: "
+        "create it, e.g. S3Bucket(bucket_name=..., credentials=...).save('no-such-blobs'), or check PREFECT_API_URL)")

@@ -1,4 +1,5 @@
-"""Prefect blocks as stores: `block:s3-bucket/<name>` wherever the pipeline takes an `s3://` URL.
+"""Prefect blocks as stores: `block:s3-bucket/<name>` wherever fedgrove takes an `s3://` URL (the pipeline's
+stores, a site's table, the aggregator's blob store); prefect-aws is imported only when a block is named.
 
 Why this module exists: Prefect users keep a bucket and its credentials in an `S3Bucket` block (prefect-aws)
 with an `AwsCredentials` block inside, edited in the UI and shared by every worker, instead of AWS variables
