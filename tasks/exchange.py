@@ -23,6 +23,7 @@ from prefect import get_run_logger, task
 
 from fedgrove.privacy import SecureRound
 from fedgrove.settings import LeafSettings
+from fedgrove.weights_archive import write_weights_archive
 from fedgrove_common.protocol import FEDERATED_ANALYTICS, LAYER_NAME, LAYER_PREFIX, PAYLOAD_KIND_KEY, WEIGHTING_KEY
 from tasks.options import LOCAL, TRANSIENT
 
@@ -107,12 +108,13 @@ def upload_parameters(
     session: LeafSession, parameters: list[np.ndarray], *, weighting: float, round_number: int,
     secure: SecureRound | None = None,
 ) -> str:
-    """`save_weights` + `file_upload`. A retried upload replaces this leaf's earlier one on the server. With
-    secure aggregation the layers and the weighting go masked, with protocol weighting 1."""
+    """`save_weights`' archive (stored, not deflated: `fedgrove.weights_archive`) + `file_upload`. A retried
+    upload replaces this leaf's earlier one on the server. With secure aggregation the layers and the weighting
+    go masked, with protocol weighting 1."""
     if secure is not None:
         parameters, weighting = secure.mask(parameters, weighting, round_number), 1.0
-    path = session.client.save_weights(str(session.work_dir / f"round-{round_number}"), weighting, parameters)
-    return _upload(session, path)
+    path = write_weights_archive(session.work_dir / f"round-{round_number}", weighting, parameters)
+    return _upload(session, str(path))
 
 
 @task(name="upload-sums", task_run_name="upload-sums-{step}", **TRANSIENT)
