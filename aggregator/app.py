@@ -93,11 +93,16 @@ def _secret(configured: SecretStr | None, variable: str, path: Path) -> str:
     return load_or_create_secret(path)
 
 
-async def finish_overdue_rounds(context: ServerContext, interval_s: float = 0.5) -> None:
+async def finish_overdue_rounds(context: ServerContext, stopping: asyncio.Event, interval_s: float = 0.5) -> None:
     """Close rounds whose branch timeout has passed with a quorum of uploads, finish full rounds whose
-    aggregate could not be stored before, try damaged rounds again, and notify the leaves."""
+    aggregate could not be stored before, try damaged rounds again, and notify the leaves; until `stopping`
+    is set, and then only once a check already running has finished."""
     while True:
-        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.wait_for(stopping.wait(), timeout=interval_s)
+            return
+        except TimeoutError:
+            pass
         try:
             retried = await run_in_threadpool(context.service.retry_unfinished)
             retried += await run_in_threadpool(context.service.reload_damaged)
@@ -123,9 +128,16 @@ def create_app(settings: AggregatorSettings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         for branch_id, aggregation_id in await run_in_threadpool(context.service.recover):
             logger.info("recovered aggregation %s of branch %s after a restart", aggregation_id, branch_id)
-        watcher = asyncio.create_task(finish_overdue_rounds(context))
+        stopping = asyncio.Event()
+        watcher = asyncio.create_task(finish_overdue_rounds(context, stopping))
         yield
-        watcher.cancel()
+        # Not cancelled: a check running in a worker thread would go on after the pool below is disposed, and
+        # its connection would stay open until the collector found it (psycopg warns then, in whatever runs next).
+        stopping.set()
+        try:
+            await watcher
+        except Exception:
+            logger.exception("the round-timeout check failed while the server stopped")
         context.ingest.shutdown()
         context.service.close()
         context.engine.dispose()
