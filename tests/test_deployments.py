@@ -362,3 +362,54 @@ def test_a_coordinator_run_killed_on_its_worker_resumes_when_retried_as_the_ui_d
     model = torch.load(coordinator_worker.artifacts / KILLED_RUN / "model.pt", weights_only=True)
     for got, expected in zip((layer.numpy() for layer in model.values()), uninterrupted.parameters, strict=True):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_worse_weekly_run_is_registered_but_production_stays_and_says_why(
+    prefect_server: PrefectServer, coordinator_worker: CoordinatorWorker, weekly_run: WeeklyRun, tmp_path: Path
+) -> None:
+    """The weekly deployment run a second time, made worse on purpose (one round at a learning rate of 1e-4,
+    from scratch): it completes and is registered, production stays where it was, its markdown artifact and
+    its log say why, the not-promoted event reaches the server for the alert, and `fedgrove models list`
+    shows both runs."""
+    from fedgrove.demo import DemoOptions, demo_spec, write_demo_sites
+    from fedgrove.registry import Registry
+    from fedgrove.registry_store import LocalIndexStore
+    from tasks.registry_events import NOT_PROMOTED
+
+    registry = Registry(LocalIndexStore(coordinator_worker.artifacts))
+    before = registry.index()
+    assert before.production is not None and weekly_run.flow_run["state_type"] == "COMPLETED"
+    options = DemoOptions(sites=2, rounds=1)
+    worse = demo_spec(write_demo_sites(tmp_path / "data", options, min_records=10), options)
+    worse = worse.model_copy(update={"train": worse.train.model_copy(update={"learning_rate": 1e-4})})
+    flow_run_id = prefect_server.run_deployment(WEEKLY, parameters={
+        "spec": worse.model_dump(mode="json"), "run": {"run_id": "weekly-worse", "init_from": "none"}})
+    run = prefect_server.wait_for_flow_run(flow_run_id, timeout_s=SITES_TIMEOUT_S)
+    assert run["state_type"] == "COMPLETED", prefect_server.explain(run)
+
+    after = registry.index()
+    assert (after.production, after.latest) == (before.production, "weekly-worse")
+    assert after.runs["weekly-worse"].status == "completed"
+    [promotion] = prefect_server.api("POST", "/artifacts/filter", {"artifacts": {
+        "flow_run_id": {"any_": [flow_run_id]}, "key": {"any_": ["model-promotion"]}}})
+    assert promotion["data"].startswith(
+        f"## Not promoted: production stays: run weekly-worse\n\nrun weekly-worse was not promoted, production "
+        f"stays on run {before.production}: pooled accuracy_test "), promotion["data"]
+    reason = promotion["data"].split("\n\n")[1]
+    assert f"model registry: {reason}" in prefect_server.wait_for_log(flow_run_id, f"model registry: {reason}")
+    deadline = time.monotonic() + 60
+    while not (events := [event for event in prefect_server.api("POST", "/events/filter", {
+                              "filter": {"event": {"name": [NOT_PROMOTED]}}, "limit": 50})["events"]
+                          if event["event"] == NOT_PROMOTED
+                          and event["resource"]["prefect.resource.id"] == "fedgrove.run.weekly-worse"]):
+        assert time.monotonic() < deadline, "no not-promoted event for run weekly-worse reached the server"
+        time.sleep(1)
+    assert events[0]["payload"]["reason"] == reason
+    listed = subprocess.run([sys.executable, "-m", "fedgrove_cli", "models", "list", "--artifacts",
+                             str(coordinator_worker.artifacts)], capture_output=True, text=True, timeout=120,
+                            env={**clean_environment(), "COLUMNS": "200"}, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    rows = {line.split()[1]: line for line in listed.stdout.splitlines() if "weekly-" in line}
+    assert {"weekly-e2e", "weekly-worse"} <= set(rows)
+    assert "latest" in rows["weekly-worse"] and "production" not in rows["weekly-worse"]
