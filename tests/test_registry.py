@@ -25,6 +25,7 @@ from fedgrove.registry import (
 )
 from fedgrove.registry_store import LocalIndexStore, RegistryStoreError, S3IndexStore, index_store_from_url
 from fedgrove.spec import PromotionSpec
+from tests.s3_server import point_aws_at
 
 START = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 
@@ -241,16 +242,7 @@ def test_two_concurrent_promotions_on_s3_with_conditional_writes_exactly_one_win
 ) -> None:
     """On an S3 server that enforces If-Match / If-None-Match (SeaweedFS, tests/seaweed_server.py): the store
     finds the server enforces them and relies on them alone, and they let exactly one promotion through."""
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-                 "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweed_s3.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed_s3.secret_key)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", seaweed_s3.endpoint_url)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", seaweed_s3.region)
+    point_aws_at(seaweed_s3, monkeypatch, tmp_path)
     bucket = seaweed_s3.make_bucket(f"fg-{tmp_path.name[-12:].lower().replace('_', '-')}")
     assert S3IndexStore(f"s3://{bucket}/fedgrove").conditional_writes is True
     stores: list[S3IndexStore] = []
