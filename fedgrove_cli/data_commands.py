@@ -48,10 +48,11 @@ def split(
     except ValueError as exc:
         fail(str(exc))
     paths = write_split(parts, out)
-    console.print(f"wrote {len(paths)} site files to {out}; put this in your spec:", highlight=False)
+    console.print(f"wrote {len(paths)} site files to {out}; put this in your spec (absolute paths: a relative one "
+                  "would start at the spec file's folder):", highlight=False)
     print("sites:")
     for name, path in paths.items():
-        print(f"  {name}: {{data: {path}}}")
+        print(f"  {name}: {{data: {path.resolve()}}}")
 
 
 def predict(

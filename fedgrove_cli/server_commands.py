@@ -164,6 +164,10 @@ def branch_status(
         console.print(rows)
 
 
+RUN_STATUS_WORDS = {"start": "started (leaves may upload)", "pause": "paused (uploads wait; the round is kept)",
+                    "stop": "stopped (a later start begins a new run)"}
+
+
 def _set_run(status: str, branch_id: str, host: str, data_dir: Path) -> None:
     from aggregator.admin_client import AdminApiError
 
@@ -172,7 +176,8 @@ def _set_run(status: str, branch_id: str, host: str, data_dir: Path) -> None:
             result = admin.set_run_status(branch_id, status)
     except AdminApiError as exc:
         _fail(str(exc))
-    console.print(f"branch {branch_id}: run {result['run_number']} is now {result['run_status']}")
+    said = RUN_STATUS_WORDS.get(result["run_status"], result["run_status"])
+    console.print(f"branch {branch_id}: run {result['run_number']} is now {said}", highlight=False)
 
 
 @run_app.command("start")

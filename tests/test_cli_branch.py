@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -69,3 +70,21 @@ def test_env_dir_never_overwrites_another_branchs_credentials(aggregator: Server
     assert (env_dir / "org-1.env").read_text() == saved
     with aggregator.context.sessions() as session:
         assert session.scalars(select(Branch.name)).all() == ["first"]
+
+
+def test_run_start_pause_and_stop_say_what_the_run_now_does(aggregator: ServerThread) -> None:
+    created = _create(aggregator, "--branch", "runs", "--json")
+    assert created.returncode == 0, created.stderr
+    branch_id = json.loads(created.stdout)["branch_id"]
+    said = []
+    for command in ("pause", "start", "stop", "start"):
+        result = subprocess.run(
+            [sys.executable, "-m", "fedgrove_cli", "run", command, branch_id, "--host", aggregator.url,
+             "--data-dir", str(aggregator.settings.data_dir)],
+            capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        said.append(result.stdout.strip())
+    assert said == [f"branch {branch_id}: run 1 is now paused (uploads wait; the round is kept)",
+                    f"branch {branch_id}: run 1 is now started (leaves may upload)",
+                    f"branch {branch_id}: run 1 is now stopped (a later start begins a new run)",
+                    f"branch {branch_id}: run 2 is now started (leaves may upload)"]

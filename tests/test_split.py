@@ -55,10 +55,12 @@ def test_a_target_that_is_not_a_column_is_named() -> None:
 
 
 def test_the_cli_writes_one_csv_per_site_that_reads_back_equal(tmp_path: Path) -> None:
+    """Run from the table's folder with a relative --out, as the README does: the printed block names each file
+    by its absolute path, which a spec kept in any folder reads right."""
     FRAME.to_csv(tmp_path / "all.csv", index=False)
-    done = subprocess.run([sys.executable, "-m", "fedgrove_cli", "split", str(tmp_path / "all.csv"), "--target",
-                           "diagnosis", "--sites", "3", "--out", str(tmp_path / "sites")],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "fedgrove_cli", "split", "all.csv", "--target",
+                           "diagnosis", "--sites", "3", "--out", "sites"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (tmp_path / "sites").iterdir()) == ["site-1.csv", "site-2.csv", "site-3.csv"]
     assert f"  site-1: {{data: {tmp_path / 'sites' / 'site-1.csv'}}}" in done.stdout
