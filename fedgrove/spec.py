@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedgrove.sources import DataSource, SourceError
+from fedgrove.sources import DataSource, SourceError, is_block_source
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -245,11 +245,12 @@ class FederationSpec(SpecModel):
         return self.model_copy(update={"sites": {name: None for name in self.sites}})
 
     def with_paths_from(self, folder: Path) -> FederationSpec:
-        """Relative local `data` paths made absolute against `folder` (where the spec file lies)."""
+        """Relative local `data` paths made absolute against `folder` (where the spec file lies); an s3:// URL or a
+        block reference stays as it is."""
         sites = {}
         for name, source in self.sites.items():
             if source is not None and source.data is not None and "://" not in source.data \
-                    and not Path(source.data).is_absolute():
+                    and not is_block_source(source.data) and not Path(source.data).is_absolute():
                 source = source.model_copy(update={"data": str((folder / source.data).resolve())})
             sites[name] = source
         return self.model_copy(update={"sites": sites})

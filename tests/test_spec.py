@@ -31,8 +31,10 @@ sites:
   hospital-a: {data: sites/a.csv}
   hospital-b: {data: s3://bucket/b.parquet}
   hospital-c: {sql: {url_env: HOSPITAL_C_DB, query: "select * from patients"}}
+  hospital-d: {data: block:s3-bucket/hospital-d/2026/patients.csv}
 """))
-    assert spec.roster() == ["hospital-a", "hospital-b", "hospital-c"]
+    assert spec.roster() == ["hospital-a", "hospital-b", "hospital-c", "hospital-d"]
+    assert spec.sites["hospital-d"].data == "block:s3-bucket/hospital-d/2026/patients.csv"
     assert spec.sites["hospital-a"].data == str(tmp_path / "sites" / "a.csv"), "relative to the spec's folder"
     assert spec.sites["hospital-b"].data == "s3://bucket/b.parquet"
     assert spec.sites["hospital-c"].sql.url_env == "HOSPITAL_C_DB"
