@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -35,7 +36,7 @@ from tasks.exchange import (
     wait_for_aggregation,
 )
 from tasks.preprocessing import SiteReading, agree_preprocessing, read_site_data
-from tasks.site_results import publish_site_result
+from tasks.site_results import publish_round_models, publish_site_result
 from tasks.reload import reload_and_evaluate
 from tasks.training import fit_local, prepare_inputs, train_alone_task
 from tasks.warm_start import load_warm_start
@@ -185,11 +186,11 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
             history.append(metrics)
             digests.append(parameter_digest(parameters))
             round_seconds.append(time.perf_counter() - started)
+            if assignment.keep_round_models:  # before the round's checkpoint: a resume never skips a round's model
+                checkpoints.save_round_model(round_number, parameters)
             checkpoints.save_round(RoundCheckpoint(
                 round_number=round_number, parameters=parameters, optimizer=optimizer_state, history=history,
                 digests=digests, round_seconds=round_seconds, loaded=list(session.loaded_in_order)))
-            if assignment.keep_round_models:
-                checkpoints.save_round_model(round_number, parameters)
             if round_number == rounds or round_number % REPORT_EVERY_ROUNDS == 0:
                 report_performance(session, aggregation_id, metrics.flat())
             if progress is not None:
@@ -221,10 +222,24 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
         privacy_message=plan.stop_message,
         imputed=arrays.imputed.imputed,
     )
-    publish_site_result(run_id=assignment.run_id, artifacts_url=config.artifacts or shared_artifacts_url(None),
-                        result=quote(result), parameters=quote(parameters), staging=work_dir / "result",
-                        round_models=quote(checkpoints.round_models() if assignment.keep_round_models else None))
+    artifacts_url = config.artifacts or shared_artifacts_url(None)
+    publish_site_result(run_id=assignment.run_id, artifacts_url=artifacts_url, result=quote(result),
+                        parameters=quote(parameters), staging=work_dir / "result")
+    if assignment.keep_round_models:
+        _publish_round_models(checkpoints, run_id=assignment.run_id, artifacts_url=artifacts_url, site=name,
+                              staging=work_dir / "result", logger=logger)
     return result
+
+
+def _publish_round_models(checkpoints: LeafCheckpoints, *, run_id: str, artifacts_url: str | None, site: str,
+                          staging: Path, logger: Any) -> None:
+    """Best effort: without them the run keeps its last round's model, not its best one, and says so."""
+    try:
+        publish_round_models(run_id=run_id, artifacts_url=artifacts_url, site=site,
+                             round_models=quote(checkpoints.round_models()), staging=staging)
+    except Exception as exc:
+        logger.warning("%s could not publish its round models, so the run keeps no best-round model (%s: %s)",
+                       site, type(exc).__name__, exc)
 
 
 class NothingToResume(RuntimeError):

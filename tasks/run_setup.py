@@ -86,11 +86,17 @@ def agreed_preprocessing(results: list[SiteResult]) -> Preprocessing:
 
 def best_round_parameters(*, run_id: str, artifacts_url: str, best: BestRound, keeper: str | None
                           ) -> list[np.ndarray] | None:
-    """The best round's aggregate when it is not the last, from the site that kept every round's (None when
-    that site did not finish, or kept none)."""
+    """The best round's aggregate when it is not the last, from the site that kept every round's; None when that
+    site did not finish or kept none, or its archive cannot be read (logged: the run's outputs do not wait on it)."""
     if best.is_final or keeper is None:
         return None
-    parameters = read_round_model(run_id=run_id, artifacts_url=artifacts_url, site=keeper, round_number=best.best)
+    try:
+        parameters = read_round_model(run_id=run_id, artifacts_url=artifacts_url, site=keeper,
+                                      round_number=best.best)
+    except Exception as exc:  # a store error or a damaged archive: the run's own outputs come first
+        run_logger().warning("the best round's model (round %d) is not kept: site %s's round models cannot be "
+                             "read (%s: %s)", best.best, keeper, type(exc).__name__, exc)
+        return None
     if parameters is None:
         run_logger().warning("the best round's model (round %d) is not kept: site %s published no model of it",
                              best.best, keeper)

@@ -40,26 +40,33 @@ def _round_entry(round_number: int, layer: int) -> str:
 
 @task(name="publish-site-result", **TRANSIENT)
 def publish_site_result(
-    *, run_id: str, artifacts_url: str | None, result: SiteResult, parameters: list[np.ndarray], staging: Path,
-    round_models: dict[int, list[np.ndarray]] | None = None,
+    *, run_id: str, artifacts_url: str | None, result: SiteResult, parameters: list[np.ndarray], staging: Path
 ) -> dict[str, str]:
-    """Put the site's result and final parameters (and every round's aggregate, if it kept them) in the run's
-    folder of the artifact store, all in one publish."""
+    """Put the site's result and final parameters in the run's folder of the artifact store, both or none."""
     summary_name, parameters_name = site_result_names(result.site)
     staging.mkdir(parents=True, exist_ok=True)
     (staging / summary_name).write_text(result.model_dump_json(indent=2) + "\n")
     np.savez(staging / parameters_name, **layer_entries(parameters))
-    files = {summary_name: staging / summary_name, parameters_name: staging / parameters_name}
-    if round_models:
-        files[round_models_name(result.site)] = staging / round_models_name(result.site)
-        np.savez(files[round_models_name(result.site)], **{
-            _round_entry(number, i): layer for number, layers in round_models.items() for i, layer in enumerate(layers)})
-    return artifact_store_from_url(artifacts_url).publish_run(run_id, files)
+    return artifact_store_from_url(artifacts_url).publish_run(run_id, {summary_name: staging / summary_name,
+                                                                       parameters_name: staging / parameters_name})
+
+
+@task(name="publish-round-models", **TRANSIENT)
+def publish_round_models(*, run_id: str, artifacts_url: str | None, site: str,
+                         round_models: dict[int, list[np.ndarray]], staging: Path) -> str:
+    """Every round's aggregate this site kept, as one archive in the run's folder, for the best round's model.
+    Published after the site's result, and apart from it: the result never waits on it or fails with it."""
+    staging.mkdir(parents=True, exist_ok=True)
+    path = staging / round_models_name(site)
+    np.savez(path, **{_round_entry(number, i): layer
+                      for number, layers in round_models.items() for i, layer in enumerate(layers)})
+    return artifact_store_from_url(artifacts_url).publish_run(run_id, {path.name: path})[path.name]
 
 
 def read_round_model(*, run_id: str, artifacts_url: str | None, site: str, round_number: int
                      ) -> list[np.ndarray] | None:
-    """The aggregate of `round_number` as `site` kept it, or None if it kept none (or not that round)."""
+    """The aggregate of `round_number` as `site` kept it, or None if it kept none (or not that round).
+    A store or archive that cannot be read raises (the caller decides what the best model is worth)."""
     try:
         raw = artifact_store_from_url(artifacts_url).read_bytes(run_id, round_models_name(site))
     except ArtifactNotFound:

@@ -11,7 +11,7 @@ from fedgrove.metrics import RoundMetrics, SplitMetrics
 from fedgrove.registry_entry import BestRound
 from fedgrove.results import SiteResult
 from tasks.run_setup import best_round_parameters
-from tasks.site_results import publish_site_result, read_round_model
+from tasks.site_results import publish_round_models, publish_site_result, read_round_model
 from tests.test_checkpoints import _round
 
 
@@ -26,9 +26,11 @@ def test_a_sites_round_models_read_back_by_round_and_none_when_not_kept(tmp_path
     models = {number: _round(number).parameters for number in (1, 2, 3)}
     monkeypatch.setattr(SiteResult, "model_dump_json", lambda self, **_: "{}")
     uris = publish_site_result.fn(run_id="r", artifacts_url=store, result=_result("a"), parameters=models[3],
-                                  staging=tmp_path / "staging-a", round_models=models)
-    assert sorted(Path(uri).name for uri in uris.values()) == [
-        "site-a-parameters.npz", "site-a-round-models.npz", "site-a.json"]
+                                  staging=tmp_path / "staging-a")
+    assert sorted(Path(uri).name for uri in uris.values()) == ["site-a-parameters.npz", "site-a.json"]
+    kept = publish_round_models.fn(run_id="r", artifacts_url=store, site="a", round_models=models,
+                                   staging=tmp_path / "staging-a")
+    assert Path(kept).name == "site-a-round-models.npz"
     publish_site_result.fn(run_id="r", artifacts_url=store, result=_result("b"), parameters=models[3],
                            staging=tmp_path / "staging-b")
     for number, layers in models.items():
@@ -48,3 +50,13 @@ def test_a_sites_round_models_read_back_by_round_and_none_when_not_kept(tmp_path
     assert best_round_parameters(run_id="r", artifacts_url=store, best=earlier, keeper="b") is None
     last = BestRound(final=3, best=3, metrics={}, rounds=3)
     assert best_round_parameters(run_id="r", artifacts_url=store, best=last, keeper="a") is None
+
+
+def test_a_damaged_round_models_archive_costs_the_best_model_not_the_run(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    store = str(tmp_path / "runs")
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    (tmp_path / "runs" / "r" / "site-a-round-models.npz").write_bytes(b"PK\x03\x04 not a zip")
+    earlier = BestRound(final=3, best=2, metrics={}, rounds=3)
+    with caplog.at_level("WARNING"):
+        assert best_round_parameters(run_id="r", artifacts_url=store, best=earlier, keeper="a") is None
+    assert "the best round's model (round 2) is not kept: site a's round models cannot be read (" in caplog.text
