@@ -71,12 +71,17 @@ def _s3_object(source: DataSource, *, setting: str) -> tuple[S3Location, S3Conne
     from fedgrove_common.prefect_blocks import BlockNotUsable, s3_bucket_block
 
     reference, key = in_block
+    public = (f"expected {setting} to name a usable Prefect S3Bucket block, got one that could not be loaded (fix: "
+              "read the full error on the site's own terminal)")
     try:
         block = s3_bucket_block(reference, setting=setting)
+        location = s3_location(f"{block.url.rstrip('/')}/{key}")
     except BlockNotUsable as exc:
-        raise source_error(f"expected {setting} to name a usable Prefect S3Bucket block, got one that could not be "
-                           "loaded (fix: read the full error on the site's own terminal)", str(exc)) from None
-    location = s3_location(f"{block.url.rstrip('/')}/{key}")
+        raise source_error(public, str(exc)) from None
+    except Exception as exc:  # the Prefect API unreachable or refusing, a profile that does not resolve, a bad key
+        raise source_error(public, f"loading {reference} for {setting} failed: {type(exc).__name__}: {exc} (fix: "
+                                   "check PREFECT_API_URL and the block's credentials, and the key after the block's "
+                                   "name)") from None
     return location, S3Connection(endpoint_url=block.endpoint_url, credentials=block.credentials, setting=setting)
 
 

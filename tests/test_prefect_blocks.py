@@ -90,7 +90,7 @@ def test_a_federated_run_publishes_every_output_through_the_block(
 def test_a_sites_table_is_read_through_a_block_with_the_blocks_own_credentials(
     s3_bucket_block: dict, s3_server: S3Server
 ) -> None:
-    from fedgrove.sources import DataSource, read_source
+    from fedgrove.sources import DataSource, SourceError, read_source
 
     table = pd.DataFrame({"age": [51, 63, 47], "outcome": ["yes", "no", "yes"]})
     s3_server.client().put_object(Bucket=s3_bucket_block["bucket"], Key="fedgrove/runs/site-a/table.csv",
@@ -98,6 +98,12 @@ def test_a_sites_table_is_read_through_a_block_with_the_blocks_own_credentials(
     source = DataSource.parse(f"{s3_bucket_block['url']}/site-a/table.csv")
     assert source.public_description() == "a CSV file on S3"
     pd.testing.assert_frame_equal(read_source(source), table)
+    with pytest.raises(SourceError) as caught:  # a key S3 URLs cannot carry: refused, not a traceback
+        read_source(DataSource.parse(f"{s3_bucket_block['url']}/site-a/table?version=2.csv"))
+    assert str(caught.value) == (
+        "expected FEDGROVE_SITE_DATA to name a usable Prefect S3Bucket block, got one that could not be loaded (fix: "
+        "read the full error on the site's own terminal)")
+    assert caught.value.detail.startswith(f"loading {s3_bucket_block['url']} for FEDGROVE_SITE_DATA failed: ")
 
 
 def test_a_site_data_block_reference_of_the_wrong_shape_or_naming_no_block_is_refused_exactly(prefect_api) -> None:
