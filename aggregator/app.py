@@ -93,6 +93,9 @@ def _secret(configured: SecretStr | None, variable: str, path: Path) -> str:
     return load_or_create_secret(path)
 
 
+WATCHER_STOP_TIMEOUT_S = 30.0
+
+
 async def finish_overdue_rounds(context: ServerContext, stopping: asyncio.Event, interval_s: float = 0.5) -> None:
     """Close rounds whose branch timeout has passed with a quorum of uploads, finish full rounds whose
     aggregate could not be stored before, try damaged rounds again, and notify the leaves; until `stopping`
@@ -134,10 +137,13 @@ def create_app(settings: AggregatorSettings | None = None) -> FastAPI:
         # Not cancelled: a check running in a worker thread would go on after the pool below is disposed, and
         # its connection would stay open until the collector found it (psycopg warns then, in whatever runs next).
         stopping.set()
-        try:
-            await watcher
-        except Exception:
-            logger.exception("the round-timeout check failed while the server stopped")
+        done, _ = await asyncio.wait({watcher}, timeout=WATCHER_STOP_TIMEOUT_S)
+        if not done:  # a check stuck on the blob store or the database: stop without it
+            logger.warning("the round-timeout check did not finish within %.0f s of the stop; stopping without it",
+                           WATCHER_STOP_TIMEOUT_S)
+            watcher.cancel()
+        elif watcher.exception() is not None:
+            logger.error("the round-timeout check failed while the server stopped: %r", watcher.exception())
         context.ingest.shutdown()
         context.service.close()
         context.engine.dispose()
