@@ -209,19 +209,23 @@ def _concurrent_promotions_let_exactly_one_through(make_store) -> None:  # type:
     contenders = [f"contender-{n}" for n in range(8)]
     for number, run_id in enumerate(contenders):
         registry.register(entry(run_id, minutes=number + 1))
-    start = threading.Barrier(len(contenders))
-    outcomes = {}
+    start = threading.Barrier(len(contenders), timeout=60)
+    outcomes, errors = {}, {}
 
     def promote(run_id: str) -> None:
-        mine = Registry(make_store())  # each its own store, as separate processes have
-        start.wait()
-        outcomes[run_id] = mine.promote(run_id, expected_production="base", reason="concurrent")
+        try:
+            mine = Registry(make_store())  # each its own store, as separate processes have
+            start.wait()
+            outcomes[run_id] = mine.promote(run_id, expected_production="base", reason="concurrent")
+        except BaseException as exc:  # reported below: a thread's exception is otherwise lost
+            errors[run_id] = exc
 
     threads = [threading.Thread(target=promote, args=(run_id,)) for run_id in contenders]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(timeout=120)
+    assert errors == {} and sorted(outcomes) == sorted(contenders), errors
     winners = [run_id for run_id, outcome in outcomes.items() if outcome.status == "promoted"]
     assert len(winners) == 1
     losers = [outcome for run_id, outcome in outcomes.items() if run_id not in winners]
