@@ -1,5 +1,5 @@
 """`python -m fedgrove_cli` = `fedgrove`."""
 
-from fedgrove_cli import app
+from fedgrove_cli import main
 
-app()
+main()
