@@ -46,11 +46,20 @@ class AggregatorProcess:
         return self._process.pid
 
     @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
     def admin_token(self) -> str:
         """The token the server created in its data folder (unless FEDGROVE_ADMIN_TOKEN gave it one)."""
         return self.env.get("FEDGROVE_ADMIN_TOKEN") or (self.data_dir / "admin_token").read_text().strip()
 
     def start(self, timeout_s: float = 60) -> AggregatorProcess:
+        """Launch the process and wait until it answers."""
+        return self.launch().wait_until_ready(timeout_s)
+
+    def launch(self) -> AggregatorProcess:
+        """Start the process without waiting for it (`wait_until_ready` does)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "aggregator", "--port", str(self.port), "--data-dir", str(self.data_dir)]
         with open(self.log, "ab") as log:
@@ -59,6 +68,10 @@ class AggregatorProcess:
                 preexec_fn=ended_with_this_process(),
                 start_new_session=True,  # a terminal's Ctrl-C reaches the run, which stops this server after it
             )
+        return self
+
+    def wait_until_ready(self, timeout_s: float = 60) -> AggregatorProcess:
+        """Wait until the launched process answers; kill it if it does not."""
         try:
             self._wait_healthy(timeout_s)
         except BaseException:

@@ -25,11 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 STARTED = time.perf_counter()
 
-from fedgrove.prefect_ephemeral import temporary_server_for  # noqa: E402
+from fedgrove.prefect_ephemeral import start_before_prefect_settings, temporary_server_for  # noqa: E402
 
-PREFECT_SERVER = temporary_server_for("memory")
-if PREFECT_SERVER is not None:
-    PREFECT_SERVER.start()  # as `fedgrove demo` does: it boots while the rest imports
+# As `fedgrove demo` does: started before Prefect's settings import, it boots while the rest imports.
+PREFECT_SERVER = temporary_server_for("memory", started=start_before_prefect_settings())
+if PREFECT_SERVER is not None and PREFECT_SERVER.process is None:
+    PREFECT_SERVER.start()
 
 import psutil  # noqa: E402
 from prefect import flow, task  # noqa: E402

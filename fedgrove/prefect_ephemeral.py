@@ -3,8 +3,12 @@
 Prefect's ephemeral mode would start one at the first flow. `TemporaryPrefectServer` runs the same server the
 same way (uvicorn on `prefect.server.api.server:create_app` in a child process, UI off), with these measured
 differences:
-- The demo starts it as its first step, so its ~18 s boot overlaps the pipeline's imports. This process
-  never imports Prefect's server package (~8 s here); Prefect's mode imports it only to start the child.
+- The demo starts it as its first step, so its boot (~5 s here) overlaps the pipeline's imports. This process
+  never imports Prefect's server package (~3.5 s here); Prefect's mode imports it only to start the child.
+  Deciding whether a temporary server is wanted needs Prefect's settings, whose import takes ~1.1 s, so the
+  demo starts one on what the environment alone says (`start_before_prefect_settings`) and settles the
+  question once the settings are read (`temporary_server_for`): a server the settings do not want is
+  stopped before anything used it.
 - Its database is in memory unless the user asks for a file or configured one. Prefect's default SQLite file
   answers this pipeline's load (five leaf flows in threads, every task run recorded from events) with
   "database is locked": the server turns that into a 503, and the client retries after 2, 4, 8, 16 s. A demo
@@ -23,6 +27,10 @@ differences:
 - Its in-memory database starts from a migrated copy (`fedgrove/prefect_server_app.py`) instead of running
   all of Prefect's migrations at every start: ready after 6–7 s instead of 16–19 s (the first start on a
   machine builds the copy: ~22 s).
+- Its flow runs send no heartbeats (unless `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` is set): a heartbeat lets a
+  server that outlives a run mark it crashed, and this one ends with the run. Prefect's heartbeat thread
+  sleeps in steps of 1 s and every flow run waited for it at its end: up to 1 s for the leaves, again for the
+  coordinator.
 - Its WebSockets are not compressed. Every task run sends its state changes over the events socket, and on
   loopback per-message deflate only costs CPU on both ends: with it, 13% of the samples of the demo's Prefect
   client thread were in `PerMessageDeflate.encode`; without it, the Prefect floor of `bench/end_to_end.py`
@@ -35,6 +43,7 @@ server, and a database URL of their own (`PREFECT_SERVER_DATABASE_CONNECTION_URL
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -63,8 +72,18 @@ UNWATCHED_BY_DEFAULT = {"PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "fals
                         "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
                         "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "200",
                         "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1"}
+# A flow run's heartbeat lets a server that outlives the run mark it crashed; this server ends with the run.
+HEARTBEAT_VARIABLE = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 SERVER_APP_FACTORY = "prefect.server.api.server:create_app"
 PORT_IN_USE_EXIT_CODE = 3  # uvicorn's exit code when it cannot bind
+
+
+def prefect_site_packages() -> Path:
+    """The folder Prefect is installed in, found without importing Prefect."""
+    found = importlib.util.find_spec("prefect")
+    if found is None or found.origin is None:
+        raise TemporaryServerError("Prefect is not installed in this environment (fix: pip install the project)")
+    return Path(found.origin).parents[1]
 
 
 class TemporaryServerError(RuntimeError):
@@ -98,10 +117,8 @@ class TemporaryPrefectServer:
                **TEMPORARY_SERVER_ENV}
         if self.in_memory:
             env[DATABASE_VARIABLE] = IN_MEMORY_URL
-        import prefect
-
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parents[1]),
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_site_packages()),
              "--factory", "fedgrove.prefect_server_app:create_app" if self.in_memory else SERVER_APP_FACTORY,
              "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on",
              "--ws-per-message-deflate", "false"],
@@ -155,23 +172,46 @@ class TemporaryPrefectServer:
     @contextmanager
     def serving(self) -> Iterator[str]:
         """Wait until the server answers, run the body with Prefect's client on it, then stop it."""
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+        updates: dict = {PREFECT_API_URL: self.api_url}
+        if HEARTBEAT_VARIABLE not in os.environ:
+            updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
         try:
             self.wait_until_ready()
-            with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
+            with temporary_settings(updates=updates):
                 yield self.api_url
         finally:
             self.stop()
 
 
-def temporary_server_for(mode: Literal["memory", "file"]) -> TemporaryPrefectServer | None:
+def start_before_prefect_settings() -> TemporaryPrefectServer | None:
+    """An in-memory temporary server, started on what the environment alone says, before Prefect is imported;
+    None when the environment names a Prefect API, a database of the user's own, or the file mode.
+
+    Only the in-memory kind starts this early: stopping it, should the settings not want it, loses nothing."""
+    if os.environ.get("PREFECT_API_URL") or any(os.environ.get(name) for name in DATABASE_VARIABLES):
+        return None
+    if os.environ.get("FEDGROVE_PREFECT_EPHEMERAL_DATABASE", "memory").strip().lower() != "memory":
+        return None
+    return TemporaryPrefectServer(in_memory=True).start()
+
+
+def temporary_server_for(
+    mode: Literal["memory", "file"], *, started: TemporaryPrefectServer | None = None
+) -> TemporaryPrefectServer | None:
     """The temporary server Prefect would start for the first flow (no API URL configured, ephemeral mode
-    on), not started yet; None otherwise. Its database is in memory unless `mode` is "file" or the user
-    configured a database of their own."""
+    on); None otherwise. Its database is in memory unless `mode` is "file" or the user configured a database
+    of their own. `started` (from `start_before_prefect_settings`) is returned when it is the one wanted, and
+    stopped otherwise; any other server is returned not started yet."""
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
-    if settings.api.url or not settings.server.ephemeral.enabled:
-        return None
-    return TemporaryPrefectServer(in_memory=mode == "memory" and not own_database_configured(settings))
+    wanted = None
+    if not settings.api.url and settings.server.ephemeral.enabled:
+        wanted = TemporaryPrefectServer(in_memory=mode == "memory" and not own_database_configured(settings))
+    if started is not None:
+        if wanted is not None and wanted.in_memory == started.in_memory:
+            return started
+        started.stop()
+    return wanted

@@ -46,6 +46,14 @@ class PipelineSettings(BaseSettings):
         "(fedgrove.prefect_ephemeral): memory avoids SQLite lock stalls, file keeps the runs' history",
     )
 
+    @property
+    def embedded_aggregator_dir(self) -> Path | None:
+        """The data folder of the aggregator a local run starts for itself; None when the leaves federate
+        elsewhere (BRANCHKEY_HOST, or FEDGROVE_LEAF_ENV_DIR's credentials)."""
+        if self.leaf_env_dir is not None or self.branchkey_host:
+            return None
+        return self.work_dir / "aggregator"
+
 
 class LeafSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)

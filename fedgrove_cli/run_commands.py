@@ -40,21 +40,37 @@ class Mode(str, Enum):
 
 
 @contextlib.contextmanager
-def prefect_api(*, verbose: bool) -> Iterator[None]:
-    """Prefect's temporary server when the user configured no Prefect API; quiet task-run logs."""
-    if verbose:
-        os.environ["FEDGROVE_VERBOSE"] = "true"
-    from fedgrove.prefect_ephemeral import temporary_server_for
-    from fedgrove.settings import PipelineSettings
+def prefect_api(*, verbose: bool, local_run: bool = False) -> Iterator[None]:
+    """Prefect's temporary server when the user configured no Prefect API, and for a local run (`local_run`)
+    its embedded aggregator; quiet task-run logs. Both servers start first, so that they boot while the
+    pipeline's modules import."""
+    from fedgrove.prefect_ephemeral import start_before_prefect_settings, temporary_server_for
 
-    server = temporary_server_for(PipelineSettings().prefect_ephemeral_database)
     with contextlib.ExitStack() as cleanup:
+        early = start_before_prefect_settings()
+        if early is not None:
+            cleanup.callback(early.stop)  # also when something below fails before it serves
+        if verbose:
+            os.environ["FEDGROVE_VERBOSE"] = "true"
+        from fedgrove.settings import PipelineSettings
+
+        settings = PipelineSettings()
+        if local_run and (aggregator_dir := settings.embedded_aggregator_dir) is not None:
+            from aggregator.embedded import launch_ahead
+
+            # The run's branch provisioning takes it over; if the run ends before, it is stopped here.
+            cleanup.callback(launch_ahead(aggregator_dir, log=aggregator_dir / "aggregator.log").stop)
+        server = temporary_server_for(settings.prefect_ephemeral_database, started=early)
         if server is not None:
-            server.start()  # it boots while the pipeline's modules import
-            cleanup.callback(server.stop)  # also when something below fails before it serves
+            if server.process is None:
+                server.start()
+                cleanup.callback(server.stop)
             console.print(f"Starting Prefect's temporary server on {server.api_url} (in memory: {server.in_memory})",
                           highlight=False, soft_wrap=True)
-        import flows.federated_training  # noqa: F401  (the import the server's boot overlaps)
+        import flows.federated_training  # noqa: F401  (the imports the server's boot overlaps)
+        # What Prefect imports at the first flow call (~0.7 s), imported here while the server boots.
+        import fastapi.encoders  # noqa: F401
+        import prefect.utilities.visualization  # noqa: F401
 
         if not verbose:
             from fedgrove.client_output import route_sdk_output_to_debug_log
@@ -177,7 +193,7 @@ def train(
         fail(str(exc))
     if out is not None:
         os.environ["FEDGROVE_ARTIFACTS"] = out
-    with prefect_api(verbose=verbose):
+    with prefect_api(verbose=verbose, local_run=mode is Mode.local):
         from flows.federated_training import RunOptions
 
         _run(spec, RunOptions(mode=mode.value, run_id=resume or run_id, resume=resume is not None), verbose=verbose)
@@ -200,7 +216,7 @@ def demo(
     """The built-in spec: breast cancer split over sites, 4 features by federated LRT, logistic regression."""
     if out is not None:
         os.environ["FEDGROVE_ARTIFACTS"] = out
-    with prefect_api(verbose=verbose):
+    with prefect_api(verbose=verbose, local_run=True):
         from fedgrove.demo import DemoOptions
         from flows.federated_training import RunOptions
 

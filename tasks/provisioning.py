@@ -1,7 +1,8 @@
 """Where the leaves federate: the embedded aggregator, our server elsewhere, or a hosted BranchKey branch.
 
 - no BRANCHKEY_HOST: start the aggregator as a child process on a free loopback port for the run (a process of
-  its own: in a thread it shared the interpreter lock with the leaves) and create a branch;
+  its own: in a thread it shared the interpreter lock with the leaves), or take over the one the command
+  launched ahead (`aggregator.embedded.launch_ahead`), and create a branch;
 - BRANCHKEY_HOST and FEDGROVE_ADMIN_TOKEN: create a branch on that aggregator through its admin API;
 - FEDGROVE_LEAF_ENV_DIR: use the `<site>.env` credentials found there (e.g. a hosted BranchKey branch created
   in its dashboard).
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from prefect import get_run_logger
 
-from aggregator.embedded import AdminApiError, AdminClient, AggregatorProcess
+from aggregator.embedded import AdminApiError, AdminClient, AggregatorProcess, take_launched
 from fedgrove.settings import PipelineSettings, write_leaf_env
 
 
@@ -73,8 +74,10 @@ def provide_branch(
             )
         host, token = settings.branchkey_host, settings.admin_token.get_secret_value()
     else:
-        data_dir = settings.work_dir / "aggregator"
-        server = AggregatorProcess(data_dir, log=data_dir / "aggregator.log").start()
+        data_dir = settings.embedded_aggregator_dir
+        assert data_dir is not None  # neither BRANCHKEY_HOST nor FEDGROVE_LEAF_ENV_DIR
+        server = take_launched(data_dir) or AggregatorProcess(data_dir, log=data_dir / "aggregator.log").launch()
+        server.wait_until_ready()
         host, token = server.url, server.admin_token
         logger.info("started the embedded aggregator on %s (log: %s)", host, server.log)
     try:

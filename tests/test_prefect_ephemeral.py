@@ -220,3 +220,72 @@ def test_a_damaged_template_is_removed_and_prefect_migrates_the_in_memory_databa
             "removed it, the next start builds it again; Prefect migrates the database this time"
             ) in capfd.readouterr().err
     assert not template.exists()
+
+
+EARLY_START = """
+import json, os
+from fedgrove.prefect_ephemeral import start_before_prefect_settings, temporary_server_for
+early = start_before_prefect_settings()
+early_pid = None if early is None else early.process.pid
+server = temporary_server_for({mode!r}, started=early)
+alive = early is not None and early.process is not None and early.process.poll() is None
+heartbeat = None
+if server is not None and server is early:
+    from prefect.settings import get_current_settings
+    with server.serving():
+        heartbeat = get_current_settings().flows.heartbeat_frequency
+print(json.dumps({{"early": early_pid is not None, "kept": server is not None and server is early,
+                  "server": None if server is None else {{"in_memory": server.in_memory}},
+                  "early_alive_after_settling": alive, "heartbeat_while_serving": heartbeat}}))
+if server is not None and server is not early:
+    server.stop()
+"""
+
+
+def settled_early(tmp_path: Path, mode: str, **extra: str) -> dict:
+    """What the demo's first step starts before Prefect's settings import, and what it keeps once they are read
+    (in a fresh process: Prefect reads its settings once)."""
+    done = subprocess.run([sys.executable, "-c", EARLY_START.format(mode=mode)], env=clean_env(tmp_path, **extra),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_server_started_before_prefects_settings_is_kept_and_its_runs_send_no_heartbeats(tmp_path: Path) -> None:
+    assert settled_early(tmp_path, "memory") == {
+        "early": True, "kept": True, "server": {"in_memory": True}, "early_alive_after_settling": True,
+        "heartbeat_while_serving": None}
+
+
+def test_a_heartbeat_frequency_the_user_set_is_kept(tmp_path: Path) -> None:
+    settled = settled_early(tmp_path, "memory", PREFECT_FLOWS_HEARTBEAT_FREQUENCY="45")
+    assert (settled["kept"], settled["heartbeat_while_serving"]) == (True, 45)
+
+
+def test_a_server_started_early_that_the_active_profile_does_not_want_is_stopped(tmp_path: Path) -> None:
+    """The environment alone said "no API configured"; the profile names one: the early server goes."""
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text('active = "mine"\n[profiles.mine]\nPREFECT_API_URL = "http://127.0.0.1:4200/api"\n')
+    assert settled_early(tmp_path, "memory", PREFECT_PROFILES_PATH=str(profiles)) == {
+        "early": True, "kept": False, "server": None, "early_alive_after_settling": False,
+        "heartbeat_while_serving": None}
+
+
+def test_a_server_started_early_on_memory_is_replaced_when_the_profile_names_a_database(tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text('active = "mine"\n[profiles.mine]\nPREFECT_SERVER_EPHEMERAL_ENABLED = "true"\n'
+                        f'PREFECT_SERVER_DATABASE_CONNECTION_URL = "sqlite+aiosqlite:///{tmp_path / "p.db"}"\n')
+    assert settled_early(tmp_path, "memory", PREFECT_PROFILES_PATH=str(profiles)) == {
+        "early": True, "kept": False, "server": {"in_memory": False}, "early_alive_after_settling": False,
+        "heartbeat_while_serving": None}
+
+
+@pytest.mark.parametrize("extra", [{"PREFECT_API_URL": "http://127.0.0.1:4200/api"},
+                                   {"FEDGROVE_PREFECT_EPHEMERAL_DATABASE": "file"},
+                                   {"PREFECT_SERVER_DATABASE_CONNECTION_URL": "sqlite+aiosqlite:///mine.db"}])
+def test_nothing_starts_early_when_the_environment_names_an_api_a_database_or_the_file_mode(
+    tmp_path: Path, extra: dict[str, str]
+) -> None:
+    """Only an in-memory server starts before the settings are read: stopping it loses nothing."""
+    assert settled_early(tmp_path, "file" if "FEDGROVE_PREFECT_EPHEMERAL_DATABASE" in extra else "memory",
+                         **extra)["early"] is False
