@@ -41,7 +41,7 @@ from fedgrove.tracking import track_run_configuration
 from flows.leaf_training import LeafAssignment
 from flows.sites import run_site_deployments, run_sites_in_process
 from tasks.baselines import train_centralised
-from tasks.outputs import publish_prefect_artifacts, start_importing_plotting, write_outputs
+from tasks.outputs import publish_prefect_artifacts, write_outputs
 from tasks.provisioning import forget_credentials, provide_branch
 from tasks.registry import register_and_promote
 from tasks.run_setup import agreed_preprocessing, best_round_parameters, collect_site_results, settle_spec
@@ -153,7 +153,6 @@ def federated_training(spec: FederationSpec | None = None, run: RunOptions = Run
                        warm_start=warm_start, keep_round_models=index == 0)
         for index, site in enumerate(spec.roster())
     ]
-    start_importing_plotting()
     if run.mode == "sites":
         failures = run_site_deployments(assignments)
     else:

@@ -164,9 +164,6 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
                         else "")
         # Prefect walks every task argument for futures to record as inputs; these hold none (quote: don't look).
         inputs, model_spec, the_session = quote(arrays), quote(spec), quote(session)
-        # The site-alone baseline needs nothing from the federation: it trains in a thread of its own while the
-        # rounds mostly wait on the others (it and the rounds' fits take turns with torch's random state).
-        alone_training = train_alone_task.submit(inputs, spec=model_spec, site=name)
         plan = agreement.privacy  # pair secrets and DP budget: never a parameter's value Prefect stores
         privacy, secure = quote(plan), quote(plan.secure)
         rounds = plan.rounds
@@ -209,7 +206,7 @@ def leaf_training(assignment: LeafAssignment, site: SiteConfig | None = None) ->
         if progress is not None:
             progress.close()  # never raises, so the session below is closed whatever happens here
         session.close()
-    alone = alone_training.result()
+    alone = train_alone_task(quote(arrays), spec=quote(spec), site=name)
     result = SiteResult(
         site=name,
         leaf_name=credentials.leaf_name,

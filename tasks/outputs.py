@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +20,6 @@ from tasks.options import LOCAL, TRANSIENT
 OUTPUT_FILES = ("model.pt", "model.json", "result.png", "epochs.csv", "summary.json")
 BEST_MODEL_FILES = (BEST_MODEL_FILE, BEST_MODEL_FILE.replace(".pt", ".json"))
 ARTIFACT_KEY = "federated-training"
-
-
-def start_importing_plotting() -> None:
-    """Import matplotlib (~0.5 s here) in a thread of its own while the sites train: their rounds mostly wait
-    on each other, and the outputs at the end then need not wait for it."""
-    threading.Thread(target=importlib.import_module, args=("fedgrove.plotting",), name="import-plotting",
-                     daemon=True).start()
 
 
 @task(name="write-outputs", **TRANSIENT)
@@ -57,7 +48,7 @@ def write_outputs(
         save_model(model, staging / BEST_MODEL_FILE, card.model_copy(update={"metrics": best[1]}))
         names += BEST_MODEL_FILES
     epochs.to_csv(staging / "epochs.csv", index=False)
-    from fedgrove.plotting import plot_results  # matplotlib (~25 MB, ~0.5 s): start_importing_plotting began it
+    from fedgrove.plotting import plot_results  # matplotlib (~25 MB, ~0.5 s) only once training is over
     plot_results(epochs, staging / "result.png", headline=summary["headline"][0])
     (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     store = artifact_store_from_url(artifacts_url)
