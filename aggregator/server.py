@@ -14,6 +14,7 @@ import uvicorn
 from aggregator.access_log import redact_query_secrets
 from aggregator.app import create_app
 from aggregator.config import AggregatorSettings
+from fedgrove_common.startup_heap import freeze_startup_objects
 
 logger = logging.getLogger(__name__)
 WS_PROTOCOL = "websockets-sansio"
@@ -62,6 +63,7 @@ def base_url(settings: AggregatorSettings, port: int) -> str:
 def serve_forever(settings: AggregatorSettings) -> None:
     """Serve until SIGTERM or SIGINT (uvicorn handles both and shuts down cleanly)."""
     config = _config(settings, log_level="info", own_logging=True)  # builds the app: may refuse to start
+    freeze_startup_objects()  # the app and its modules live as long as the server: no full collection walks them
     logger.info("aggregator listening on %s (data in %s)", base_url(settings, settings.port), settings.data_dir)
     _Server(config).run()
 

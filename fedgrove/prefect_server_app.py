@@ -26,6 +26,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from fedgrove.prefect_ephemeral import DATABASE_VARIABLE, IN_MEMORY_URL
+from fedgrove_common.startup_heap import startup_imports
 
 IN_MEMORY_DATABASE = "file::memory:?cache=shared"  # what SQLite opens for IN_MEMORY_URL
 MIGRATION_TIMEOUT_S = 600
@@ -79,6 +80,11 @@ def restore_into_memory(template: Path) -> sqlite3.Connection:
 
 def create_app() -> FastAPI:
     """Prefect's server app; on the in-memory database, started from the migrated template."""
+    with startup_imports():  # Prefect's server modules live as long as it: no full collection walks them
+        return _create_app()
+
+
+def _create_app() -> FastAPI:
     global _kept_open
     import prefect
     from prefect.server.api.server import create_app as create_prefect_app

@@ -45,52 +45,56 @@ def prefect_api(*, verbose: bool, local_run: bool = False) -> Iterator[None]:
     its embedded aggregator; quiet task-run logs. Both servers start first, so that they boot while the
     pipeline's modules import."""
     from fedgrove.prefect_ephemeral import start_before_prefect_settings, temporary_server_for
+    from fedgrove_common.startup_heap import startup_imports
 
     with contextlib.ExitStack() as cleanup:
-        early = start_before_prefect_settings()
-        if early is not None:
-            cleanup.callback(early.stop)  # also when something below fails before it serves
-        if verbose:
-            os.environ["FEDGROVE_VERBOSE"] = "true"
-        from fedgrove.settings import PipelineSettings
+        # No collection while the pipeline's modules import; what they made lives as long as the command, so it
+        # is frozen after: no later full collection walks it.
+        with startup_imports():
+            early = start_before_prefect_settings()
+            if early is not None:
+                cleanup.callback(early.stop)  # also when something below fails before it serves
+            if verbose:
+                os.environ["FEDGROVE_VERBOSE"] = "true"
+            from fedgrove.settings import PipelineSettings
 
-        settings = PipelineSettings()
-        if local_run and (aggregator_dir := settings.embedded_aggregator_dir) is not None:
-            from aggregator.embedded import launch_ahead
+            settings = PipelineSettings()
+            if local_run and (aggregator_dir := settings.embedded_aggregator_dir) is not None:
+                from aggregator.embedded import launch_ahead
 
-            # The run's branch provisioning takes it over; if the run ends before, it is stopped here.
-            cleanup.callback(launch_ahead(aggregator_dir, log=aggregator_dir / "aggregator.log").stop)
-        server = temporary_server_for(settings.prefect_ephemeral_database, started=early)
-        if server is not None:
-            if server.process is None:
-                server.start()
-                cleanup.callback(server.stop)
-            console.print(f"Starting Prefect's temporary server on {server.api_url} (in memory: {server.in_memory})",
-                          highlight=False, soft_wrap=True)
-        import flows.federated_training  # noqa: F401  (the imports the server's boot overlaps)
-        # What Prefect imports at the first flow call (~0.7 s), imported here while the server boots.
-        import fastapi.encoders  # noqa: F401
-        import prefect.utilities.visualization  # noqa: F401
+                # The run's branch provisioning takes it over; if the run ends before, it is stopped here.
+                cleanup.callback(launch_ahead(aggregator_dir, log=aggregator_dir / "aggregator.log").stop)
+            server = temporary_server_for(settings.prefect_ephemeral_database, started=early)
+            if server is not None:
+                if server.process is None:
+                    server.start()
+                    cleanup.callback(server.stop)
+                console.print(f"Starting Prefect's temporary server on {server.api_url} "
+                              f"(in memory: {server.in_memory})", highlight=False, soft_wrap=True)
+            import flows.federated_training  # noqa: F401  (the imports the server's boot overlaps)
+            # What Prefect imports at the first flow call (~0.7 s), imported here while the server boots.
+            import fastapi.encoders  # noqa: F401
+            import prefect.utilities.visualization  # noqa: F401
 
-        if not verbose:
-            from fedgrove.client_output import route_sdk_output_to_debug_log
-            from fedgrove.user_errors import quiet_expected_failures
+            if not verbose:
+                from fedgrove.client_output import route_sdk_output_to_debug_log
+                from fedgrove.user_errors import quiet_expected_failures
 
-            # No "Finished in state Completed()" line per task run (1,250 in a 50-round demo); warnings still show.
-            logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
-            from fedgrove.checkpoints import CheckpointError
-            from fedgrove.run_record import ResumeRefused
-            from fedgrove.warm_start import WarmStartRefused
-            from flows.federated_training import SecureAggregationNeedsEverySite, SiteFlowsFailed
-            from flows.leaf_training import NothingToResume, SiteOwnedParameter
-            from tasks.provisioning import ProvisioningError
-            from tasks.run_setup import SpecNotRunnable
-            from tasks.site_results import SiteResultMissing
+                # No "Finished in state Completed()" line per task run (1,250 in a 50-round demo); warnings show.
+                logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
+                from fedgrove.checkpoints import CheckpointError
+                from fedgrove.run_record import ResumeRefused
+                from fedgrove.warm_start import WarmStartRefused
+                from flows.federated_training import SecureAggregationNeedsEverySite, SiteFlowsFailed
+                from flows.leaf_training import NothingToResume, SiteOwnedParameter
+                from tasks.provisioning import ProvisioningError
+                from tasks.run_setup import SpecNotRunnable
+                from tasks.site_results import SiteResultMissing
 
-            route_sdk_output_to_debug_log()
-            quiet_expected_failures(also=(SiteFlowsFailed, SiteOwnedParameter, SpecNotRunnable, SiteResultMissing,
-                                          SecureAggregationNeedsEverySite, ResumeRefused, ProvisioningError,
-                                          WarmStartRefused, NothingToResume, CheckpointError))
+                route_sdk_output_to_debug_log()
+                quiet_expected_failures(also=(SiteFlowsFailed, SiteOwnedParameter, SpecNotRunnable, SiteResultMissing,
+                                              SecureAggregationNeedsEverySite, ResumeRefused, ProvisioningError,
+                                              WarmStartRefused, NothingToResume, CheckpointError))
         if server is not None:
             cleanup.enter_context(server.serving())
         yield
