@@ -102,7 +102,7 @@ class LeafCheckpoints:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._dumped: list[tuple[RoundMetrics, dict[str, Any]]] = []  # frozen metrics, each dumped once
+        self._encoded: list[tuple[RoundMetrics, str]] = []  # frozen metrics, each encoded to JSON once
 
     def clear(self) -> None:
         """Forget an earlier run's checkpoints under the same id (a fresh start)."""
@@ -146,12 +146,13 @@ class LeafCheckpoints:
             "format": FORMAT,
             "round": checkpoint.round_number,
             "step": None if checkpoint.optimizer is None else checkpoint.optimizer.step,
-            "history": self._history_as_json(checkpoint.history),
             "digests": checkpoint.digests,
             "round_seconds": checkpoint.round_seconds,
             "loaded": checkpoint.loaded,
         }
-        arrays: dict[str, np.ndarray] = {"state": np.array(json.dumps(state))}
+        # The history grows by a round each time: its rounds are encoded once, not every round's at every round.
+        document = f'{json.dumps(state)[:-1]}, "history": {self._history_json(checkpoint.history)}}}'
+        arrays: dict[str, np.ndarray] = {"state": np.array(document)}
         arrays |= {f"parameter_{i}": layer for i, layer in enumerate(checkpoint.parameters)}
         if checkpoint.optimizer is not None:
             arrays |= {f"first_{i}": moment.numpy() for i, moment in enumerate(checkpoint.optimizer.first)}
@@ -186,13 +187,13 @@ class LeafCheckpoints:
                                       "round's model is then not kept unless it is the last)") from exc
         return kept
 
-    def _history_as_json(self, history: list[RoundMetrics]) -> list[dict[str, Any]]:
-        """Each round's metrics dumped once, not every round's again at every round."""
+    def _history_json(self, history: list[RoundMetrics]) -> str:
+        """The history as a JSON array; a round's metrics already encoded (the same object) are not again."""
         kept = 0
-        while kept < min(len(self._dumped), len(history)) and self._dumped[kept][0] is history[kept]:
+        while kept < min(len(self._encoded), len(history)) and self._encoded[kept][0] is history[kept]:
             kept += 1
-        self._dumped = self._dumped[:kept] + [(m, m.model_dump(mode="json")) for m in history[kept:]]
-        return [dumped for _, dumped in self._dumped]
+        self._encoded = self._encoded[:kept] + [(m, json.dumps(m.model_dump(mode="json"))) for m in history[kept:]]
+        return f"[{','.join(text for _, text in self._encoded)}]"
 
     def latest_round(self) -> RoundCheckpoint | None:
         """The newest round checkpoint, or None when the site finished no round."""

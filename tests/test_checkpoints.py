@@ -65,7 +65,7 @@ def test_a_round_checkpoint_reads_back_exactly_and_only_the_newest_two_are_kept(
 
 
 def test_a_growing_history_is_saved_whole_and_a_replaced_one_as_it_is_now(tmp_path: Path) -> None:
-    """The leaf appends one round's metrics to the same list every round (each dumped once); a history that is
+    """The leaf appends one round's metrics to the same list every round (each encoded once); a history that is
     replaced (a resumed leaf's) is saved as the new list holds it, not as the earlier one was."""
     def metrics(epoch: int, loss: float) -> RoundMetrics:
         return RoundMetrics(epoch=epoch, train=SplitMetrics(records=40, values={"loss": loss}),
