@@ -294,7 +294,7 @@ def leaf(
         config = SiteConfig(data=source, source_setting="--data", base_dir=Path.cwd(), env_file=env_file,
                             artifacts=artifacts)
         try:
-            result = leaf_training(LeafAssignment(spec=spec.shared(), site=name, run_id=run), config)
+            result = leaf_training(LeafAssignment(spec=spec.shared(), site=name, run_id=run), config).unquote()
         except Exception as exc:
             fail(str(exc))
         paths = write_site_model(spec=spec, run_id=run, artifacts_url=artifacts, site=name)
