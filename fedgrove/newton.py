@@ -11,7 +11,9 @@ hold bit-identical coefficients. The LR statistic ``2 (llf_j - llnull)`` ranks t
 Why likelihood-ratio tests: strongly separating features make Wald p-values rank them *lower*
 (Hauck–Donner); their LRT p-values rank them first. For a feature that separates the labels (a rare
 category all of one label), the slope has no finite maximum but the log-likelihood converges: a model
-counts as settled once its step or its log-likelihood's change is negligible. P-values underflow to 0
+counts as settled once its step or its log-likelihood's change is negligible, or once the Newton decrement
+says its log-likelihood is within a negligible gap of the maximum (which saves the last exchange, whose only
+news would be that the step before it was already enough). P-values underflow to 0
 for strong features, so ranking uses log p-values: for 1 dof, ``log sf(x) = log 2 + log_ndtr(-sqrt(x))``,
 finite where ``scipy.stats.chi2.logsf`` gives -inf (past x ~ 1480).
 
@@ -31,6 +33,9 @@ from scipy.stats import chi2
 MAX_ITERATIONS = 50
 STEP_TOLERANCE = 1e-10
 LOGLIK_TOLERANCE = 1e-13  # relative change of a model's log-likelihood between iterations
+# Half the Newton decrement (g' I^-1 g / 2): how far, to second order, the log-likelihood at the current
+# coefficients is below its maximum. A model whose gap is this small (relative) needs no further exchange.
+DECREMENT_TOLERANCE = 1e-10
 
 PER_FEATURE_FIELDS = ("score_intercept_sum", "score_slope_sum", "info_intercept_sum", "info_cross_sum",
                       "info_slope_sum", "loglik_sum")
@@ -111,9 +116,11 @@ def _checked(pooled: Mapping[str, np.ndarray], features: int) -> None:
                               "fedgrove version)")
 
 
-def newton_step(coefficients: Coefficients, pooled: Mapping[str, np.ndarray]) -> tuple[Coefficients, np.ndarray]:
-    """One Newton–Raphson step from the pooled sums: new coefficients and each model's largest step
-    (per feature; the null model's step is the last element)."""
+def newton_step(
+    coefficients: Coefficients, pooled: Mapping[str, np.ndarray]
+) -> tuple[Coefficients, np.ndarray, np.ndarray]:
+    """One Newton–Raphson step from the pooled sums: new coefficients, each model's largest step and each
+    model's half Newton decrement at the current coefficients (per feature; the null model's is last)."""
     s_a, s_b = pooled["score_intercept_sum"], pooled["score_slope_sum"]
     i_aa, i_ab, i_bb = pooled["info_intercept_sum"], pooled["info_cross_sum"], pooled["info_slope_sum"]
     determinant = i_aa * i_bb - i_ab * i_ab
@@ -130,7 +137,8 @@ def newton_step(coefficients: Coefficients, pooled: Mapping[str, np.ndarray]) ->
         slope=coefficients.slope + step_b,
         null_intercept=coefficients.null_intercept + step_null,
     )
-    return updated, np.append(np.maximum(np.abs(step_a), np.abs(step_b)), abs(step_null))
+    gap = 0.5 * np.append(s_a * step_a + s_b * step_b, float(pooled["null_score_sum"][0]) * step_null)
+    return updated, np.append(np.maximum(np.abs(step_a), np.abs(step_b)), abs(step_null)), gap
 
 
 @dataclass(frozen=True)
@@ -160,8 +168,8 @@ def newton_fit(
             raise NewtonError(f"expected the Newton sums to cover the {records} pooled training records, got "
                               f"{pooled_records} (fix: no site may change its data during a run)")
         loglik = np.append(pooled["loglik_sum"], pooled["null_loglik_sum"])
-        coefficients, steps = newton_step(coefficients, pooled)
-        settled = steps < STEP_TOLERANCE
+        coefficients, steps, gap = newton_step(coefficients, pooled)
+        settled = (steps < STEP_TOLERANCE) | (gap <= DECREMENT_TOLERANCE * (1.0 + np.abs(loglik)))
         if previous is not None:
             settled |= np.abs(loglik - previous) <= LOGLIK_TOLERANCE * (1.0 + np.abs(loglik))
         if settled.all():
