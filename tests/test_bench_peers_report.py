@@ -61,3 +61,11 @@ def test_the_tables_name_every_run_and_target() -> None:
         assert label in full and label in short
     assert "first 10 rounds" in short and "under load" in short
     assert short.count("PASS") == 3 and "MISS (not measured)" in short
+
+
+def test_a_load_that_only_the_benchmarks_own_runs_raised_is_not_called_load() -> None:
+    made = {**figures(RUNS), "load_average_before": (0.8, 1.0, 1.0), "load_average_after": (3.8, 2.0, 2.0)}
+    full, short = _report.markdown(made), _report.readme_table(made)
+    assert "under load" not in full and "under load" not in short
+    assert "load average 0.8 before and 3.8 after, the benchmark's own runs" in short
+    assert "load average 0.8 before / 3.8 after (the load after includes the benchmark's own runs)" in full

@@ -119,7 +119,8 @@ def markdown(figures: Mapping[str, Any]) -> str:
     header = (f"Peers: the demo's task ({figures['sites']} sites × {figures['rounds']} rounds) — {figures['date']}, "
               f"{figures['machine']['cores']} cores, {figures['machine']['memory_gb']} GB, load average "
               f"{load[0]:.1f} before / {load[1]:.1f} after"
-              + (" (taken under load: other work shared the cores)" if max(load) > 1.0 else ""))
+              + (" (taken under load: other work shared the cores)" if load[0] > 1.0 else "")
+              + " (the load after includes the benchmark's own runs)")
     lines = [header, "",
              "| run | whole run (s) | per round, steady (ms) | peak memory, all processes (MB) | demo ÷ row: "
              "whole / round / memory | rounds | CPU (s) | final pooled test accuracy (reference) | note |",
@@ -153,10 +154,11 @@ def readme_table(figures: Mapping[str, Any]) -> str:
     """The short table for the README's benchmark section: the five runs and the four targets."""
     runs = figures["runs"]
     demo = runs.get("fedgrove_demo") or {}
-    load = max(figures["load_average_before"][0], figures["load_average_after"][0])
+    before, after = figures["load_average_before"][0], figures["load_average_after"][0]
     lines = [f"{figures['sites']} organisations × {figures['rounds']} rounds of the demo's task, one `make bench` "
-             f"({figures['date'][:10]}, {figures['machine']['cores']} cores"
-             + (f", under load: load average up to {load:.1f}" if load > 1.0 else "") + "):", "",
+             f"({figures['date'][:10]}, {figures['machine']['cores']} cores; load average {before:.1f} before"
+             + (", under load" if before > 1.0 else "") + f" and {after:.1f} after, the benchmark's own runs):",
+             "",
              "| | whole run | per round, steady | peak memory, all processes | demo ÷ this (whole / round) |",
              "|---|---|---|---|---|"]
     for key in ("fedgrove_demo", "prefect_floor", "inmemory_floor", "flower_simulation", "flower_deployment",
