@@ -28,7 +28,7 @@ def train_local_dp(model: nn.Module, X: np.ndarray, y: np.ndarray, *, task: str,
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
-    from fedgrove.model import _GLOBAL_RNG, to_tensor
+    from fedgrove.model import _GLOBAL_RNG, seed_cpu_generator, to_tensor
 
     records = len(X)
     batch = min(train.batch_size, records)
@@ -42,7 +42,7 @@ def train_local_dp(model: nn.Module, X: np.ndarray, y: np.ndarray, *, task: str,
     with _GLOBAL_RNG, torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         # Opacus hooks every layer; torch says so when the inputs need no gradient, which they never do here.
         warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
-        torch.manual_seed(secrets.randbits(62))
+        seed_cpu_generator(secrets.randbits(62))
         for _ in range(train.local_epochs * math.ceil(records / batch)):
             chosen = torch.from_numpy(np.flatnonzero(rng.random(records) < batch / records))
             optimizer.zero_grad(set_to_none=True)

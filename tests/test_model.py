@@ -14,7 +14,7 @@ import torch
 from fedgrove.model import build_model, get_parameters, logits, set_parameters, train_local
 from fedgrove.model_card import ModelCard, ModelFileError, load_model, save_model
 from fedgrove.simulation import simulate
-from fedgrove.spec import TrainSpec
+from fedgrove.spec import ModelSpec, TrainSpec
 from tests.data_sets import breast_cancer, site_tables, spec_for
 
 RNG = np.random.default_rng(0)
@@ -69,6 +69,30 @@ def test_build_model_is_seeded_and_leaves_the_global_rng_alone() -> None:
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(get_parameters(first)[0], get_parameters(other)[0])
     assert torch.get_num_threads() == 1
+
+
+def test_training_with_dropout_is_seeded_by_seed_and_epoch_formats_no_stack_and_leaves_the_global_rng_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Dropout draws from the CPU generator `train_local` seeds; seeding it through `torch.manual_seed` would
+    also queue the seed for CUDA, formatting the whole stack at every fit (CUDA is never initialised here)."""
+    import traceback
+
+    def refuse(*args: object, **kwargs: object) -> list[str]:
+        raise AssertionError("train_local formatted a stack")
+
+    monkeypatch.setattr(traceback, "format_stack", refuse)
+    spec = ModelSpec(kind="mlp", hidden=[8], dropout=0.5)
+    state = torch.random.get_rng_state()
+    trained = []
+    for epoch in (1, 1, 2):
+        model = build_model(4, seed=0, spec=spec)
+        train_local(model, X, Y, task="binary", train=TrainSpec(), seed=7, epoch=epoch)
+        trained.append(get_parameters(model))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for a, b in zip(trained[0], trained[1], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(trained[0][0], trained[2][0])  # another epoch: other shuffles, other masks
 
 
 def test_get_parameters_returns_float32_weight_then_bias_copies() -> None:
