@@ -69,3 +69,24 @@ def test_a_load_that_only_the_benchmarks_own_runs_raised_is_not_called_load() ->
     assert "under load" not in full and "under load" not in short
     assert "load average 0.8 before and 3.8 after, the benchmark's own runs" in short
     assert "load average 0.8 before / 3.8 after (the load after includes the benchmark's own runs)" in full
+
+
+def test_runs_taken_in_turn_keep_their_median_run_and_every_whole_run_time_in_order() -> None:
+    done = [run(24.0, 0.21, 800.0), run(21.5, 0.20, 810.0), run(26.0, 0.23, 790.0)]
+    chosen = _report.median_run(done)
+    assert (chosen["wall_s"], chosen["per_round_s"], chosen["peak_mb"]) == (24.0, 0.21, 800.0)
+    assert chosen["whole_runs_s"] == [24.0, 21.5, 26.0]
+    assert _report.median_run(done[:2])["wall_s"] == 21.5  # of an even count, the lower middle one
+
+
+def test_the_readme_table_says_which_runs_took_turns_and_shows_every_one() -> None:
+    runs = {**RUNS,
+            "fedgrove_demo": _report.median_run([run(19.0, 0.2, 800.0), run(20.0, 0.2, 800.0), run(25.0, 0.2, 800.0)]),
+            "flower_simulation": _report.median_run([run(24.6, 0.2, 1200.0), run(22.8, 0.2, 1200.0),
+                                                     run(24.0, 0.2, 1200.0)])}
+    short = _report.readme_table(figures(runs))
+    assert ("Flower 1.41 simulation and fedgrove demo ran 3 times each, in turn; each row is its run with the "
+            "median whole-run time (every run, in order: Flower 1.41 simulation: 24.6, 22.8, 24.0 s; fedgrove demo: "
+            "19.0, 20.0, 25.0 s).") in short
+    assert "| fedgrove demo | 20.0 s |" in short and "| Flower 1.41 simulation | 24.0 s |" in short
+    assert "ran 3 times" not in _report.readme_table(figures(RUNS))

@@ -8,7 +8,7 @@ figure behind it; no figure is ever taken from an earlier run.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,28 @@ LABELS = {
 }
 
 
+PAIRED = ("flower_simulation", "fedgrove_demo")
+
+
+def median_run(done: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Of runs of the same thing, the one whose whole-run time is the median (of an even count, the lower middle
+    one), with every run's whole-run time, in the order they ran, as `whole_runs_s`."""
+    ordered = sorted(done, key=lambda run: run["wall_s"])
+    return {**ordered[(len(ordered) - 1) // 2], "whole_runs_s": [round(run["wall_s"], 1) for run in done]}
+
+
+def pairs_sentence(runs: Mapping[str, Mapping[str, Any]]) -> str:
+    """What the rows of the runs taken in turn are, and every one of those runs' whole-run time."""
+    taken = [name for name in PAIRED if len(runs.get(name, {}).get("whole_runs_s", [])) > 1]
+    if not taken:
+        return ""
+    times = "; ".join(f"{LABELS[name].split(' (')[0]}: {', '.join(f'{wall:.1f}' for wall in runs[name]['whole_runs_s'])} s"
+                      for name in taken)
+    count = len(runs[taken[0]]["whole_runs_s"])
+    return (f"{' and '.join(LABELS[name].split(' (')[0] for name in taken)} ran {count} times each, in turn; "
+            f"each row is its run with the median whole-run time (every run, in order: {times}).")
+
+
 def verdict(met: bool | None) -> str:
     return "MISS (not measured)" if met is None else ("PASS" if met else "MISS")
 
@@ -177,7 +199,9 @@ def readme_table(figures: Mapping[str, Any]) -> str:
     lines += ["", "| target | figure | |", "|---|---|---|"]
     lines += [f"| {name} | {target['figure']} | {verdict(target['met'])} |"
               for name, target in figures["targets"].items()]
-    lines += ["", "Full figures: `bench/results/peers.md`; how to run them: `docs/benchmarks.md`."]
+    paired = pairs_sentence(runs)
+    lines += ["", *([paired, ""] if paired else []),
+              "Full figures: `bench/results/peers.md`; how to run them: `docs/benchmarks.md`."]
     return "\n".join(lines) + "\n"
 
 

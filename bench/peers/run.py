@@ -45,6 +45,7 @@ from fedgrove.demo import DemoOptions  # noqa: E402
 
 MODES = ("simulation", "demo", "deployment", "sites")
 DEPLOYMENT_ROUNDS = 10
+PAIRS = 3
 
 
 def main() -> None:
@@ -55,6 +56,9 @@ def main() -> None:
     parser.add_argument("--flower-cpus-per-client", type=float, default=2.0,
                         help="Ray CPUs per virtual client in simulation mode (default: Flower's own, 2)")
     parser.add_argument("--simulation-timeout", type=float, default=900.0)
+    parser.add_argument("--pairs", type=int, default=PAIRS,
+                        help="run Flower's simulation and the demo in turn this many times each; each row shows "
+                             "its median run (default %(default)s)")
     parser.add_argument("--deployment-rounds", type=int, default=DEPLOYMENT_ROUNDS,
                         help="Flower's deployment mode runs the task's first N rounds (default %(default)s: a round "
                              "costs tens of seconds there; its accuracy is checked against the reference after N)")
@@ -76,15 +80,25 @@ def main() -> None:
         task_dir = scratch / "task"
         task = export(task_dir, DemoOptions(sites=arguments.sites, rounds=arguments.rounds))
         reference = task["reference"]["pooled_accuracy_test"]
-        if "simulation" not in arguments.skip:
-            print("Flower simulation ...", flush=True)
-            runs["flower_simulation"] = simulation(task_dir, scratch, cpus_per_client=arguments.flower_cpus_per_client,
-                                                   timeout_s=arguments.simulation_timeout).as_dict()
+        # The two whole runs the first target compares take turns, `--pairs` times: this machine's speed drifts
+        # between runs by more than the difference between them. Each row keeps its median run.
+        tries: dict[str, list[dict]] = {"flower_simulation": [], "fedgrove_demo": []}
+        for pair in range(1, arguments.pairs + 1):
+            pair_scratch = scratch / f"pair-{pair}"
+            if "simulation" not in arguments.skip:
+                print(f"Flower simulation ({pair}/{arguments.pairs}) ...", flush=True)
+                tries["flower_simulation"].append(simulation(
+                    task_dir, pair_scratch, cpus_per_client=arguments.flower_cpus_per_client,
+                    timeout_s=arguments.simulation_timeout).as_dict())
+            if "demo" not in arguments.skip:
+                print(f"fedgrove demo ({pair}/{arguments.pairs}) ...", flush=True)
+                tries["fedgrove_demo"].append(demo(pair_scratch, rounds=arguments.rounds,
+                                                   sites=arguments.sites).as_dict())
+        runs.update({name: _report.median_run(done) for name, done in tries.items() if done})
         if "demo" not in arguments.skip:
-            print("fedgrove demo ...", flush=True)
-            runs["fedgrove_demo"] = demo(scratch, rounds=arguments.rounds, sites=arguments.sites).as_dict()
             print("in-memory FedAvg floor ...", flush=True)
-            runs["inmemory_floor"] = inmemory_floor(scratch, rounds=arguments.rounds, sites=arguments.sites).as_dict()
+            runs["inmemory_floor"] = inmemory_floor(scratch / "pair-1", rounds=arguments.rounds,
+                                                    sites=arguments.sites).as_dict()
             print("Prefect's floor ...", flush=True)
             runs["prefect_floor"] = prefect_floor(scratch, rounds=arguments.rounds, sites=arguments.sites).as_dict()
         if "sites" not in arguments.skip:
@@ -113,6 +127,8 @@ def main() -> None:
              "to the final state, with the server and workers already up, as at a consortium.",
              "Every run in this table comes from this one invocation, one after the other on the same machine; the "
              "load average before and after is in the header."]
+    if arguments.pairs > 1:
+        notes.append(_report.pairs_sentence(runs))
     deployed = runs.get("flower_deployment")
     if deployed is not None:
         notes.append(
