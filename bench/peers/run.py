@@ -20,6 +20,7 @@ for the README.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import signal
@@ -75,7 +76,7 @@ def main() -> None:
     load_before = load_average()
     runs: dict[str, dict] = {}
     # Short scratch path: Ray's and Flower's Unix sockets live under it.
-    with tempfile.TemporaryDirectory(prefix="peers-", dir="/tmp") as folder:
+    with tempfile.TemporaryDirectory(prefix="peers-", dir="/tmp") as folder, contextlib.ExitStack() as later_pairs:
         scratch = Path(folder)
         task_dir = scratch / "task"
         task = export(task_dir, DemoOptions(sites=arguments.sites, rounds=arguments.rounds))
@@ -84,7 +85,9 @@ def main() -> None:
         # between runs by more than the difference between them. Each row keeps its median run.
         tries: dict[str, list[dict]] = {"flower_simulation": [], "fedgrove_demo": []}
         for pair in range(1, arguments.pairs + 1):
-            pair_scratch = scratch / f"pair-{pair}"
+            # A folder of its own per pair, its path as short as the first's (Ray's sockets: at most 107 bytes).
+            pair_scratch = scratch if pair == 1 else Path(later_pairs.enter_context(
+                tempfile.TemporaryDirectory(prefix="peers-", dir="/tmp")))
             if "simulation" not in arguments.skip:
                 print(f"Flower simulation ({pair}/{arguments.pairs}) ...", flush=True)
                 tries["flower_simulation"].append(simulation(
@@ -97,8 +100,7 @@ def main() -> None:
         runs.update({name: _report.median_run(done) for name, done in tries.items() if done})
         if "demo" not in arguments.skip:
             print("in-memory FedAvg floor ...", flush=True)
-            runs["inmemory_floor"] = inmemory_floor(scratch / "pair-1", rounds=arguments.rounds,
-                                                    sites=arguments.sites).as_dict()
+            runs["inmemory_floor"] = inmemory_floor(scratch, rounds=arguments.rounds, sites=arguments.sites).as_dict()
             print("Prefect's floor ...", flush=True)
             runs["prefect_floor"] = prefect_floor(scratch, rounds=arguments.rounds, sites=arguments.sites).as_dict()
         if "sites" not in arguments.skip:
