@@ -75,7 +75,7 @@ def test_the_alerts_reach_the_notification_block_for_a_failed_run_and_a_model_no
     missing = _fedgrove(prefect_server, "alerts", "install", "--block", "custom-webhook/no-such-block")
     assert missing.returncode == 1
     assert ("there is no custom-webhook block named 'no-such-block' on the Prefect API (fix: create it first, e.g. "
-            "`prefect block create custom-webhook`, then run this again)") in " ".join(missing.stdout.split())
+            "`prefect block create custom-webhook`, then run this again)") in " ".join(missing.stderr.split())
 
     installed = _fedgrove(prefect_server, "alerts", "install", "--block", f"custom-webhook/{name}")
     assert installed.returncode == 0, installed.stdout + installed.stderr

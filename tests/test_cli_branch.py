@@ -63,7 +63,8 @@ def test_env_dir_never_overwrites_another_branchs_credentials(aggregator: Server
                      "--leaf-name", "org-1", "--leaf-name", "org-2", "--leaf-name", "org-3")
 
     assert second.returncode == 1
-    assert " ".join(second.stdout.split()) == (
+    assert second.stdout == ""
+    assert " ".join(second.stderr.split()) == (
         f"error: {env_dir / 'org-1.env'} exists and may hold another branch's credentials; nothing was created "
         "(fix: choose another --env-dir, or move the file away)"
     )

@@ -144,7 +144,7 @@ def failed_run(spec_path: Path, run_id: str) -> str:
                            "--run-id", run_id], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 1, done.stdout + done.stderr
     assert not (Path("runs") / run_id).exists(), "nothing is half-written"
-    [error] = [line for line in done.stdout.splitlines() if line.startswith("error: ")]
+    [error] = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     return error.removeprefix("error: ")
 
 
