@@ -102,19 +102,20 @@ def prefect_api(*, verbose: bool, local_run: bool = False) -> Iterator[None]:
 
 @contextlib.contextmanager
 def round_progress(sites: int, rounds: int) -> Iterator[None]:
-    """A progress bar of rounds completed (every in-process site counted), on the terminal only."""
+    """A progress bar of the federation's rounds: a round counts once every in-process site has finished it
+    (they move in step: each waits for the round's aggregate). On the terminal only."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedgrove.progress import add_round_listener
 
     progress = Progress(TextColumn("rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, transient=True)
-    bar = progress.add_task("rounds", total=sites * rounds)
+    bar = progress.add_task("rounds", total=rounds)
     done: dict[str, int] = {}  # a resumed run's sites start where they stopped
 
     def finished(_run: str, site: str, round_number: int, _rounds: int) -> None:
         done[site] = round_number
-        progress.update(bar, completed=sum(done.values()))
+        progress.update(bar, completed=rounds_every_site_finished(done, sites))
 
     remove = add_round_listener(finished)
     try:
@@ -122,6 +123,12 @@ def round_progress(sites: int, rounds: int) -> Iterator[None]:
             yield
     finally:
         remove()
+
+
+def rounds_every_site_finished(done: dict[str, int], sites: int) -> int:
+    """The last round every one of `sites` sites has finished, from each reporting site's last round (0 until
+    all have reported)."""
+    return min(done.values()) if len(done) >= sites else 0
 
 
 def print_run_table(summary: dict) -> None:
