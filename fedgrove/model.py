@@ -241,7 +241,9 @@ def outputs(model: nn.Module, X: np.ndarray | torch.Tensor) -> np.ndarray:
     model.eval()
     with torch.no_grad():
         result = model(to_tensor(X))
-    return result.reshape(len(result), -1).numpy().astype(np.float64)
+    if result.dim() == 1:
+        result = result.unsqueeze(1)
+    return result.flatten(1).numpy().astype(np.float64)  # (0, outputs) for no records: a site's empty test part
 
 
 def logits(model: nn.Module, X: np.ndarray | torch.Tensor) -> np.ndarray:

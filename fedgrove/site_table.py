@@ -4,7 +4,9 @@ Why this module exists: every site holds out its own test records, and the split
 it is computed (at the site, in the in-memory simulation, in the one-machine centralised baseline), so it
 is a pure, seeded function of the table, the spec and the site's name. The split is stratified by label:
 each label's records are shuffled with the site's seed and `round(test_fraction * count)` of them go to
-the test part (a label with a single record stays in training).
+the test part (a label with a single record stays in training). A regression's strata are quantiles of the
+target at the site: ten (deciles), or fewer at a small site, one per test record it should hold out, so
+that every stratum holds out at least one record and the site about `test_fraction` of its records.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import pandas as pd
 
 from fedgrove.spec import FederationSpec
 from fedgrove.values import canonical_label, is_missing, label_sort_key
+
+
+REGRESSION_STRATA = 10  # a regression's target is stratified by its deciles at the site, or fewer quantiles
 
 
 def site_seed(seed: int, site: str) -> int:
@@ -50,18 +55,25 @@ def stratified_test_positions(keys: list, *, test_fraction: float, seed: int) ->
     return np.sort(np.concatenate(held)) if held else np.array([], dtype=np.int64)
 
 
+def regression_strata(records: int, test_fraction: float) -> int:
+    """How many quantile strata a regression site's target is split into: ten, or one per record the site
+    should hold out when that is fewer (deciles of 14 records hold 1 or 2 each, and round(0.2 * 2) is 0)."""
+    return max(1, min(REGRESSION_STRATA, round(test_fraction * records)))
+
+
 def prepare_site_table(
     frame: pd.DataFrame, *, site: str, target: str, test_fraction: float, seed: int, task: str = "binary"
 ) -> SiteTable:
     """Drop records without a label, then split the rest into training and test parts, seeded and stratified:
-    by label, or for a regression by the target's deciles at this site.
+    by label, or for a regression by the target's quantiles at this site (`regression_strata`).
 
     The frame must hold the target column (the caller checks the schema first)."""
     labelled_mask = ~frame[target].map(is_missing).to_numpy(dtype=bool)
     labelled = frame.loc[labelled_mask].reset_index(drop=True)
     if task == "regression":
         numbers = pd.to_numeric(labelled[target], errors="coerce")
-        keys = list(np.floor((numbers.rank(method="first").fillna(0).to_numpy() - 1) / max(len(numbers), 1) * 10))
+        strata = regression_strata(len(numbers), test_fraction)
+        keys = list(np.floor((numbers.rank(method="first").fillna(0).to_numpy() - 1) / max(len(numbers), 1) * strata))
     else:
         keys = [label_sort_key(canonical_label(value)) for value in labelled[target]]
     held = stratified_test_positions(keys, test_fraction=test_fraction, seed=site_seed(seed, site))

@@ -91,3 +91,25 @@ def test_dirichlet_pooled_federated_accuracy_is_at_most_one_point_below_centrali
     federated = np.mean([r["federated_pooled"]["accuracy_test"] for r in runs])
     centralised = np.mean([r["centralised"]["accuracy_test"] for r in runs])
     assert federated >= centralised - 0.01, (federated, centralised)
+
+
+def test_a_site_without_test_records_trains_and_the_pooled_test_metrics_count_the_others() -> None:
+    """A regression site of 10 records with test_fraction 0.04 holds out round(0.4) = 0: it still trains, its
+    own test metrics are empty, and the federation's test RMSE pools the other sites' records only."""
+    from fedgrove.site_table import table_for_spec
+    from tests.data_sets import diabetes
+
+    frame = diabetes()
+    spec = spec_for("progression", sites=3, task="regression", evaluation={"test_fraction": 0.04},
+                    train={"rounds": 3, "learning_rate": 0.05})
+    parts = {"site-1": frame.iloc[:10], "site-2": frame.iloc[10:210], "site-3": frame.iloc[210:]}
+    tables = {site: table_for_spec(part, spec, site) for site, part in parts.items()}
+    assert [len(t.test) for t in tables.values()] == [0, 8, 9]
+    simulation = simulate(spec, tables, baselines=False, centralised=False)
+    small = simulation.results[0].federated[-1]
+    assert small.train.records == 10 and small.test.records == 0 and small.test.values == {}
+    summary = build_summary(run_id="t", spec=spec, mode="local", results=simulation.results, centralised=None,
+                            failures={})
+    assert summary["federated_pooled"]["rmse_test"] is not None
+    pooled_records = sum(r.federated[-1].test.records for r in simulation.results)
+    assert pooled_records == 17

@@ -43,3 +43,31 @@ def test_site_seed_is_stable_across_processes_and_distinct_per_site() -> None:
     """Not Python's salted `hash`: the first four bytes of SHA-256 of "<seed>:<site>", little-endian."""
     assert site_seed(0, "site-1") == int.from_bytes(hashlib.sha256(b"0:site-1").digest()[:4], "little")
     assert len({site_seed(s, f"site-{i}") for s in range(3) for i in range(1, 6)}) == 15
+
+
+def regression_table(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"x": np.arange(n, dtype=float), "y": np.arange(n, dtype=float) * 1.5})
+
+
+def test_a_small_regression_site_holds_out_about_its_test_fraction_across_the_targets_range() -> None:
+    """14 records: deciles of 1 or 2 records held out round(0.2 * 2) = 0 of each, so the site had no test part.
+    Three quantile strata (round(0.2 * 14) = 3) of 5, 5 and 4 records hold out one record each."""
+    prepared = prepare_site_table(regression_table(14), site="a", target="y", test_fraction=0.2, seed=0,
+                                  task="regression")
+    assert (len(prepared.train), len(prepared.test)) == (11, 3)
+    thirds = sorted(int(x) // 5 for x in prepared.test["x"])  # records 0-4, 5-9 and 10-13
+    assert thirds == [0, 1, 2]
+
+
+def test_a_regression_site_of_31_records_no_longer_holds_out_a_third() -> None:
+    """Deciles of 3 or 4 records held out one each: 10 of 31 (32%). round(0.2 * 31) = 6 strata hold out 6."""
+    prepared = prepare_site_table(regression_table(31), site="a", target="y", test_fraction=0.2, seed=0,
+                                  task="regression")
+    assert len(prepared.test) == 6
+
+
+def test_a_regression_site_of_100_records_is_still_split_by_deciles() -> None:
+    prepared = prepare_site_table(regression_table(100), site="a", target="y", test_fraction=0.2, seed=0,
+                                  task="regression")
+    assert len(prepared.test) == 20
+    assert sorted(int(x) // 10 for x in prepared.test["x"]) == [d for d in range(10) for _ in range(2)]
