@@ -181,6 +181,18 @@ def _run(spec, run, *, verbose: bool) -> None:  # type: ignore[no-untyped-def]
     print_run_table(summary)
 
 
+def _check_run_ids(**options: str | None) -> None:
+    """Refuse a bad --run-id or --resume before anything starts."""
+    from fedgrove.run_ids import run_id_problem
+
+    fixes = {"run_id": "pick another run id, such as 2026-q4-readmissions",
+             "resume": "give the id of the run to resume: its folder's name under the work folder's runs/"}
+    for option, value in options.items():
+        problem = run_id_problem(value) if value is not None else None
+        if problem is not None:
+            fail(f"--{option.replace('_', '-')} {value!r}: {problem} (fix: {fixes[option]})")
+
+
 def train(
     spec_file: Annotated[Path | None, typer.Option("--spec", help="The federation spec (YAML); with --resume, "
                                                                   "default: the run's own.")] = None,
@@ -194,6 +206,7 @@ def train(
     """Train a spec's federation. Locally every site's leaf runs here and reads only its own source."""
     from fedgrove.spec import SpecError, load_spec
 
+    _check_run_ids(run_id=run_id, resume=resume)
     if spec_file is None and resume is None:
         fail("--spec is required: the federation spec (YAML) to train (fix: fedgrove train --spec spec.yaml)")
     if resume is not None and run_id is not None and run_id != resume:
@@ -225,6 +238,7 @@ def demo(
     verbose: VerboseOption = False,
 ) -> None:
     """The built-in spec: breast cancer split over sites, 4 features by federated LRT, logistic regression."""
+    _check_run_ids(run_id=run_id, resume=resume)
     if out is not None:
         os.environ["FEDGROVE_ARTIFACTS"] = out
     with prefect_api(verbose=verbose, local_run=True):
@@ -275,6 +289,7 @@ def leaf(
 
     from fedgrove.sources import SourceError
 
+    _check_run_ids(run_id=run_id)
     try:
         spec = load_spec(spec_file)
         source = DataSource.parse(data)

@@ -17,12 +17,13 @@ from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.states import Completed
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fedgrove.demo import DemoOptions
 from fedgrove.model import outputs_for
 from fedgrove.model_card import ModelCard
 from fedgrove.registry_entry import best_round
+from fedgrove.run_ids import run_id_problem
 from fedgrove.run_record import (
     RECORD_FILE,
     ResumeRefused,
@@ -58,7 +59,7 @@ class RunOptions(BaseModel):
         description="local: every site's leaf in this process on an embedded aggregator (one machine); sites: "
         "each site's leaf-training/<site> deployment on its own worker, with its own data and credentials",
     )
-    run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    run_id: str | None = None
     resume: bool = Field(default=False, description="continue run_id from the last round every site completed "
                          "(a Prefect retry of this flow run does so by itself)")
     round_timeout_s: float | None = Field(
@@ -69,6 +70,14 @@ class RunOptions(BaseModel):
     init_from: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$",
                                   description="overrides the spec's train.init_from: none, latest, production or a "
                                   "run id (the weekly deployment starts from production)")
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id_names_a_run(cls, value: str | None) -> str | None:
+        problem = run_id_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(f"run id {value!r}: {problem} (fix: pick another run id, such as 2026-q4-readmissions)")
+        return value
 
 
 class SiteFlowsFailed(RuntimeError):
