@@ -38,6 +38,7 @@ test-fast: $(VENV)/.installed-test
 # PEERS_ARGS: options of bench/peers/run.py, e.g. PEERS_ARGS="--deployment-rounds 3" on a loaded machine.
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/aggregator.py
+	$(BIN)/python bench/client_floor.py
 	$(BIN)/python bench/end_to_end.py
 	$(BIN)/python bench/peers/run.py $(PEERS_ARGS)
 
