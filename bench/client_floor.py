@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import statistics
 import sys
@@ -37,12 +36,12 @@ sys.path.insert(0, str(BENCH))
 from _aggregator_case import _close, _connect  # noqa: E402
 from _aggregator_server import ServerProcess  # noqa: E402
 
+from bench._results import publish  # noqa: E402
 from bench.model_size import specs  # noqa: E402
 from fedgrove.demo import DemoOptions, write_demo_sites  # noqa: E402
 from fedgrove.model import build_model, get_parameters  # noqa: E402
 from fedgrove.weights_archive import write_weights_archive  # noqa: E402
 
-RESULTS = BENCH / "results"
 WARM_UP_ROUNDS = 20
 NOTIFY_TIMEOUT_S = 60
 BUDGET_MS = 30.0  # issue 21: the pipeline's per-round overhead beyond Prefect's floor
@@ -121,8 +120,6 @@ def main() -> None:
     figures = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "cores": os.cpu_count(),
                "sites": arguments.sites, "rounds": arguments.rounds, "load_before": load_before, "rows": rows,
                "budget_ms": BUDGET_MS}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "client_floor.json").write_text(json.dumps(figures, indent=2))
     lines = [
         f"A leaf's parameters through the official client — {figures['date']}, {figures['cores']} cores, load "
         f"average {figures['load_before']:.2f} before: medians of {arguments.rounds} rounds against the aggregator on "
@@ -145,8 +142,7 @@ def main() -> None:
         f"{big['payload_per_round_ms'] - small['payload_per_round_ms']:.1f} ms of CPU per round of {arguments.sites} "
         f"leaves, and {big['aggregator_per_round_ms'] - small['aggregator_per_round_ms']:.1f} ms in the aggregator.",
     ]
-    (RESULTS / "client_floor.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("client_floor", figures, lines)
 
 
 if __name__ == "__main__":

@@ -28,13 +28,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._results import publish  # noqa: E402
 from bench.end_to_end import simulated_timings, warm_prefect_home  # noqa: E402
 from fedgrove.demo import DemoOptions, demo_spec, write_demo_sites  # noqa: E402
 from fedgrove.site_table import table_for_spec  # noqa: E402
 from fedgrove.sources import read_source  # noqa: E402
 from fedgrove.spec import FederationSpec, ModelSpec  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 HIDDEN = [300, 300]
 
 
@@ -98,8 +98,6 @@ def main() -> None:
     figures = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "cores": os.cpu_count(),
                "sites": arguments.sites, "rounds": arguments.rounds, "rows": rows,
                "target": "MLP overhead per round <= logistic overhead per round", "met": met}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "model_size.json").write_text(json.dumps(figures, indent=2))
     lines = [
         f"Model size, {arguments.sites} sites × {arguments.rounds} rounds through `fedgrove train` — {figures['date']}, "
         f"{figures['cores']} cores",
@@ -112,8 +110,7 @@ def main() -> None:
         f"Target: the MLP's overhead ≤ the logistic model's: {big['overhead_ms']} ms vs {small['overhead_ms']} ms: "
         f"{'PASS' if met else 'MISS'}",
     ]
-    (RESULTS / "model_size.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("model_size", figures, lines)
 
 
 if __name__ == "__main__":
