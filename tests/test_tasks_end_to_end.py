@@ -88,3 +88,31 @@ def test_the_saved_model_predicts_in_the_users_labels_or_units(finished) -> None
         assert set(out["prediction"]) <= set(labels)
     epochs = pd.read_csv(finished["run_dir"] / "epochs.csv")
     assert {f"{name}_test" for name in finished["summary"]["metrics"]} <= set(epochs.columns)
+
+
+def test_a_site_without_test_records_takes_part_and_the_pooled_test_metrics_count_the_others(
+    prefect_api, tmp_path, monkeypatch  # type: ignore[no-untyped-def]
+) -> None:
+    """A regression site of 10 records at test_fraction 0.04 holds out none. Its first evaluation raised
+    (`cannot reshape tensor of 0 elements`) and stopped the federation; now it trains, reports no test
+    metrics, and the run equals the simulation."""
+    monkeypatch.setenv("FEDGROVE_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("FEDGROVE_ARTIFACTS", str(tmp_path / "runs"))
+    for name in ("BRANCHKEY_HOST", "FEDGROVE_LEAF_ENV_DIR", "FEDGROVE_SPEC", "FEDGROVE_SITE_DATA"):
+        monkeypatch.delenv(name, raising=False)
+    frame = diabetes()
+    (tmp_path / "sites").mkdir()
+    paths = {}
+    for site, part in {"site-1": frame.iloc[:10], "site-2": frame.iloc[10:210], "site-3": frame.iloc[210:]}.items():
+        paths[site] = tmp_path / "sites" / f"{site}.csv"
+        part.to_csv(paths[site], index=False)
+    spec = FederationSpec.model_validate({
+        "target": "progression", "task": "regression", "evaluation": {"test_fraction": 0.04},
+        "train": {"rounds": 3, "learning_rate": 0.05}, "sites": {s: {"data": str(p)} for s, p in paths.items()}})
+    summary = federated_training(spec, RunOptions(run_id="no-test-records"))
+    assert [summary["sites"][s]["test_records"] for s in ("site-1", "site-2", "site-3")] == [0, 8, 9]
+    assert summary["sites"]["site-1"]["federated"] == {}  # test figures only, and it has no test records
+    tables = {site: table_for_spec(read_source(source), spec, site) for site, source in spec.sites.items()}
+    simulation = simulate(spec, tables, baselines=False, centralised=False)
+    pooled = pd.Series([r.federated[-1].test.sums["se"] for r in simulation.results[1:]]).sum() / 17
+    assert summary["federated_pooled"]["rmse_test"] == pytest.approx(float(np.sqrt(pooled)), rel=1e-5)
