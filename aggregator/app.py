@@ -23,6 +23,7 @@ from aggregator.api.limits import BodyLimits
 from aggregator.blobstore import blob_store_from_url
 from aggregator.blobstore_errors import BlobStoreUnavailable
 from aggregator.branch_report import BranchReports
+from aggregator.branch_rows import BranchRows
 from aggregator.config import AggregatorSettings
 from aggregator.db import make_engine, make_session_factory, owner_only
 from aggregator.errors import ApiError
@@ -58,9 +59,11 @@ def _context(settings: AggregatorSettings, engine: Engine) -> ServerContext:
     scratch.mkdir(exist_ok=True)
     signing_key = _secret(settings.signing_key, "FEDGROVE_SIGNING_KEY", data_dir / "signing_key")
     admin_token = _secret(settings.admin_token, "FEDGROVE_ADMIN_TOKEN", data_dir / "admin_token")
-    registry = Registry(sessions)
+    branches = BranchRows(sessions)
+    registry = Registry(sessions, branches)
     service = AggregationService(
         sessions=sessions,
+        branches=branches,
         blobs=blobs,
         scratch_dir=scratch,
         max_archive_bytes=settings.max_archive_bytes,

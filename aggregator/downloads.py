@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, insert, select
 from sqlalchemy.orm import sessionmaker
 
 from aggregator.db import Aggregation, Contribution, Delivery
@@ -17,6 +17,9 @@ from aggregator.registry import LeafIdentity
 from aggregator.statuses import AggregationStatus
 
 _FILE_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+# Every download link asks these: plain SQL expressions on the tables, without the ORM's loading of objects.
+_AGGREGATIONS = Aggregation.__table__
+_DELIVERIES = Delivery.__table__
 
 
 def check_file_id(file_id: str) -> None:
@@ -33,12 +36,16 @@ class Downloads:
         """Allow a leaf its own branch's aggregates only, and record that it has fetched this one."""
         check_file_id(file_id)
         with self._sessions() as session:
-            aggregation = session.get(Aggregation, file_id)
+            aggregation = session.execute(
+                select(_AGGREGATIONS.c.branch_id, _AGGREGATIONS.c.status).where(_AGGREGATIONS.c.id == file_id)
+            ).first()
             if aggregation is not None and aggregation.status == AggregationStatus.COMPLETE:
                 if aggregation.branch_id != leaf.branch_id:
                     raise Forbidden("file belongs to another branch")
-                if session.get(Delivery, (leaf.id, file_id)) is None:
-                    session.add(Delivery(leaf_id=leaf.id, aggregation_id=file_id))
+                delivered = session.execute(select(_DELIVERIES.c.leaf_id).where(
+                    _DELIVERIES.c.leaf_id == leaf.id, _DELIVERIES.c.aggregation_id == file_id)).first()
+                if delivered is None:
+                    session.execute(insert(_DELIVERIES).values(leaf_id=leaf.id, aggregation_id=file_id))
                     session.commit()
                 return
             if aggregation is not None and aggregation.status == AggregationStatus.EXPIRED:

@@ -23,7 +23,8 @@ from aggregator.blobstore import BlobStore
 from aggregator.db import Contribution
 
 logger = logging.getLogger(__name__)
-
+# Written for every upload: on the table itself, without the ORM's bulk-insert machinery.
+_CONTRIBUTIONS = Contribution.__table__
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,9 @@ class UploadStore:
         """The upload's row, in place of the row of the upload it `replaced` (the leaf's earlier one)."""
         with self._sessions() as session:
             if replaced is not None:
-                session.execute(delete(Contribution).where(Contribution.id == replaced))
+                session.execute(delete(_CONTRIBUTIONS).where(_CONTRIBUTIONS.c.id == replaced))
             session.execute(
-                insert(Contribution).values(
+                insert(_CONTRIBUTIONS).values(
                     id=file_id,
                     aggregation_id=aggregation_id,
                     leaf_id=leaf_id,
@@ -92,7 +93,7 @@ class UploadStore:
     def forget(self, file_id: str) -> None:
         """Delete an upload's row (it leaves its round: see `weight_share`)."""
         with self._sessions() as session:
-            session.execute(delete(Contribution).where(Contribution.id == file_id))
+            session.execute(delete(_CONTRIBUTIONS).where(_CONTRIBUTIONS.c.id == file_id))
             session.commit()
 
     def _committed(self, file_id: str) -> bool:

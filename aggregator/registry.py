@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from aggregator.analytics import OPERATIONS
+from aggregator.branch_rows import BranchRows
 from aggregator.db import Aggregation, Branch, Leaf, Tree
 from aggregator.errors import BadRequest, Conflict, NotFound, Unauthorized
 from aggregator.layer_checks import UnreadableLayers, declared_layers
@@ -38,8 +39,9 @@ class LeafCredentials:
 
 
 class Registry:
-    def __init__(self, sessions: sessionmaker) -> None:
+    def __init__(self, sessions: sessionmaker, branches: BranchRows | None = None) -> None:
         self._sessions = sessions
+        self.branches = branches if branches is not None else BranchRows(sessions)
         # A leaf's token hash and identity never change once created (no rotation, no deletion: add the
         # invalidation here if either ever exists), so each is read once; authenticating then costs a hash
         # and a compare instead of a query per request. Only leaves that exist are kept.
@@ -150,8 +152,7 @@ class Registry:
         return known
 
     def branch(self, branch_id: str) -> Branch:
-        with self._sessions() as session:
-            row = session.get(Branch, branch_id)
+        row = self.branches.get(branch_id)
         if row is None:
             raise NotFound(f"branch {branch_id} not found")
         return row
@@ -167,6 +168,7 @@ class Registry:
                 row.run_number += 1
             row.run_status = status
             session.commit()
+        self.branches.changed(row)
         return row
 
     def leaves(self, branch_id: str) -> list[Leaf]:

@@ -22,6 +22,7 @@ from sqlalchemy.orm import sessionmaker
 
 from aggregator.archive import ParsedArchive, read_archive
 from aggregator.blobstore import BlobStore
+from aggregator.branch_rows import BranchRows
 from aggregator.db import Branch
 from aggregator.downloads import Downloads
 from aggregator.errors import Conflict, NotFound
@@ -45,6 +46,7 @@ class AggregationService:
         self,
         *,
         sessions: sessionmaker,
+        branches: BranchRows,
         blobs: BlobStore,
         scratch_dir: Path,
         max_archive_bytes: int,
@@ -54,6 +56,7 @@ class AggregationService:
         keep_uploads: bool = False,
     ) -> None:
         self._sessions = sessions
+        self._branches = branches
         self._blobs = blobs
         scratch_dir.mkdir(parents=True, exist_ok=True)
         self._limits = {"max_decompressed_bytes": max_archive_bytes, "max_entries": max_archive_entries,
@@ -79,8 +82,7 @@ class AggregationService:
             return self._locks.setdefault(branch_id, threading.Lock())
 
     def _branch(self, branch_id: str) -> Branch | None:
-        with self._sessions() as session:
-            return session.get(Branch, branch_id)
+        return self._branches.get(branch_id)
 
     def read_and_ingest(self, leaf: LeafIdentity, archive_path: Path, *, digest: str) -> IngestResult:
         """Decode an upload and take it into the leaf's branch's open aggregation (see `ingest`)."""

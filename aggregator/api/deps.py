@@ -13,7 +13,8 @@ from aggregator.errors import Forbidden, Unauthorized
 from aggregator.registry import LeafIdentity
 
 
-def get_context(request: Request) -> ServerContext:
+async def get_context(request: Request) -> ServerContext:
+    # async: FastAPI runs a plain `def` dependency in a worker thread, a hop for every request.
     return request.app.state.context
 
 
@@ -34,7 +35,7 @@ def require_branch(leaf: LeafIdentity, branch_id: str) -> None:
         raise Forbidden(f"leaf does not belong to branch {branch_id[:64]}")
 
 
-def require_admin(context: Context, authorization: Annotated[str | None, Header()] = None) -> None:
+async def require_admin(context: Context, authorization: Annotated[str | None, Header()] = None) -> None:
     if not authorization:
         raise Unauthorized("missing credentials")
     scheme, _, token = authorization.partition(" ")

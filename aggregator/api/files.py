@@ -28,7 +28,9 @@ async def upload_file(request: Request, leaf: CurrentLeaf, context: Context) -> 
         raise BadRequest("missing x-bk-file-size header")
     if declared_digest is None:
         raise BadRequest("missing x-bk-file-digest header")
-    branch = await run_in_threadpool(context.registry.branch, leaf.branch_id)
+    # Kept after its first read: checked without a hop to a worker thread (see `branch_rows`).
+    branch = context.registry.branches.kept(leaf.branch_id) or await run_in_threadpool(
+        context.registry.branch, leaf.branch_id)
     if branch.run_status != RunStatus.START:
         raise Conflict(f"run is not started (run status: {branch.run_status})")
     received = await receive_file_part(request, context.scratch_dir)
@@ -52,9 +54,13 @@ async def upload_file(request: Request, leaf: CurrentLeaf, context: Context) -> 
 
 @router.get("/api/v1/file/download/{file_id:path}")
 async def download_link(file_id: str, request: Request, leaf: CurrentLeaf, context: Context) -> dict:
-    await run_in_threadpool(context.service.authorise_download, leaf, file_id)
     ttl = context.settings.download_url_ttl_s
-    url = await run_in_threadpool(context.blobs.presigned_url, file_id, expires_in=ttl)
+
+    def authorised_url() -> str | None:  # one hop to a worker thread for both
+        context.service.authorise_download(leaf, file_id)
+        return context.blobs.presigned_url(file_id, expires_in=ttl)
+
+    url = await run_in_threadpool(authorised_url)
     if url is None:
         base = context.settings.public_url or str(request.base_url)  # the request's Host header, when not configured
         url = f"{base.rstrip('/')}/blobs/{file_id}?{context.signer.query(file_id, ttl_s=ttl)}"
