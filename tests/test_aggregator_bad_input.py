@@ -28,6 +28,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from aggregator.api import files as files_api
 from aggregator.config import AggregatorSettings
 from aggregator.registry import LeafCredentials
 from aggregator.server import ServerThread
@@ -782,6 +783,29 @@ def test_the_signed_download_url_serves_the_aggregate_until_it_is_tampered_with_
     _refused(_signed(server, aggregate, expires=int(time.time()) - 1), 403, "download link expired")
     _refused(_signed(server, "a.b", expires=expires), 400, "invalid file id")
     seeded.assert_unchanged()
+
+
+@pytest.mark.parametrize("read_whole_bytes", [1 << 20, 0], ids=["read-whole", "streamed"])
+def test_the_signed_download_sends_the_stored_aggregate_byte_for_byte_and_404_once_it_is_gone(
+    seeded: Seeded, other_aggregate, monkeypatch: pytest.MonkeyPatch, read_whole_bytes: int
+) -> None:
+    """A small aggregate is read whole and sent from memory, a larger one streamed: both send the blob as
+    stored, as an attachment named after the file id."""
+    monkeypatch.setattr(files_api, "READ_WHOLE_BYTES", read_whole_bytes)
+    leaf, aggregate = other_aggregate
+    server = seeded.server
+    stored = server.context.blobs.local_path(aggregate).read_bytes()
+    link = httpx.get(f"{server.url}/api/v1/file/download/{aggregate}", headers=auth_headers(leaf))
+    url = link.json()["data"]["download_url"]
+
+    served = httpx.get(url)
+
+    assert served.status_code == 200
+    assert served.content == stored
+    assert served.headers["content-length"] == str(len(stored))
+    assert served.headers["content-disposition"] == f'attachment; filename="{aggregate}.npz"'
+    server.context.blobs.local_path(aggregate).unlink()
+    _refused(httpx.get(url), 404, "file not found")
 
 
 # --- WebSocket tickets ----------------------------------------------------------------------------
