@@ -65,8 +65,12 @@ def client_cpu_per_round(parameters: list[np.ndarray], rounds: int, sites: int, 
                 if round_number == WARM_UP_ROUNDS:
                     server_cpu = sum(aggregator.cpu_times()[:2])
                 for index, client in enumerate(clients):
+                    # Every leaf's parameters differ from round to round, as in training: an archive repeating
+                    # the leaf's last one would be checked as a resend (`aggregator/resends.py`), at a cost a
+                    # real round does not pay.
+                    layers = [layer + np.float32(round_number * 1e-3 + index * 1e-4) for layer in parameters]
                     started = time.thread_time()
-                    archive = write_weights_archive(work / f"leaf-{index}-round-{round_number}", 100.0, parameters)
+                    archive = write_weights_archive(work / f"leaf-{index}-round-{round_number}", 100.0, layers)
                     written = time.thread_time()
                     client.file_upload(str(archive))
                     uploaded = time.thread_time()
