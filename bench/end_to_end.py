@@ -20,7 +20,12 @@ runs end before Prefect's server has recorded them, so it also reports that serv
 the recording it finishes afterwards (the demo's slower rounds leave it no backlog: it pays that cost within
 its rounds).
 
-Both Prefect homes get the migrated schema copy before the timed runs, as a machine has after its first demo:
+It also times where the machine's CPU goes in the demo: each of its processes' CPU per round (the demo's own,
+Prefect's temporary server, the aggregator), from this run less a run of a fifth of its rounds. All of it
+divided by the cores is a lower bound on the demo's wall per round, the bound it runs at when that CPU is
+what it waits for.
+
+The Prefect homes get the migrated schema copy before the timed runs, as a machine has after its first demo:
 the first run on a machine builds it, which adds ~5 s to that run (measured: temporary server ready after 22 s
 the first time, 6–7 s after).
 """
@@ -31,11 +36,13 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -71,7 +78,30 @@ def warm_prefect_home(home: Path) -> Path:
     return schema_template(home, prefect.__version__)
 
 
+# A child process of the demo is known by its command line; everything else is the demo's own process.
+CHILD_ROLES = (("aggregator", "-m aggregator"), ("prefect_server", "uvicorn"))
+ROLE_NAMES = {"flow": "the demo's process (5 leaves, coordinator, Prefect's client, official clients)",
+              "prefect_server": "Prefect's temporary server", "aggregator": "the aggregator"}
+
+
+@dataclass
+class DemoRun:
+    wall_s: float
+    peak_rss: int
+    summary: dict
+    cpu_s: dict[str, float]  # role (ROLE_NAMES) -> CPU seconds, user + system, over the whole run
+
+
 def run_demo(rounds: int, sites: int, workdir: Path) -> tuple[float, int, dict]:
+    run = run_demo_measured(rounds, sites, workdir)
+    return run.wall_s, run.peak_rss, run.summary
+
+
+def run_demo_measured(rounds: int, sites: int, workdir: Path) -> DemoRun:
+    """`fedgrove demo` in a fresh process: its wall time, the peak RSS of its process tree, its summary, and the
+    CPU of each process of the tree. The tree's total CPU is exact (this process's reaped children, which
+    count the demo's reaped children); the aggregator's and Prefect's server's are their last samples, every
+    50 ms, and the demo's process has the rest."""
     env = {
         **os.environ,
         "FEDGROVE_WORK_DIR": str(workdir / "work"),
@@ -83,15 +113,29 @@ def run_demo(rounds: int, sites: int, workdir: Path) -> tuple[float, int, dict]:
         str(Path(sys.executable).with_name("fedgrove")), "demo", "--rounds", str(rounds),
         "--sites", str(sites), "--out", str(workdir / "runs"), "--run-id", "bench",
     ]
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     process = psutil.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=workdir)
     peak = 0
+    child_cpu: dict[int, tuple[str, float]] = {}
     stop = threading.Event()
 
     def sample() -> None:
         nonlocal peak
         while not stop.is_set():
             peak = max(peak, tree_rss(process))
+            try:
+                children = process.children(recursive=True)
+            except psutil.Error:
+                children = []
+            for child in children:
+                try:
+                    line = " ".join(child.cmdline())
+                    role = next((role for role, mark in CHILD_ROLES if mark in line), None)
+                    if role is not None:
+                        child_cpu[child.pid] = (role, sum(child.cpu_times()[:2]))
+                except psutil.Error:
+                    pass
             stop.wait(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -102,8 +146,21 @@ def run_demo(rounds: int, sites: int, workdir: Path) -> tuple[float, int, dict]:
     sampler.join()
     if process.returncode != 0:
         raise SystemExit(f"fedgrove demo failed ({process.returncode}):\n{stderr.decode()[-3000:]}")
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = (children_after.ru_utime - children_before.ru_utime) + (children_after.ru_stime - children_before.ru_stime)
+    cpu = {role: 0.0 for role in ROLE_NAMES}
+    for role, seconds in child_cpu.values():
+        cpu[role] += seconds
+    cpu["flow"] = total - cpu["aggregator"] - cpu["prefect_server"]
     summary = json.loads((workdir / "runs" / "bench" / "summary.json").read_text())
-    return wall, peak, summary
+    return DemoRun(wall, peak, summary, cpu)
+
+
+def cpu_per_round(long: DemoRun, short: DemoRun, rounds_between: int) -> dict[str, float]:
+    """Each process's CPU per round in ms: the difference of a long and a short run over the rounds between,
+    so start-up, feature selection, baselines and shutdown drop out."""
+    per_round = {role: (long.cpu_s[role] - short.cpu_s[role]) * 1000 / rounds_between for role in ROLE_NAMES}
+    return {**per_round, "total": sum(per_round.values())}
 
 
 def prefect_floor(rounds: int, sites: int, workdir: Path, tasks_per_round: int = TASK_RUNS_PER_ROUND) -> dict[str, float]:
@@ -167,9 +224,13 @@ def main() -> None:
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fedgrove-bench-") as folder:
         workdir = Path(folder)
-        for home in ("prefect-home", "prefect-floor-home"):
+        for home in ("prefect-home", "prefect-floor-home", "short/prefect-home"):
             warm_prefect_home(workdir / home)
-        wall, peak, summary = run_demo(arguments.rounds, arguments.sites, workdir)
+        demo = run_demo_measured(arguments.rounds, arguments.sites, workdir)
+        wall, peak, summary = demo.wall_s, demo.peak_rss, demo.summary
+        short_rounds = max(1, arguments.rounds // 5)
+        cpu = cpu_per_round(demo, run_demo_measured(short_rounds, arguments.sites, workdir / "short"),
+                            arguments.rounds - short_rounds)
         floor = floor_seconds_per_round(arguments.rounds, arguments.sites, workdir)
         prefect = prefect_floor(arguments.rounds, arguments.sites, workdir)
     per_round = summary["seconds_per_round"]
@@ -197,6 +258,9 @@ def main() -> None:
         "prefect_server_cpu_ms_per_task_run_recorded": round(prefect["server_cpu_ms_per_task_run_recorded"], 2),
         "prefect_recorded_after_s": round(prefect["recorded_after_s"], 2),
         "peak_memory_mb": round(peak / 2**20),
+        "cpu_ms_per_round": {role: round(value, 1) for role, value in cpu.items()},
+        "cpu_rounds": f"{short_rounds + 1}-{arguments.rounds}",
+        "shortest_round_by_cpu_ms": round(cpu["total"] / (os.cpu_count() or 1), 1),
         "federated_accuracy_test": summary["federated_pooled"]["accuracy_test"],
         "centralised_accuracy_test": summary["centralised"]["accuracy_test"],
     }
@@ -226,6 +290,11 @@ def main() -> None:
          figures["prefect_server_cpu_ms_per_task_run_recorded"], ""),
         ("Prefect floor: how long after the last run its server was still recording (s)",
          figures["prefect_recorded_after_s"], ""),
+        *[(f"demo: CPU per round, {ROLE_NAMES[role]} (ms)", figures["cpu_ms_per_round"][role], "")
+          for role in ROLE_NAMES],
+        ("demo: CPU per round, all its processes (ms)", figures["cpu_ms_per_round"]["total"], ""),
+        (f"demo: lower bound on its wall per round = that CPU ÷ {os.cpu_count()} cores (ms)",
+         figures["shortest_round_by_cpu_ms"], ""),
     ]
     lines = [
         f"End-to-end demo, {arguments.sites} sites × {arguments.rounds} rounds — "
@@ -237,6 +306,9 @@ def main() -> None:
         *[f"| {name} | {value} | {target} |" for name, value, target in rows],
         "",
         "Targets met: " + ", ".join(f"{k} {'PASS' if v else 'MISS'}" for k, v in verdicts.items()),
+        "",
+        f"The demo's CPU per round is that of rounds {figures['cpu_rounds']}: a run of {short_rounds} rounds "
+        f"subtracted from this one, so start-up, feature selection, baselines and shutdown drop out.",
     ]
     (RESULTS / "end_to_end.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
