@@ -794,7 +794,8 @@ def test_the_signed_download_sends_the_stored_aggregate_byte_for_byte_and_404_on
     monkeypatch.setattr(files_api, "READ_WHOLE_BYTES", read_whole_bytes)
     leaf, aggregate = other_aggregate
     server = seeded.server
-    stored = server.context.blobs.local_path(aggregate).read_bytes()
+    blob = server.context.blobs.local_path(aggregate)
+    stored = blob.read_bytes()
     link = httpx.get(f"{server.url}/api/v1/file/download/{aggregate}", headers=auth_headers(leaf))
     url = link.json()["data"]["download_url"]
 
@@ -804,8 +805,11 @@ def test_the_signed_download_sends_the_stored_aggregate_byte_for_byte_and_404_on
     assert served.content == stored
     assert served.headers["content-length"] == str(len(stored))
     assert served.headers["content-disposition"] == f'attachment; filename="{aggregate}.npz"'
-    server.context.blobs.local_path(aggregate).unlink()
-    _refused(httpx.get(url), 404, "file not found")
+    blob.unlink()
+    try:
+        _refused(httpx.get(url), 404, "file not found")
+    finally:  # the module's server is shared: the other tests find its store as the database accounts for it
+        blob.write_bytes(stored)
 
 
 # --- WebSocket tickets ----------------------------------------------------------------------------
