@@ -90,3 +90,31 @@ def test_the_readme_table_says_which_runs_took_turns_and_shows_every_one() -> No
             "19.0, 20.0, 25.0 s).") in short
     assert "| fedgrove demo | 20.0 s |" in short and "| Flower 1.41 simulation | 24.0 s |" in short
     assert "ran 3 times" not in _report.readme_table(figures(RUNS))
+
+
+def test_the_overhead_of_runs_taken_in_turn_is_the_median_of_the_pairs_differences() -> None:
+    # rounds in ms, pair by pair: demo 190, 180, 200; Prefect's floor 100, 70, 95; in-memory 4
+    runs = {**RUNS,
+            "fedgrove_demo": _report.median_run([run(20.0, 0.190, 800.0), run(19.0, 0.180, 800.0),
+                                                 run(21.0, 0.200, 800.0)]),
+            "prefect_floor": _report.median_run([run(11.0, 0.100, 400.0, accuracy=None),
+                                                 run(10.0, 0.070, 400.0, accuracy=None),
+                                                 run(12.0, 0.095, 400.0, accuracy=None)])}
+    # differences 86, 106, 101: median 101 (the medians' difference would be 190 − 4 − 95 = 91)
+    assert _report.paired_overheads_ms(runs) == [86.0, 106.0, 101.0]
+    overhead = list(_report.verdicts(runs).values())[1]
+    assert overhead == {"figure": "101.0 ms (median of 3 pairs, each the demo's round − 4.0 in-memory − Prefect's "
+                                  "round, in ms: 190.0 − 100.0, 180.0 − 70.0, 200.0 − 95.0; so 86.0, 106.0, 101.0)",
+                        "met": False}
+    assert ("Flower 1.41 simulation, fedgrove demo and Prefect's own floor ran 3 times each"
+            not in _report.readme_table(figures(runs)))  # Flower ran once here
+    assert ("fedgrove demo and Prefect's own floor ran 3 times each, in turn; each row is its run with the median "
+            "whole-run time (every run, in order: fedgrove demo: 20.0, 19.0, 21.0 s; Prefect's own floor: 11.0, "
+            "10.0, 12.0 s).") in _report.readme_table(figures(runs))
+
+
+def test_a_floor_run_fewer_times_than_the_demo_falls_back_to_the_single_difference() -> None:
+    runs = {**RUNS, "fedgrove_demo": _report.median_run([run(20.0, 0.190, 800.0), run(19.0, 0.180, 800.0)])}
+    assert _report.paired_overheads_ms(runs) == []
+    # the median run (the lower middle of two: 19.0 s, 180 ms) − 4 − 100
+    assert list(_report.verdicts(runs).values())[1]["figure"] == "76.0 ms (180.0 − 4.0 in-memory − 100.0 Prefect)"
