@@ -40,6 +40,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/aggregator.py
 	$(BIN)/python bench/client_floor.py
 	$(BIN)/python bench/end_to_end.py
+	$(BIN)/python bench/round_budget.py
 	$(BIN)/python bench/peers/run.py $(PEERS_ARGS)
 
 clean:

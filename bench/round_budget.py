@@ -26,9 +26,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
-
 from _results import publish
-from end_to_end import floor_timings, prefect_floor, run_demo_measured, warm_prefect_home
+from end_to_end import (
+    floor_timings,
+    prefect_floor,
+    run_demo_measured,
+    warm_prefect_home,
+)
+
 from flows.leaf_training import TASK_RUNS_PER_ROUND
 
 PROBE = Path(__file__).resolve().parent / "_cpu_probe"
