@@ -4,7 +4,9 @@
 round while the API was busy recording 25 task runs a round: py-spy put 44% of that leaf's wall time in it, and
 because every leaf waits for the slowest one at each aggregation, the whole federation waited too.
 `ProgressReporter` sends from a background thread and only the newest value, so a slow API delays the bar, not
-the rounds. `close()` sends the last value and waits for it (bounded), so a finished run shows where it ended.
+the rounds; and at most one update a second, so a run of short rounds does not make an API call (and an event
+on the server) every round. `close()` sends the last value and waits for it (bounded), so a finished run shows
+where it ended.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
+import time
 from collections.abc import Callable
 from uuid import UUID
 
@@ -21,13 +24,15 @@ from prefect.artifacts import update_progress_artifact
 class ProgressReporter:
     """Report progress (0–100) to one progress artifact; `report` never blocks on the API."""
 
-    def __init__(self, artifact_id: str | UUID, *, logger: logging.Logger | logging.LoggerAdapter) -> None:
+    def __init__(self, artifact_id: str | UUID, *, logger: logging.Logger | logging.LoggerAdapter,
+                 min_interval_s: float = 1.0) -> None:
         try:
             self.artifact_id = UUID(str(artifact_id))
         except ValueError:
             raise ValueError(f"progress artifact id {str(artifact_id)!r} is not a UUID "
                              "(fix: pass the id that create_progress_artifact returned)") from None
         self.logger = logger
+        self.min_interval_s = min_interval_s
         self._changed = threading.Condition()
         self._latest: float | None = None
         self._closing = False
@@ -53,10 +58,11 @@ class ProgressReporter:
                                 self.artifact_id, timeout_s)
 
     def _send_newest(self) -> None:
+        next_send = time.monotonic()
         while True:
             with self._changed:
-                while self._latest is None and not self._closing:
-                    self._changed.wait()
+                while not self._closing and (self._latest is None or time.monotonic() < next_send):
+                    self._changed.wait(None if self._latest is None else max(0.0, next_send - time.monotonic()))
                 percent, self._latest = self._latest, None
                 closing = self._closing
             if percent is not None:
@@ -65,6 +71,7 @@ class ProgressReporter:
                 except Exception as exc:  # the bar is decoration: a failed update must not fail the training
                     self.logger.warning("progress artifact %s: update to %.0f%% failed: %s",
                                         self.artifact_id, percent, exc)
+                next_send = time.monotonic() + self.min_interval_s  # from the end of this call to the next
             if closing and percent is None:
                 return
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import pytest
 from prefect import flow
@@ -88,3 +89,24 @@ def test_an_artifact_id_that_is_not_a_uuid_is_refused_at_once(artifact_id):
         ProgressReporter(artifact_id, logger=LOGGER)
     assert str(refused.value) == (f"progress artifact id {artifact_id!r} is not a UUID "
                                   "(fix: pass the id that create_progress_artifact returned)")
+
+
+def test_updates_are_at_least_the_interval_apart_and_the_newest_value_is_the_one_sent(monkeypatch):
+    sent: list[tuple[float, float]] = []
+    first_sent, second_sent = threading.Event(), threading.Event()
+
+    def update(artifact_id, progress):
+        sent.append((time.monotonic(), progress))
+        (first_sent if len(sent) == 1 else second_sent).set()
+
+    monkeypatch.setattr(fedgrove.progress, "update_progress_artifact", update)
+    reporter = ProgressReporter("00000000-0000-0000-0000-000000000003", logger=LOGGER, min_interval_s=0.3)
+    reporter.report(1.0)
+    assert first_sent.wait(30)
+    for value in (2.0, 3.0, 4.0):  # within the interval of the first update: only the newest is sent, later
+        reporter.report(value)
+    assert second_sent.wait(30)
+    reporter.report(5.0)
+    reporter.close()  # the last value goes at once, interval or not
+    assert [progress for _, progress in sent] == [1.0, 4.0, 5.0]
+    assert sent[1][0] - sent[0][0] >= 0.3
