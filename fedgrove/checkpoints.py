@@ -103,6 +103,7 @@ class LeafCheckpoints:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._encoded: list[tuple[RoundMetrics, str]] = []  # frozen metrics, each encoded to JSON once
+        self._pruned_by_listing = False
 
     def clear(self) -> None:
         """Forget an earlier run's checkpoints under the same id (a fresh start)."""
@@ -161,8 +162,14 @@ class LeafCheckpoints:
         with staged(self.folder) as (temp, handle):
             np.savez(handle, **arrays)
         replace_durably(temp, path)
-        for old in self._round_files()[:-KEEP_ROUNDS]:
-            old.unlink(missing_ok=True)
+        if self._pruned_by_listing:
+            # Rounds follow one another here: only the one that has just left the kept window is removed. The
+            # folder also keeps a model a round, so listing it at every round would cost more the longer the run.
+            (self.folder / f"{ROUND_PREFIX}{checkpoint.round_number - KEEP_ROUNDS:06d}.npz").unlink(missing_ok=True)
+        else:  # the first save of this process: whatever an earlier one left behind goes too
+            for old in self._round_files()[:-KEEP_ROUNDS]:
+                old.unlink(missing_ok=True)
+            self._pruned_by_listing = True
 
     def save_round_model(self, round_number: int, parameters: list[np.ndarray]) -> None:
         """Keep this round's aggregate for good (not pruned like the round checkpoints): the run's best round

@@ -64,6 +64,23 @@ def test_a_round_checkpoint_reads_back_exactly_and_only_the_newest_two_are_kept(
     assert mode & 0o077 == 0, oct(mode)
 
 
+def test_a_later_process_prunes_what_an_earlier_one_left_and_then_keeps_the_newest_two(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    first = LeafCheckpoints(folder)
+    for number in (1, 2, 3):
+        first.save_round(_round(number))
+    for number in (1, 2):  # as if the process had died between a round's save and its pruning
+        (folder / f"round-00000{number}.npz").write_bytes((folder / "round-000003.npz").read_bytes())
+    resumed = LeafCheckpoints(folder)  # a resumed leaf: a new process
+    resumed.save_round(_round(4))
+    assert sorted(p.name for p in folder.iterdir()) == ["round-000003.npz", "round-000004.npz"]
+    for number in (5, 6, 7):
+        resumed.save_round(_round(number))
+        resumed.save_round_model(number, _round(number).parameters)
+    assert sorted(p.name for p in folder.glob("round-*.npz")) == ["round-000006.npz", "round-000007.npz"]
+    assert sorted(resumed.round_models()) == [5, 6, 7]
+
+
 def test_a_growing_history_is_saved_whole_and_a_replaced_one_as_it_is_now(tmp_path: Path) -> None:
     """The leaf appends one round's metrics to the same list every round (each encoded once); a history that is
     replaced (a resumed leaf's) is saved as the new list holds it, not as the earlier one was."""
