@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=5)
     arguments = parser.parse_args()
     rounds, sites = arguments.rounds, arguments.sites
+    load_before = list(os.getloadavg())
     short_rounds = max(1, rounds // 5)
     between = rounds - short_rounds
     with tempfile.TemporaryDirectory(prefix="fedgrove-budget-") as folder:
@@ -127,7 +128,7 @@ def main() -> None:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
                     "python": platform.python_version()},
-        "load_average_before": list(os.getloadavg()),
+        "load_average_before": load_before,
         "sites": sites, "rounds": rounds, "cpu_rounds": f"{short_rounds + 1}-{rounds}",
         "probes": {key: value for key, value in runs.items() if not key.endswith("_figures")},
     })
